@@ -1,0 +1,1 @@
+"""Triton kernels (imported as `evicctl.kernels`); importing this never imports Triton."""
