@@ -12,9 +12,11 @@ class KV:
     """A context's KV cache.
 
     keys[i], values[i]: [1, kv_heads, kept_tokens, head_dim] for layer i.
-    positions: [kept_tokens] int64, the original position of every kept token
-        (arange(tokens) when nothing was dropped); the engine continues positions
-        from ``tokens`` for the query.
+    positions: [layers, kv_heads, kept_tokens] int64, the original position of every
+        kept token per layer and head (scorers choose per head, as kvpress does; every
+        head keeps the same count). arange(tokens) broadcast when nothing was dropped.
+        Keys are stored after RoPE, so positions are bookkeeping: the engine continues
+        the query's positions from ``tokens``, not from ``kept_tokens``.
     tokens: token count of the full (uncompressed) context.
     window_queries: optional [layers, q_heads, window, head_dim] queries of the last
         prompt positions, kept with the context for the ``snapkv`` scorer.
@@ -29,7 +31,10 @@ class KV:
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.values) or not self.keys:
             raise ValueError("KV needs the same positive number of key and value layers")
-        kept = self.positions.shape[0]
+        kept = self.positions.shape[-1]
+        want = (len(self.keys), self.keys[0].shape[1], kept)
+        if tuple(self.positions.shape) != want:
+            raise ValueError(f"positions must be [layers, kv_heads, kept] = {want}; got {tuple(self.positions.shape)}")
         for k, v in zip(self.keys, self.values, strict=True):
             if k.dim() != 4 or k.shape[0] != 1 or k.shape[2] != kept or k.shape != v.shape:
                 raise ValueError(
@@ -50,7 +55,7 @@ class KV:
 
     @property
     def kept_tokens(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.positions.shape[-1])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -62,9 +67,15 @@ class KV:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of keys, values and positions (window queries excluded: they are metadata)."""
-        kv_bytes = sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-        return kv_bytes + self.positions.numel() * self.positions.element_size()
+        """Bytes of keys and values in memory (positions and window queries are bookkeeping)."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    @classmethod
+    def full(cls, keys, values, window_queries=None) -> KV:
+        """An uncompressed KV: every token kept, positions = arange(tokens)."""
+        layers, (_, heads, tokens, _) = len(keys), keys[0].shape
+        positions = torch.arange(tokens, device=keys[0].device).expand(layers, heads, tokens)
+        return cls(tuple(keys), tuple(values), positions, tokens, window_queries)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> KV:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -78,5 +89,5 @@ class KV:
 
 
 def raw_kv_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
-    """Bytes of an uncompressed KV of `tokens` tokens (keys + values + int64 positions)."""
-    return 2 * layers * kv_heads * tokens * head_dim * dtype_bytes + 8 * tokens
+    """Bytes of an uncompressed KV of `tokens` tokens (keys + values)."""
+    return 2 * layers * kv_heads * tokens * head_dim * dtype_bytes

@@ -1,0 +1,344 @@
+"""Codecs: one compression configuration each, as a pure pair encode(kv) -> Stored, decode.
+
+Names (DESIGN §3): ``none``; quantization ``int8`` / ``int4`` (group-wise, quant.py);
+token dropping ``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's
+tokens removed, 0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
+
+Stored layout (flat, so safetensors saves it as is):
+- ``k.{i}`` / ``v.{i}``: layer i's keys / values [1, H, K, D] in the KV's dtype, or when
+  quantized ``k.{i}.codes`` [1, H, K, D*bits/8] uint8, ``k.{i}.scale`` / ``k.{i}.mn`` fp16
+  (and the same for ``v.{i}``), shapes as in quant.py.
+- ``pos`` [L, H, K] int16 (int32 past 32,768 tokens): original positions of the kept tokens,
+  present only when tokens were dropped (K < tokens); absent means arange(tokens).
+- ``wq`` [L, q_heads, W, D] fp16 (bf16 stays bf16): the KV's window queries, when it has
+  them. They are kept so that a stored context can still be re-scored with ``snapkv``
+  later (recompress, after a restart). They are counted in ``Stored.nbytes`` (the tiers
+  account true bytes); ``stored_bytes`` counts them through ``window_numel`` (0 = none).
+  For SmolLM2 (30 layers, 9 query heads, head_dim 64) a 16-query window is 0.55 MB in
+  fp16, against 46 MB of fp32 KV for a 1k-token context.
+
+Encoding a KV whose tokens were already dropped keeps them dropped (positions travel), and
+a drop codec's ratio is of the full context, so ``knorm@0.5`` applied to a ``knorm@0.5``
+KV drops nothing more: the result of encoding with ``int8`` is then effectively
+``knorm@0.5+int8`` (see ``combined_name``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from evicctl.config import DEFAULT_CODECS
+from evicctl.errors import CorruptDataError, UnknownNameError
+from evicctl.manager import quant
+from evicctl.manager.kv import KV
+from evicctl.manager.scorers import SCORERS, drop_tokens, kept_count
+
+QUANTIZERS: dict[str, int] = {"int8": 8, "int4": 4}  # name -> bits
+FAMILIES = ("none", "drop", "quant", "drop+quant")
+_POS16_MAX_TOKENS = 32768  # positions < 32768 fit int16
+_SCORER_NAMES = "|".join(SCORERS)
+_QUANT_NAMES = "|".join(QUANTIZERS)
+_NAME_RE = re.compile(
+    rf"^(?:(?P<scorer>{_SCORER_NAMES})@(?P<ratio>[0-9]*\.?[0-9]+))?"
+    rf"(?:(?(scorer)\+)(?P<quant>{_QUANT_NAMES}))?$"
+)
+VALID_FORMS: tuple[str, ...] = (
+    "none",
+    *QUANTIZERS,
+    *(f"{s}@R" for s in SCORERS),
+    *(f"<scorer>@R+{q}" for q in QUANTIZERS),
+    "R = fraction of tokens removed, 0 < R < 1 (e.g. snapkv@0.5+int8)",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Stored:
+    """A context's KV in one codec's stored form.
+
+    tensors: flat name -> tensor (layout in the module docstring); may share memory with
+        the KV it was encoded from (``none`` does), so tiers copy what they keep.
+    meta: strings: codec, tokens, kept, layers, kv_heads, head_dim, dtype (+ bits, group,
+        value_group when quantized).
+    """
+
+    codec: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Codec:
+    """One compression configuration. Subclasses fill in encode/decode/stored_bytes."""
+
+    name: str = ""
+    family: str = "none"  # none | drop | quant | drop+quant
+    keep_fraction: float = 1.0  # nominal fraction of tokens kept
+
+    def encode(self, kv: KV) -> Stored:
+        raise NotImplementedError
+
+    def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        raise NotImplementedError
+
+    def stored_bytes(
+        self, tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, *, window_numel: int = 0
+    ) -> int:
+        """Exact ``encode(kv).nbytes`` of a full (undropped) KV of that shape, predicted.
+
+        window_numel: elements of the KV's window_queries (layers*q_heads*window*head_dim), 0 if none."""
+        raise NotImplementedError
+
+    def predict_bytes(self, kv: KV) -> int:
+        """stored_bytes for this KV (full, or already dropped by at most this codec's ratio)."""
+        wq = kv.window_queries
+        return self.stored_bytes(
+            kv.tokens, kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(),
+            window_numel=0 if wq is None else wq.numel(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<codec {self.name}>"
+
+
+class PipelineCodec(Codec):
+    """Optional token dropping, then optional quantization; ``none`` when neither."""
+
+    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None) -> None:
+        self.scorer, self.ratio, self.bits = scorer, ratio, bits
+        drop = f"{scorer}@{ratio!r}" if scorer else ""
+        q = f"int{bits}" if bits else ""
+        self.name = "+".join(p for p in (drop, q) if p) or "none"
+        self.family = {(False, False): "none", (True, False): "drop", (False, True): "quant"}.get(
+            (bool(scorer), bool(bits)), "drop+quant"
+        )
+        self.keep_fraction = 1.0 - ratio if scorer else 1.0
+
+    # ------------------------------------------------------------ sizes
+
+    def kept(self, tokens: int) -> int:
+        return kept_count(tokens, self.ratio) if self.scorer else tokens
+
+    def stored_bytes(
+        self, tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, *, window_numel: int = 0
+    ) -> int:
+        kept = self.kept(tokens)
+        cells = kv_heads * kept * head_dim  # elements of one layer's keys
+        if self.bits:
+            codes = cells * self.bits // 8
+            key_side = 2 * 2 * kv_heads * quant.key_groups(kept) * head_dim  # scale + mn, fp16
+            value_side = 2 * 2 * kv_heads * kept * (head_dim // quant.value_group(head_dim))
+            per_layer = 2 * codes + key_side + value_side
+        else:
+            per_layer = 2 * cells * dtype_bytes
+        pos = layers * kv_heads * kept * _pos_dtype(tokens).itemsize if kept < tokens else 0
+        return layers * per_layer + pos + 2 * window_numel
+
+    # ------------------------------------------------------------ encode
+
+    def encode(self, kv: KV) -> Stored:
+        if self.scorer:
+            kv = drop_tokens(kv, self.scorer, self.ratio)
+        tensors: dict[str, torch.Tensor] = {}
+        for i, (k, v) in enumerate(zip(kv.keys, kv.values, strict=True)):
+            if self.bits:
+                self._quantize(tensors, i, k, v, kv.head_dim)
+            else:
+                tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous(), v.contiguous()
+        if kv.kept_tokens < kv.tokens:
+            tensors["pos"] = kv.positions.to(_pos_dtype(kv.tokens)).contiguous()  # [L, H, K]
+        if kv.window_queries is not None:
+            wq = kv.window_queries
+            tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
+        return Stored(self.name, tensors, self._meta(kv))
+
+    def _quantize(self, out: dict, i: int, k: torch.Tensor, v: torch.Tensor, head_dim: int) -> None:
+        keys = quant.quantize_keys(k, self.bits, quant.DEFAULT_GROUP)
+        values = quant.quantize_values(v, self.bits, quant.value_group(head_dim))
+        for side, parts in (("k", keys), ("v", values)):
+            for part, t in zip(("codes", "scale", "mn"), parts, strict=True):
+                out[f"{side}.{i}.{part}"] = t
+
+    def _meta(self, kv: KV) -> dict[str, str]:
+        meta = {
+            "codec": self.name,
+            "tokens": str(kv.tokens),
+            "kept": str(kv.kept_tokens),
+            "layers": str(kv.layers),
+            "kv_heads": str(kv.kv_heads),
+            "head_dim": str(kv.head_dim),
+            "dtype": str(kv.dtype).removeprefix("torch."),
+        }
+        if self.bits:
+            meta |= {
+                "bits": str(self.bits),
+                "group": str(quant.DEFAULT_GROUP),
+                "value_group": str(quant.value_group(kv.head_dim)),
+            }
+        return meta
+
+    # ------------------------------------------------------------ decode
+
+    def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        try:
+            return self._decode(stored, device)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CorruptDataError(f"cannot decode a {stored.codec!r} KV: {exc}") from exc
+
+    def _decode(self, stored: Stored, device) -> KV:
+        meta, t = stored.meta, stored.tensors
+        if device is not None:
+            # async only host -> GPU (the copy is ordered before the dequantize on the stream);
+            # GPU -> host must finish before the CPU reads it
+            non_blocking = torch.device(device).type == "cuda"
+            t = {name: x.to(device, non_blocking=non_blocking) for name, x in t.items()}
+        layers, tokens = int(meta["layers"]), int(meta["tokens"])
+        dtype = _dtype(meta["dtype"])
+        keys, values = [], []
+        for i in range(layers):
+            if self.bits:
+                group, vgroup = int(meta["group"]), int(meta["value_group"])
+                keys.append(quant.dequantize_keys(*_parts(t, f"k.{i}"), self.bits, group, dtype))
+                values.append(quant.dequantize_values(*_parts(t, f"v.{i}"), self.bits, vgroup, dtype))
+            else:
+                keys.append(t[f"k.{i}"])
+                values.append(t[f"v.{i}"])
+        heads, kept = keys[0].shape[1], keys[0].shape[2]
+        if "pos" in t:
+            positions = t["pos"].long()
+        else:
+            positions = torch.arange(kept, device=keys[0].device).expand(layers, heads, kept)
+        wq = t.get("wq")
+        if wq is not None:
+            wq = wq.to(dtype)
+        return KV(tuple(keys), tuple(values), positions, tokens, wq)
+
+
+def _parts(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tensors[f"{prefix}.codes"], tensors[f"{prefix}.scale"], tensors[f"{prefix}.mn"]
+
+
+def _pos_dtype(tokens: int) -> torch.dtype:
+    return torch.int16 if tokens <= _POS16_MAX_TOKENS else torch.int32
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+# ---------------------------------------------------------------- registry and names
+
+
+def _parse(name: str) -> PipelineCodec:
+    if name == "none":
+        return PipelineCodec()
+    m = _NAME_RE.match(name)
+    if m is None or not (m["scorer"] or m["quant"]):
+        raise UnknownNameError("codec", name, VALID_FORMS)
+    ratio = float(m["ratio"]) if m["ratio"] else 0.0
+    if m["scorer"] and not 0.0 < ratio < 1.0:
+        raise UnknownNameError("codec", name, VALID_FORMS)
+    return PipelineCodec(m["scorer"], ratio, QUANTIZERS[m["quant"]] if m["quant"] else None)
+
+
+@functools.lru_cache(maxsize=256)
+def get_codec(name: str) -> Codec:
+    """The codec called `name` (``none``, ``int4``, ``keydiff@0.4``, ``knorm@0.5+int8``, ...).
+
+    Raises UnknownNameError (a UsageError) listing the valid forms."""
+    if not isinstance(name, str):
+        raise UnknownNameError("codec", repr(name), VALID_FORMS)
+    return _parse(name.strip())
+
+
+def validate_codec_name(name: str) -> str:
+    """The canonical spelling of a codec name (``knorm@0.50`` -> ``knorm@0.5``); raises UnknownNameError."""
+    return get_codec(name).name
+
+
+def codec_names() -> tuple[str, ...]:
+    """The default menu the placer chooses from (config.DEFAULT_CODECS)."""
+    return DEFAULT_CODECS
+
+
+def example_codec_names(ratio: float = 0.5) -> tuple[str, ...]:
+    """One codec of every form: none, each quantizer, each scorer, each scorer+quantizer."""
+    drops = [f"{s}@{ratio!r}" for s in SCORERS]
+    return ("none", *QUANTIZERS, *drops, *(f"{d}+{q}" for d in drops for q in QUANTIZERS))
+
+
+def codec_family(name: str) -> str:
+    return get_codec(name).family
+
+
+def combined_name(current: str, target: str) -> str:
+    """The effective codec of encoding a KV held in `current` with `target`.
+
+    Dropped tokens stay dropped, and the harder drop wins (same scorer family or not, the
+    tokens already gone are gone); quantization is the target's."""
+    cur, tgt = _parse(validate_codec_name(current)), _parse(validate_codec_name(target))
+    scorer, ratio = tgt.scorer, tgt.ratio
+    if cur.scorer and (not tgt.scorer or cur.ratio >= tgt.ratio):
+        scorer, ratio = cur.scorer, cur.ratio
+    return PipelineCodec(scorer, ratio, tgt.bits).name
+
+
+def decode(stored: Stored, device: torch.device | str | None = None) -> KV:
+    """Decode with the codec named in the stored form."""
+    try:
+        codec = get_codec(stored.codec)
+    except UnknownNameError as exc:
+        raise CorruptDataError(f"stored KV names an unknown codec {stored.codec!r}") from exc
+    return codec.decode(stored, device)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def to_safetensors_dict(stored: Stored) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) ready for safetensors.torch.save: contiguous CPU tensors, string meta."""
+    tensors = {name: t.detach().contiguous().cpu() for name, t in stored.tensors.items()}
+    return tensors, {**stored.meta, "codec": stored.codec}
+
+
+def from_safetensors_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> Stored:
+    """Inverse of to_safetensors_dict; raises CorruptDataError without a codec name."""
+    meta = dict(metadata or {})
+    codec = meta.get("codec")
+    if not codec:
+        raise CorruptDataError("stored KV has no codec in its metadata")
+    return Stored(codec, dict(tensors), meta)
+
+
+def raw_stored_bytes(kv: KV) -> int:
+    """Bytes the ``none`` codec stores for this KV (keys, values and any positions/window)."""
+    return get_codec("none").predict_bytes(kv)
+
+
+__all__ = [
+    "Codec",
+    "FAMILIES",
+    "PipelineCodec",
+    "QUANTIZERS",
+    "Stored",
+    "VALID_FORMS",
+    "codec_family",
+    "codec_names",
+    "combined_name",
+    "decode",
+    "example_codec_names",
+    "from_safetensors_dict",
+    "get_codec",
+    "raw_stored_bytes",
+    "to_safetensors_dict",
+    "validate_codec_name",
+]

@@ -1,0 +1,132 @@
+"""Token scorers for token dropping (kvpress conventions) and the per-head selection.
+
+A scorer maps (kv, layer) to scores [1, kv_heads, kept_tokens] float32: higher = keep.
+Selection is per (layer, kv head), as kvpress does: every head keeps its own top set.
+
+- knorm (arXiv 2406.11430, kvpress KnormPress): score = -||k||; kvpress keeps *low*-norm
+  keys, and so do we.
+- keydiff (arXiv 2504.15364, kvpress KeyDiffPress): score = -cos(k, mean of unit keys);
+  keys least like the average are kept.
+- snapkv (arXiv 2404.14469, kvpress SnapKVPress): attention of the last `window` prompt
+  queries (kv.window_queries, post-RoPE) over the keys, causal, softmax in fp32, averaged
+  over the window queries, smoothed by a 5-wide average pool, averaged over each GQA group;
+  the window's own keys get the layer's max score + 1 (kvpress 0.5), so they rank first.
+
+Every codec also keeps the first SINK_TOKENS and the last WINDOW_TOKENS positions of the
+context whatever their scores (attention sinks and the recent window carry most of the
+attention mass). Kept count for a removed fraction r of a T-token context:
+``kept_count(T, r) = min(T, max(int(T * (1 - r)), SINK_TOKENS + WINDOW_TOKENS))`` (kvpress's
+``int(T * (1 - r))`` rounding, never fewer than the protected tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from evicctl.manager.kv import KV
+from evicctl.manager.quant import gather_tokens
+
+SINK_TOKENS = 4
+WINDOW_TOKENS = 16
+SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size
+
+Scorer = Callable[[KV, int], torch.Tensor]
+
+
+def knorm(kv: KV, layer: int) -> torch.Tensor:
+    """[1, H, K]: minus the L2 norm of each key."""
+    return -kv.keys[layer].float().norm(dim=-1)
+
+
+def keydiff(kv: KV, layer: int) -> torch.Tensor:
+    """[1, H, K]: minus the cosine of each key to the mean unit key of its head."""
+    keys = kv.keys[layer].float()  # [1, H, K, D]
+    anchor = F.normalize(keys, p=2, dim=-1).mean(dim=2, keepdim=True)  # [1, H, 1, D]
+    return -F.cosine_similarity(keys, anchor, dim=-1)
+
+
+def _window_queries(kv: KV, layer: int) -> torch.Tensor:
+    wq = kv.window_queries
+    if wq is None:
+        raise ValueError(
+            "snapkv needs kv.window_queries [layers, q_heads, window, head_dim] "
+            "(the post-RoPE queries of the last prompt positions); pass them when storing the context"
+        )
+    if wq.dim() != 4 or wq.shape[0] != kv.layers or wq.shape[3] != kv.head_dim or wq.shape[1] % kv.kv_heads:
+        raise ValueError(
+            f"window_queries must be [{kv.layers}, q_heads (multiple of {kv.kv_heads}), window, "
+            f"{kv.head_dim}]; got {tuple(wq.shape)}"
+        )
+    if wq.shape[2] > kv.tokens:
+        raise ValueError(f"window of {wq.shape[2]} queries is longer than the {kv.tokens}-token context")
+    return wq[layer]
+
+
+def snapkv(kv: KV, layer: int) -> torch.Tensor:
+    """[1, H, K]: attention the last window's queries pay each key (see module docstring)."""
+    wq = _window_queries(kv, layer).to(kv.device, torch.float32)  # [Hq, W, D]
+    keys = kv.keys[layer][0].float()  # [H, K, D]
+    heads, kept, dim = keys.shape
+    q_heads, window = wq.shape[0], wq.shape[1]
+    group = q_heads // heads
+    key_pos = kv.positions[layer].to(keys.device)  # [H, K]
+    query_pos = torch.arange(kv.tokens - window, kv.tokens, device=keys.device)  # [W]
+    # query head j reads kv head j // group (HF repeat_kv order)
+    logits = wq @ keys.repeat_interleave(group, dim=0).transpose(1, 2) / math.sqrt(dim)  # [Hq, W, K]
+    future = key_pos.repeat_interleave(group, dim=0)[:, None, :] > query_pos[None, :, None]
+    attn = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+    in_window = key_pos >= kv.tokens - window  # [H, K]
+    # zeroing the window's own keys before pooling equals kvpress's pooling of the
+    # non-window part with zero padding (avg_pool1d counts the padding)
+    attn = attn.mean(dim=1).masked_fill(in_window.repeat_interleave(group, dim=0), 0.0)  # [Hq, K]
+    pooled = F.avg_pool1d(attn[:, None, :], SNAPKV_POOL, stride=1, padding=SNAPKV_POOL // 2)[:, 0]
+    scores = pooled.view(heads, group, kept).mean(dim=1)  # [H, K]
+    outside = scores.masked_fill(in_window, float("-inf"))
+    top = outside.max().item() if bool((~in_window).any()) else 0.0
+    return scores.masked_fill(in_window, top + 1.0)[None]
+
+
+SCORERS: dict[str, Scorer] = {"knorm": knorm, "keydiff": keydiff, "snapkv": snapkv}
+
+
+def kept_count(tokens: int, ratio: float) -> int:
+    """Tokens a context of `tokens` keeps per head when the fraction `ratio` is removed."""
+    return min(tokens, max(int(tokens * (1 - ratio)), SINK_TOKENS + WINDOW_TOKENS))
+
+
+def protected(positions: torch.Tensor, tokens: int) -> torch.Tensor:
+    """bool like positions: sink tokens and the last window, kept whatever their score."""
+    return (positions < SINK_TOKENS) | (positions >= tokens - WINDOW_TOKENS)
+
+
+def select(scores: torch.Tensor, positions: torch.Tensor, tokens: int, keep: int) -> torch.Tensor:
+    """scores [1, H, K], positions [H, K] -> kept indices [1, H, keep] int64, ascending.
+
+    The protected tokens plus the highest-scored others. keep >= K keeps everything."""
+    kept = scores.shape[-1]
+    if keep >= kept:
+        return torch.arange(kept, device=scores.device).expand(1, scores.shape[1], kept)
+    ranked = scores.float().masked_fill(protected(positions, tokens)[None], float("inf"))
+    return ranked.topk(keep, dim=-1).indices.sort(dim=-1).values
+
+
+def drop_tokens(kv: KV, scorer: str, ratio: float) -> KV:
+    """Keep kept_count(kv.tokens, ratio) tokens per (layer, head), chosen by `scorer`.
+
+    The ratio is of the full context (kv.tokens), so dropping from an already dropped KV
+    only removes what is still over that count."""
+    score = SCORERS[scorer]
+    keep = kept_count(kv.tokens, ratio)
+    if keep >= kv.kept_tokens:
+        return kv
+    keys, values, positions = [], [], []
+    for layer in range(kv.layers):
+        idx = select(score(kv, layer), kv.positions[layer], kv.tokens, keep)  # [1, H, keep]
+        keys.append(gather_tokens(kv.keys[layer], idx))
+        values.append(gather_tokens(kv.values[layer], idx))
+        positions.append(kv.positions[layer].gather(1, idx[0]))
+    return KV(tuple(keys), tuple(values), torch.stack(positions), kv.tokens, kv.window_queries)

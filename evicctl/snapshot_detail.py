@@ -1,0 +1,264 @@
+"""One context in detail: its profiles and every (codec, tier) option with its utility.
+
+Options are priced with the manager's own numbers: the tier bandwidths in `tiers`, and
+the cost model and alpha the manager stored in `manager.config_json`, so `evicctl show`
+explains the placement with the figures the placer used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from evicctl.config import DEFAULT_CODECS
+from evicctl.store import Store
+
+DEFAULT_ALPHA = 2.0  # ManagerConfig.alpha
+DEFAULT_QUERY_TOKENS = 32  # query length used to price options when the manager stored none
+DROPPED = "dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRow:
+    codec: str
+    metric: str
+    quality: float
+    quality_sd: float | None
+    raw_mean: float | None
+    f1: float | None
+    n_queries: int
+    measured_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementInfo:
+    tier: str
+    codec: str
+    stored_bytes: int
+    checksum: str | None
+    location: str | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class OptionRow:
+    codec: str
+    tier: str  # a tier name, or "dropped" (recompute on the next request)
+    stored_bytes: int
+    quality: float
+    predicted_ttft_s: float | None  # None: no cost model known for this tier/codec
+    utility: float | None
+    chosen: bool  # the context's current placement
+    fits: bool  # fits in the tier's free space (counting the context's own bytes there)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextDetail:
+    row: Any  # snapshot.ContextRow
+    placement: PlacementInfo | None
+    profiles: tuple[ProfileRow, ...]
+    options: tuple[OptionRow, ...]  # best utility first
+    events: tuple[Any, ...]  # snapshot.EventRow, newest last
+    reason: str | None  # reason of the event that put the context where it is
+    alpha: float
+    taken_at: float
+
+
+def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: float | None = None) -> ContextDetail:
+    """Raises NoSuchContextError for an unknown id."""
+    from evicctl.snapshot import read_context_row, read_events, read_manager, read_tiers
+
+    now = time.time() if now is None else now
+    with store.read():
+        row = read_context_row(store, context_id)
+        placement = _placement(store, context_id)
+        profiles = tuple(
+            ProfileRow(*r)
+            for r in store.query(
+                "SELECT codec, metric, quality, quality_sd, raw_mean, f1, n_queries, measured_at"
+                " FROM profiles WHERE context_id = ? ORDER BY codec, metric",
+                (context_id,),
+            )
+        )
+        manager = read_manager(store, now=now)
+        tiers = read_tiers(store, now=now, history_points=0)
+        events = read_events(store, context_id=context_id, limit=events_limit)
+    config = manager.config if manager else {}
+    options = price_options(row, placement, profiles, tiers, config)
+    reason = next(
+        (e.reason for e in reversed(events) if placement and e.to_tier == placement.tier and e.reason), None
+    )
+    alpha = float(config.get("alpha", DEFAULT_ALPHA))
+    return ContextDetail(row, placement, profiles, options, events, reason, alpha, now)
+
+
+def _placement(store: Store, context_id: str) -> PlacementInfo | None:
+    rows = store.query(
+        "SELECT tier, codec, stored_bytes, checksum, location, since FROM placements WHERE context_id = ?",
+        (context_id,),
+    )
+    return PlacementInfo(*rows[0]) if rows else None
+
+
+def profile_quality(profiles: tuple[ProfileRow, ...]) -> dict[str, float]:
+    """Quality per codec: the placer's metric (teacher-forced) first, else the newest."""
+    best: dict[str, ProfileRow] = {}
+    for p in profiles:
+        cur = best.get(p.codec)
+        rank = (p.metric == "teacher-forced", p.measured_at)
+        if cur is None or rank > (cur.metric == "teacher-forced", cur.measured_at):
+            best[p.codec] = p
+    quality = {codec: p.quality for codec, p in best.items()}
+    quality.setdefault("none", 1.0)  # the uncompressed KV is the reference: exact
+    return quality
+
+
+def price_options(row, placement, profiles, tiers, config: dict) -> tuple[OptionRow, ...]:
+    """Every (codec with a known quality) x (tier) option, plus recompute-on-miss."""
+    quality = profile_quality(profiles)
+    menu = list(config.get("codecs") or DEFAULT_CODECS)
+    codecs = [c for c in menu if c in quality] + sorted(c for c in quality if c not in menu)
+    cost_model = _cost_model(config.get("cost_model"))
+    query_tokens = int(config.get("query_tokens", DEFAULT_QUERY_TOKENS))
+    shape = config.get("kv_shape") or {}
+    combos: list[tuple[str, str, int, float, float | None, bool]] = []
+    for codec in codecs:
+        stored = _stored_bytes(codec, row.tokens, row.raw_bytes, shape, placement)
+        kept = _kept_tokens(codec, row.tokens)
+        for tier in tiers:
+            ttft = _ttft_s(codec, stored, tier.read_bps, query_tokens, kept, cost_model)
+            own = placement.stored_bytes if placement and placement.tier == tier.name else 0
+            fits = stored <= tier.capacity_bytes - tier.used_bytes + own
+            combos.append((codec, tier.name, stored, quality[codec], ttft, fits))
+    combos.append((
+        "none", DROPPED, 0, 1.0, _miss_ttft_s(row.tokens, query_tokens, cost_model), True,
+    ))
+    utilities = _utilities(row.freq, float(config.get("alpha", DEFAULT_ALPHA)), combos)
+    options = [
+        OptionRow(codec, tier, stored, q, ttft, u, _is_chosen(placement, codec, tier), fits)
+        for (codec, tier, stored, q, ttft, fits), u in zip(combos, utilities, strict=True)
+    ]
+    options.sort(key=lambda o: (o.utility is None, -(o.utility or 0.0), o.codec, o.tier))
+    return tuple(options)
+
+
+def _is_chosen(placement: PlacementInfo | None, codec: str, tier: str) -> bool:
+    if placement is None:
+        return False
+    if placement.tier == DROPPED:
+        return tier == DROPPED
+    return placement.tier == tier and placement.codec == codec
+
+
+# ---- codec sizes -------------------------------------------------------------------
+_CODEC_RE = re.compile(r"^(?:(?P<scorer>[a-z]+)@(?P<ratio>0?\.\d+|[01](?:\.\d+)?))?\+?(?P<quant>int8|int4)?$")
+
+
+def _codec(name: str):
+    try:
+        from evicctl.manager.codecs import get_codec
+    except ImportError:
+        return None
+    try:
+        return get_codec(name)
+    except Exception:  # an unknown codec in old profiles must not break `show`
+        return None
+
+
+def _keep_and_bits(name: str) -> tuple[float, int | None]:
+    """(fraction of tokens kept, quantization bits or None) parsed from a codec name."""
+    if name == "none":
+        return 1.0, None
+    m = _CODEC_RE.match(name)
+    if not m:
+        return 1.0, None
+    keep = 1.0 - float(m["ratio"]) if m["ratio"] else 1.0
+    bits = {"int8": 8, "int4": 4}.get(m["quant"] or "")
+    return keep, bits
+
+
+def _kept_tokens(codec: str, tokens: int) -> int:
+    c = _codec(codec)
+    keep = getattr(c, "keep_fraction", None) if c is not None else None
+    if keep is None:
+        keep = _keep_and_bits(codec)[0]
+    return max(0, round(tokens * keep))
+
+
+def _stored_bytes(codec: str, tokens: int, raw_bytes: int, shape: dict, placement) -> int:
+    if placement is not None and placement.codec == codec and placement.tier != DROPPED:
+        return int(placement.stored_bytes)
+    c = _codec(codec)
+    if c is not None and all(k in shape for k in ("layers", "kv_heads", "head_dim", "dtype_bytes")):
+        return int(c.stored_bytes(tokens, shape["layers"], shape["kv_heads"], shape["head_dim"], shape["dtype_bytes"]))
+    # Estimate from the raw size: kept fraction x bits per value (+ fp16 scale and min per
+    # group of 32, i.e. 1 byte per 8 values) against 16-bit values.
+    keep, bits = _keep_and_bits(codec)
+    dtype_bytes = int(shape.get("dtype_bytes", 2))
+    per_value = 1.0 if bits is None else (bits / 8 + 4 / 32) / dtype_bytes
+    return int(math.ceil(raw_bytes * keep * per_value))
+
+
+# ---- cost model --------------------------------------------------------------------
+def _cost_model(data: dict | None):
+    if not data:
+        return None
+    try:
+        from evicctl.manager.costs import CostModel
+    except ImportError:
+        return None
+    return CostModel.from_dict(data)
+
+
+def _family(codec: str) -> str:
+    c = _codec(codec)
+    if c is not None and getattr(c, "family", None):
+        return c.family
+    keep, bits = _keep_and_bits(codec)
+    if codec == "none":
+        return "none"
+    return {(True, False): "drop", (False, True): "quant", (True, True): "drop+quant"}.get(
+        (keep < 1.0, bits is not None), "none"
+    )
+
+
+def _ttft_s(codec, stored_bytes, read_bps, query_tokens, kept_tokens, cost_model) -> float | None:
+    if cost_model is None or not read_bps:
+        return None
+    from evicctl.manager.costs import predicted_ttft_s
+
+    decode_bps = cost_model.decode_bps(_family(codec))
+    decode_s = stored_bytes / decode_bps if decode_bps else 0.0
+    return float(predicted_ttft_s(stored_bytes, read_bps, decode_s, query_tokens, kept_tokens, cost_model))
+
+
+def _miss_ttft_s(tokens, query_tokens, cost_model) -> float | None:
+    if cost_model is None:
+        return None
+    from evicctl.manager.costs import miss_ttft_s
+
+    return float(miss_ttft_s(tokens, query_tokens, cost_model))
+
+
+def _utilities(freq: float, alpha: float, combos) -> list[float | None]:
+    known = [i for i, c in enumerate(combos) if c[4] is not None]
+    out: list[float | None] = [None] * len(combos)
+    if not known:
+        return out
+    quality = [combos[i][3] for i in known]
+    ttft = [combos[i][4] for i in known]
+    try:
+        import numpy as np
+
+        from evicctl.manager.utility import utility
+
+        values = np.asarray(utility(freq, alpha, np.asarray(quality), np.asarray(ttft)), dtype=float)
+        values = np.broadcast_to(values, (len(known),)).tolist()
+    except ImportError:  # the contract's formula: U = freq * (alpha * quality - ttft)
+        values = [freq * (alpha * q - t) for q, t in zip(quality, ttft, strict=True)]
+    for i, v in zip(known, values, strict=True):
+        out[i] = float(v)
+    return out

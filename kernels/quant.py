@@ -1,0 +1,520 @@
+"""Group-wise int8/int4 quantization of keys and values (KIVI-style), Triton kernels.
+
+Same signatures and outputs as the torch reference in evicctl.manager.quant:
+- keys [B, H, T, D]: per channel, groups of G consecutive tokens (the last may be partial);
+  scale, mn [B, H, ceil(T/G), D] float16.
+- values [B, H, T, D]: per token, groups of G channels (D % G == 0); scale, mn [B, H, T, D/G].
+- mn, mx in fp32; scale = (mx - mn) / (2**bits - 1); both cast to fp16, a fp16 scale of 0
+  replaced by 1;
+  codes = clamp(round_half_even((x - mn16) / scale16), 0, 2**bits - 1) in fp32 with an
+  IEEE division; uint8 [B, H, T, D] for int8, int4 packed two per byte along D
+  ([B, H, T, D/2], low nibble = even channel).
+- dequantize: codes * scale16 + mn16 in fp32 (a multiply then an add, no FMA, as torch eager
+  rounds), cast to the requested dtype.
+So codes, scales and dequantized values match the reference bit for bit.
+
+Each kernel reads its input once and writes its output once. The `*_layers` forms take every
+layer in one launch (see _layers.py); the one-layer forms are those with one layer. Inputs of
+dequantize may be pinned host memory: the kernel then reads the codes over the bus and writes
+the dequantized tensor on the GPU, which fuses the host-to-device copy into the decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ._layers import as_layers, kernel_device, layer_table
+
+# Launch shapes (the benchmark sweeps these; defaults chosen from its H200 run).
+TUNING: dict[str, int] = {
+    "keys_warps": 4,
+    "values_block_t": 32,
+    "values_warps": 4,
+}
+
+_FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _round_half_even(y):
+    # torch.round rounds half to even; floor-based so that it is exact for |y| < 2**22
+    f = tl.floor(y)
+    d = y - f
+    odd = f - 2.0 * tl.floor(f * 0.5)
+    up = (d > 0.5) | ((d == 0.5) & (odd == 1.0))
+    return tl.where(up, f + 1.0, f)
+
+
+@triton.jit
+def _scale_min(mn, mx, QMAX: tl.constexpr):
+    """fp32 group min/max -> (scale16, mn16) upcast to fp32, as the reference rounds them."""
+    scale = tl.math.div_rn(mx - mn, tl.full(mn.shape, QMAX, tl.float32)).to(tl.float16).to(tl.float32)
+    # a fp16 scale of 0 (mx == mn, or a range under fp16's smallest subnormal) becomes 1
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    return scale, mn.to(tl.float16).to(tl.float32)
+
+
+@triton.jit
+def _codes(x, scale, mn, QMAX: tl.constexpr):
+    q = _round_half_even(tl.math.div_rn(x - mn, scale))
+    return tl.minimum(tl.maximum(q, 0.0), QMAX).to(tl.int32)
+
+
+@triton.jit
+def _quant_keys_kernel(
+    x_ptr, x_offs, c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, i_ptr, i_offs,
+    H, T, NG, sx_b, sx_h, sx_t,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_IDX: tl.constexpr,
+):
+    # one program: G tokens x D channels of one (layer, batch, head)
+    g = tl.program_id(0)
+    bh = tl.program_id(1)
+    layer = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    QMAX: tl.constexpr = 2**BITS - 1
+    t = g * G + tl.arange(0, G)
+    tm = t < T
+    if HAS_IDX:  # token compaction: row t of the output is row idx[t] of the input
+        rows = tl.load(i_ptr + tl.load(i_offs + layer) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+    else:
+        rows = t.to(tl.int64)
+    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    d = tl.arange(0, D)
+    x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+    row_out = bh.to(tl.int64) * T + t
+    grp_out = (bh.to(tl.int64) * NG + g) * D
+    if BITS == 8:
+        mn = tl.min(tl.where(tm[:, None], x, float("inf")), axis=0)
+        mx = tl.max(tl.where(tm[:, None], x, float("-inf")), axis=0)
+        s, m = _scale_min(mn, mx, QMAX)
+        q = _codes(x, s[None, :], m[None, :], QMAX)
+        tl.store(c_ptr + tl.load(c_offs + layer) + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
+    else:
+        xe, xo = tl.split(tl.reshape(x, (G, D // 2, 2)))  # even, odd channels [G, D/2]
+        mne = tl.min(tl.where(tm[:, None], xe, float("inf")), axis=0)
+        mxe = tl.max(tl.where(tm[:, None], xe, float("-inf")), axis=0)
+        mno = tl.min(tl.where(tm[:, None], xo, float("inf")), axis=0)
+        mxo = tl.max(tl.where(tm[:, None], xo, float("-inf")), axis=0)
+        se, me = _scale_min(mne, mxe, QMAX)
+        so, mo = _scale_min(mno, mxo, QMAX)
+        packed = _codes(xe, se[None, :], me[None, :], QMAX) | (_codes(xo, so[None, :], mo[None, :], QMAX) << 4)
+        dh = tl.arange(0, D // 2)
+        c_base = c_ptr + tl.load(c_offs + layer)
+        tl.store(c_base + row_out[:, None] * (D // 2) + dh[None, :], packed.to(tl.uint8), mask=tm[:, None])
+        s = tl.reshape(tl.join(se, so), (D,))
+        m = tl.reshape(tl.join(me, mo), (D,))
+    tl.store(s_ptr + tl.load(s_offs + layer) + grp_out + d, s.to(tl.float16))
+    tl.store(m_ptr + tl.load(m_offs + layer) + grp_out + d, m.to(tl.float16))
+
+
+@triton.jit
+def _dequant_keys_kernel(
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
+    H, T, NG, sy_b, sy_h, sy_t,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+):
+    g = tl.program_id(0)
+    bh = tl.program_id(1)
+    layer = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    t = g * G + tl.arange(0, G)
+    tm = t < T
+    d = tl.arange(0, D)
+    row_in = bh.to(tl.int64) * T + t
+    grp_in = (bh.to(tl.int64) * NG + g) * D
+    s = tl.load(s_ptr + tl.load(s_offs + layer) + grp_in + d).to(tl.float32)
+    m = tl.load(m_ptr + tl.load(m_offs + layer) + grp_in + d).to(tl.float32)
+    c_base = c_ptr + tl.load(c_offs + layer)
+    if BITS == 8:
+        q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
+        x = q * s[None, :] + m[None, :]
+    else:
+        dh = tl.arange(0, D // 2)
+        p = tl.load(c_base + row_in[:, None] * (D // 2) + dh[None, :], mask=tm[:, None], other=0).to(tl.int32)
+        se, so = tl.split(tl.reshape(s, (D // 2, 2)))
+        me, mo = tl.split(tl.reshape(m, (D // 2, 2)))
+        xe = (p & 15).to(tl.float32) * se[None, :] + me[None, :]
+        xo = (p >> 4).to(tl.float32) * so[None, :] + mo[None, :]
+        x = tl.reshape(tl.join(xe, xo), (G, D))
+    y_base = y_ptr + tl.load(y_offs + layer) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
+    tl.store(y_base + t.to(tl.int64)[:, None] * sy_t + d[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
+
+
+@triton.jit
+def _quant_values_kernel(
+    x_ptr, x_offs, c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, i_ptr, i_offs,
+    H, T, sx_b, sx_h, sx_t,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, HAS_IDX: tl.constexpr,
+):
+    # one program: BT tokens x D channels of one (layer, batch, head); groups of G channels
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    layer = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    QMAX: tl.constexpr = 2**BITS - 1
+    NGD: tl.constexpr = D // G
+    t = pid * BT + tl.arange(0, BT)
+    tm = t < T
+    if HAS_IDX:
+        rows = tl.load(i_ptr + tl.load(i_offs + layer) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+    else:
+        rows = t.to(tl.int64)
+    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    d = tl.arange(0, D)
+    x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+    row_out = bh.to(tl.int64) * T + t
+    j = tl.arange(0, NGD)
+    if BITS == 8:
+        xr = tl.reshape(x, (BT, NGD, G))
+        s, m = _scale_min(tl.min(xr, axis=2), tl.max(xr, axis=2), QMAX)  # [BT, NGD]
+        q = tl.reshape(_codes(xr, s[:, :, None], m[:, :, None], QMAX), (BT, D))
+        c_base = c_ptr + tl.load(c_offs + layer)
+        tl.store(c_base + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
+    else:
+        xe, xo = tl.split(tl.reshape(x, (BT, NGD, G // 2, 2)))  # [BT, NGD, G/2] each
+        mn = tl.minimum(tl.min(xe, axis=2), tl.min(xo, axis=2))
+        mx = tl.maximum(tl.max(xe, axis=2), tl.max(xo, axis=2))
+        s, m = _scale_min(mn, mx, QMAX)
+        qe = _codes(xe, s[:, :, None], m[:, :, None], QMAX)
+        qo = _codes(xo, s[:, :, None], m[:, :, None], QMAX)
+        packed = tl.reshape(qe | (qo << 4), (BT, D // 2))
+        dh = tl.arange(0, D // 2)
+        c_base = c_ptr + tl.load(c_offs + layer)
+        tl.store(c_base + row_out[:, None] * (D // 2) + dh[None, :], packed.to(tl.uint8), mask=tm[:, None])
+    sm_off = row_out[:, None] * NGD + j[None, :]
+    tl.store(s_ptr + tl.load(s_offs + layer) + sm_off, s.to(tl.float16), mask=tm[:, None])
+    tl.store(m_ptr + tl.load(m_offs + layer) + sm_off, m.to(tl.float16), mask=tm[:, None])
+
+
+@triton.jit
+def _dequant_values_kernel(
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
+    H, T, sy_b, sy_h, sy_t,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    layer = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    NGD: tl.constexpr = D // G
+    t = pid * BT + tl.arange(0, BT)
+    tm = t < T
+    row_in = bh.to(tl.int64) * T + t
+    j = tl.arange(0, NGD)
+    sm_off = row_in[:, None] * NGD + j[None, :]
+    s = tl.load(s_ptr + tl.load(s_offs + layer) + sm_off, mask=tm[:, None], other=1.0).to(tl.float32)
+    m = tl.load(m_ptr + tl.load(m_offs + layer) + sm_off, mask=tm[:, None], other=0.0).to(tl.float32)
+    c_base = c_ptr + tl.load(c_offs + layer)
+    d = tl.arange(0, D)
+    if BITS == 8:
+        q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
+        x = tl.reshape(tl.reshape(q, (BT, NGD, G)) * s[:, :, None] + m[:, :, None], (BT, D))
+    else:
+        dh = tl.arange(0, D // 2)
+        p = tl.load(c_base + row_in[:, None] * (D // 2) + dh[None, :], mask=tm[:, None], other=0).to(tl.int32)
+        p = tl.reshape(p, (BT, NGD, G // 2))
+        xe = (p & 15).to(tl.float32) * s[:, :, None] + m[:, :, None]
+        xo = (p >> 4).to(tl.float32) * s[:, :, None] + m[:, :, None]
+        x = tl.reshape(tl.join(xe, xo), (BT, D))
+    y_base = y_ptr + tl.load(y_offs + layer) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
+    tl.store(y_base + t.to(tl.int64)[:, None] * sy_t + d[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
+
+
+# ---------------------------------------------------------------- shape checks
+
+
+def _check_format(bits: int, group: int, head_dim: int, what: str) -> None:
+    if bits not in (8, 4):
+        raise ValueError(f"{what}: bits must be 8 or 4, got {bits}")
+    if group < 2 or group & (group - 1):
+        raise ValueError(f"{what}: the kernels need a power-of-two group >= 2, got {group}")
+    if head_dim < 2 or head_dim & (head_dim - 1):
+        raise ValueError(f"{what}: the kernels need a power-of-two head_dim, got {head_dim}")
+
+
+def _check_float_input(layers: list[torch.Tensor], what: str) -> None:
+    x = layers[0]
+    if x.dtype not in _FLOAT_OUT:
+        raise ValueError(f"{what}: expected float16/bfloat16/float32, got {x.dtype}")
+    if x.stride(-1) != 1:
+        raise ValueError(f"{what}: the channel dim must be contiguous")
+
+
+def _check_idx(idx_layers: list[torch.Tensor], x: torch.Tensor, what: str) -> int:
+    i = idx_layers[0]
+    if i.dtype != torch.int64 or i.dim() != 3 or tuple(i.shape[:2]) != tuple(x.shape[:2]) or not i.is_contiguous():
+        raise ValueError(f"{what}: idx must be contiguous int64 [B, H, K] matching x; got {tuple(i.shape)} {i.dtype}")
+    return int(i.shape[2])
+
+
+def _new(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _check_out(out: Sequence[torch.Tensor], shapes: Sequence[tuple], dtypes: Sequence[torch.dtype], what: str) -> None:
+    for t, shape, dtype in zip(out, shapes, dtypes, strict=True):
+        if tuple(t.shape) != tuple(shape) or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(f"{what}: out tensor must be contiguous {dtype} {tuple(shape)}; got {t.dtype} {tuple(t.shape)}")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
+    x = layers[0]
+    _check_float_input(layers, what)
+    B, H, T_in, D = x.shape
+    _check_format(bits, group, D, what)
+    device = kernel_device(x)
+    T = _check_idx(idx_layers, x, what) if idx_layers is not None else T_in
+    L = len(layers)
+    NG = triton.cdiv(T, group)
+    DC = D if bits == 8 else D // 2
+    shapes = ((L, B, H, T, DC), (L, B, H, NG, D), (L, B, H, NG, D))
+    if out is None:
+        out = tuple(_new(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
+    else:
+        _check_out(out, shapes, (torch.uint8, torch.float16, torch.float16), what)
+    codes, scale, mn = out
+    if T == 0:
+        return codes, scale, mn
+    xb, xo = layer_table(layers, device)
+    cb, co = layer_table(list(codes.unbind(0)), device)
+    sb, so = layer_table(list(scale.unbind(0)), device)
+    mb, mo = layer_table(list(mn.unbind(0)), device)
+    ib, io = layer_table(idx_layers, device) if idx_layers is not None else (xo, xo)
+    _quant_keys_kernel[(NG, B * H, L)](
+        xb, xo, cb, co, sb, so, mb, mo, ib, io,
+        H, T, NG, x.stride(0), x.stride(1), x.stride(2),
+        BITS=bits, G=group, D=D, HAS_IDX=idx_layers is not None,
+        num_warps=TUNING["keys_warps"],
+    )
+    return codes, scale, mn
+
+
+def quantize_keys_layers(
+    ks: torch.Tensor | Sequence[torch.Tensor], bits: int, group: int = 32, *, out=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every layer in one launch. ks: L x [B, H, T, D] -> codes [L, B, H, T, D or D/2] uint8,
+    scale, mn [L, B, H, ceil(T/G), D] float16."""
+    layers = as_layers(ks, 4, "quantize_keys_layers")
+    return _quantize_keys_launch(layers, bits, group, None, out, "quantize_keys_layers")
+
+
+def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
+    """k [B, H, T, D] -> (codes, scale, mn); see the module docstring for the format."""
+    if k.dim() != 4:
+        raise ValueError(f"quantize_keys: k must be [B, H, T, D]; got {tuple(k.shape)}")
+    stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
+    codes, scale, mn = _quantize_keys_launch([k], bits, group, None, stacked, "quantize_keys")
+    return codes[0], scale[0], mn[0]
+
+
+def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
+    c = codes_l[0]
+    B, H, T, DC = c.shape
+    D = DC if bits == 8 else DC * 2
+    _check_format(bits, group, D, what)
+    if dtype not in _FLOAT_OUT:
+        raise ValueError(f"{what}: dtype must be float16/bfloat16/float32, got {dtype}")
+    NG = triton.cdiv(T, group)
+    if c.dtype != torch.uint8 or not c.is_contiguous():
+        raise ValueError(f"{what}: codes must be contiguous uint8")
+    for t, name in ((scale_l[0], "scale"), (mn_l[0], "mn")):
+        if tuple(t.shape) != (B, H, NG, D) or t.dtype != torch.float16 or not t.is_contiguous():
+            raise ValueError(f"{what}: {name} must be contiguous float16 {(B, H, NG, D)}; got {t.dtype} {tuple(t.shape)}")
+    dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
+    L = len(codes_l)
+    if out_layers is None:
+        out_layers = list(_new((L, B, H, T, D), dtype, dev).unbind(0))
+    else:
+        for y in out_layers:
+            if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
+                raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
+        if any(y.stride() != out_layers[0].stride() for y in out_layers):
+            raise ValueError(f"{what}: every out layer must have the same strides")
+    if T == 0:
+        return out_layers
+    cb, co = layer_table(codes_l, dev)
+    sb, so = layer_table(scale_l, dev)
+    mb, mo = layer_table(mn_l, dev)
+    yb, yo = layer_table(out_layers, dev)
+    y = out_layers[0]
+    _dequant_keys_kernel[(NG, B * H, L)](
+        cb, co, sb, so, mb, mo, yb, yo,
+        H, T, NG, y.stride(0), y.stride(1), y.stride(2),
+        BITS=bits, G=group, D=D,
+        num_warps=TUNING["keys_warps"], enable_fp_fusion=False,
+    )
+    return out_layers
+
+
+def dequantize_keys(
+    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
+):
+    """(codes, scale, mn) of one layer -> k [B, H, T, D] of `dtype`.
+
+    `out`: a preallocated [B, H, T, D] tensor (any strides with contiguous channels, e.g. a
+    slice of an engine's cache) to write into. `device`: where k goes; codes in pinned host
+    memory are then read over the bus by the kernel (no separate copy).
+    """
+    if codes.dim() != 4:
+        raise ValueError(f"dequantize_keys: codes must be [B, H, T, D or D/2]; got {tuple(codes.shape)}")
+    res = _dequantize_keys_launch(
+        [codes], [scale], [mn], bits, group, dtype, None if out is None else [out], device, "dequantize_keys"
+    )
+    return res[0]
+
+
+def dequantize_keys_layers(
+    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
+):
+    """Every layer in one launch: stacked [L, ...] tensors or sequences of L tensors.
+
+    Returns a list of L tensors [B, H, T, D] (views of one stacked tensor unless `out` is
+    given as a sequence of L tensors)."""
+    what = "dequantize_keys_layers"
+    cl, sl, ml = as_layers(codes, 4, what), as_layers(scale, 4, what), as_layers(mn, 4, what)
+    if not len(cl) == len(sl) == len(ml):
+        raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
+    out_layers = None if out is None else as_layers(out, 4, what)
+    return _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+
+
+# ---------------------------------------------------------------- values
+
+
+def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
+    x = layers[0]
+    _check_float_input(layers, what)
+    B, H, T_in, D = x.shape
+    _check_format(bits, group, D, what)
+    if D % group or group > D:
+        raise ValueError(f"{what}: head_dim {D} must be a multiple of the group {group}")
+    device = kernel_device(x)
+    T = _check_idx(idx_layers, x, what) if idx_layers is not None else T_in
+    L = len(layers)
+    NGD = D // group
+    DC = D if bits == 8 else D // 2
+    shapes = ((L, B, H, T, DC), (L, B, H, T, NGD), (L, B, H, T, NGD))
+    if out is None:
+        out = tuple(_new(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
+    else:
+        _check_out(out, shapes, (torch.uint8, torch.float16, torch.float16), what)
+    codes, scale, mn = out
+    if T == 0:
+        return codes, scale, mn
+    xb, xo = layer_table(layers, device)
+    cb, co = layer_table(list(codes.unbind(0)), device)
+    sb, so = layer_table(list(scale.unbind(0)), device)
+    mb, mo = layer_table(list(mn.unbind(0)), device)
+    ib, io = layer_table(idx_layers, device) if idx_layers is not None else (xo, xo)
+    BT = TUNING["values_block_t"]
+    _quant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
+        xb, xo, cb, co, sb, so, mb, mo, ib, io,
+        H, T, x.stride(0), x.stride(1), x.stride(2),
+        BITS=bits, G=group, D=D, BT=BT, HAS_IDX=idx_layers is not None,
+        num_warps=TUNING["values_warps"],
+    )
+    return codes, scale, mn
+
+
+def quantize_values_layers(
+    vs: torch.Tensor | Sequence[torch.Tensor], bits: int, group: int = 32, *, out=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every layer in one launch. vs: L x [B, H, T, D] -> codes [L, B, H, T, D or D/2] uint8,
+    scale, mn [L, B, H, T, D/G] float16."""
+    layers = as_layers(vs, 4, "quantize_values_layers")
+    return _quantize_values_launch(layers, bits, group, None, out, "quantize_values_layers")
+
+
+def quantize_values(v: torch.Tensor, bits: int, group: int = 32, *, out=None):
+    """v [B, H, T, D] -> (codes, scale, mn); see the module docstring for the format."""
+    if v.dim() != 4:
+        raise ValueError(f"quantize_values: v must be [B, H, T, D]; got {tuple(v.shape)}")
+    stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
+    codes, scale, mn = _quantize_values_launch([v], bits, group, None, stacked, "quantize_values")
+    return codes[0], scale[0], mn[0]
+
+
+def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
+    c = codes_l[0]
+    B, H, T, DC = c.shape
+    D = DC if bits == 8 else DC * 2
+    _check_format(bits, group, D, what)
+    if D % group or group > D:
+        raise ValueError(f"{what}: head_dim {D} must be a multiple of the group {group}")
+    if dtype not in _FLOAT_OUT:
+        raise ValueError(f"{what}: dtype must be float16/bfloat16/float32, got {dtype}")
+    if c.dtype != torch.uint8 or not c.is_contiguous():
+        raise ValueError(f"{what}: codes must be contiguous uint8")
+    NGD = D // group
+    for t, name in ((scale_l[0], "scale"), (mn_l[0], "mn")):
+        if tuple(t.shape) != (B, H, T, NGD) or t.dtype != torch.float16 or not t.is_contiguous():
+            raise ValueError(f"{what}: {name} must be contiguous float16 {(B, H, T, NGD)}; got {t.dtype} {tuple(t.shape)}")
+    dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
+    L = len(codes_l)
+    if out_layers is None:
+        out_layers = list(_new((L, B, H, T, D), dtype, dev).unbind(0))
+    else:
+        for y in out_layers:
+            if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
+                raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
+        if any(y.stride() != out_layers[0].stride() for y in out_layers):
+            raise ValueError(f"{what}: every out layer must have the same strides")
+    if T == 0:
+        return out_layers
+    cb, co = layer_table(codes_l, dev)
+    sb, so = layer_table(scale_l, dev)
+    mb, mo = layer_table(mn_l, dev)
+    yb, yo = layer_table(out_layers, dev)
+    y = out_layers[0]
+    BT = TUNING["values_block_t"]
+    _dequant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
+        cb, co, sb, so, mb, mo, yb, yo,
+        H, T, y.stride(0), y.stride(1), y.stride(2),
+        BITS=bits, G=group, D=D, BT=BT,
+        num_warps=TUNING["values_warps"], enable_fp_fusion=False,
+    )
+    return out_layers
+
+
+def dequantize_values(
+    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
+):
+    """(codes, scale, mn) of one layer -> v [B, H, T, D] of `dtype` (`out`, `device`: see dequantize_keys)."""
+    if codes.dim() != 4:
+        raise ValueError(f"dequantize_values: codes must be [B, H, T, D or D/2]; got {tuple(codes.shape)}")
+    res = _dequantize_values_launch(
+        [codes], [scale], [mn], bits, group, dtype, None if out is None else [out], device, "dequantize_values"
+    )
+    return res[0]
+
+
+def dequantize_values_layers(
+    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
+):
+    """Every layer in one launch (see dequantize_keys_layers)."""
+    what = "dequantize_values_layers"
+    cl, sl, ml = as_layers(codes, 4, what), as_layers(scale, 4, what), as_layers(mn, 4, what)
+    if not len(cl) == len(sl) == len(ml):
+        raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
+    out_layers = None if out is None else as_layers(out, 4, what)
+    return _dequantize_values_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+
+
+def __getattr__(name: str):
+    # evicctl.manager.quant looks for gather_tokens next to the quantizers
+    if name == "gather_tokens":
+        from .gather import gather_tokens
+
+        return gather_tokens
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
