@@ -75,3 +75,17 @@ def kernel_device(*tensors: torch.Tensor, device: torch.device | str | None = No
     if interpreting():
         return device
     raise ValueError(f"kernels run on CUDA; got tensors on {device}")
+
+
+# Tests set this to fill every output a kernel allocates with NaN (floats) or 0xA5 (bytes)
+# before the kernel runs, so an element the kernel fails to write shows up.
+POISON_OUTPUTS = False
+
+
+def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, or a poisoned tensor when POISON_OUTPUTS is set."""
+    if not POISON_OUTPUTS:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.full(shape, 0xA5 if dtype == torch.uint8 else -1, dtype=dtype, device=device)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._layers import as_layers, kernel_device, layer_table
+from ._layers import as_layers, kernel_device, layer_table, new_output
 from .quant import _quantize_keys_launch, _quantize_values_launch
 
 TUNING: dict[str, int] = {"block_k": 32, "warps": 4}
@@ -63,7 +63,7 @@ def _gather_launch(layers: list[torch.Tensor], idx_layers: list[torch.Tensor], w
     device = kernel_device(x, i)
     K = i.shape[2]
     L = len(layers)
-    y = torch.empty((L, B, H, K, D), dtype=x.dtype, device=device)
+    y = new_output((L, B, H, K, D), x.dtype, device)
     if K == 0:
         return y
     xb, xo = layer_table(layers, device)

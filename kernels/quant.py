@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _layers
 from ._layers import as_layers, kernel_device, layer_table
 
 # Launch shapes (the benchmark sweeps these; defaults chosen from its H200 run).
@@ -255,10 +256,6 @@ def _check_idx(idx_layers: list[torch.Tensor], x: torch.Tensor, what: str) -> in
     return int(i.shape[2])
 
 
-def _new(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _check_out(out: Sequence[torch.Tensor], shapes: Sequence[tuple], dtypes: Sequence[torch.dtype], what: str) -> None:
     for t, shape, dtype in zip(out, shapes, dtypes, strict=True):
         if tuple(t.shape) != tuple(shape) or t.dtype != dtype or not t.is_contiguous():
@@ -280,7 +277,7 @@ def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
     DC = D if bits == 8 else D // 2
     shapes = ((L, B, H, T, DC), (L, B, H, NG, D), (L, B, H, NG, D))
     if out is None:
-        out = tuple(_new(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
+        out = tuple(_layers.new_output(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
     else:
         _check_out(out, shapes, (torch.uint8, torch.float16, torch.float16), what)
     codes, scale, mn = out
@@ -315,7 +312,7 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
         raise ValueError(f"quantize_keys: k must be [B, H, T, D]; got {tuple(k.shape)}")
     stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
     codes, scale, mn = _quantize_keys_launch([k], bits, group, None, stacked, "quantize_keys")
-    return codes[0], scale[0], mn[0]
+    return tuple(out) if out is not None else (codes[0], scale[0], mn[0])
 
 
 def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
@@ -334,7 +331,7 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
-        out_layers = list(_new((L, B, H, T, D), dtype, dev).unbind(0))
+        out_layers = list(_layers.new_output((L, B, H, T, D), dtype, dev).unbind(0))
     else:
         for y in out_layers:
             if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
@@ -406,7 +403,7 @@ def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
     DC = D if bits == 8 else D // 2
     shapes = ((L, B, H, T, DC), (L, B, H, T, NGD), (L, B, H, T, NGD))
     if out is None:
-        out = tuple(_new(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
+        out = tuple(_layers.new_output(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
     else:
         _check_out(out, shapes, (torch.uint8, torch.float16, torch.float16), what)
     codes, scale, mn = out
@@ -442,7 +439,7 @@ def quantize_values(v: torch.Tensor, bits: int, group: int = 32, *, out=None):
         raise ValueError(f"quantize_values: v must be [B, H, T, D]; got {tuple(v.shape)}")
     stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
     codes, scale, mn = _quantize_values_launch([v], bits, group, None, stacked, "quantize_values")
-    return codes[0], scale[0], mn[0]
+    return tuple(out) if out is not None else (codes[0], scale[0], mn[0])
 
 
 def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
@@ -463,7 +460,7 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
-        out_layers = list(_new((L, B, H, T, D), dtype, dev).unbind(0))
+        out_layers = list(_layers.new_output((L, B, H, T, D), dtype, dev).unbind(0))
     else:
         for y in out_layers:
             if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:

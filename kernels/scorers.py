@@ -24,9 +24,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._layers import as_layers, kernel_device, layer_table
+from ._layers import as_layers, kernel_device, layer_table, new_output
 
 TUNING: dict[str, int] = {"block_k": 32, "warps": 4, "snap_block_k": 64, "snap_rows": 64, "snap_warps": 4}
+_FORCE_TF32 = False
 SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size, as evicctl.manager.scorers
 
 
@@ -181,7 +182,7 @@ def _launch_rowwise(kernel_name: str, layers: list[torch.Tensor], what: str) -> 
     B, H, K, D = x.shape
     device = kernel_device(x)
     L = len(layers)
-    y = torch.empty((L, B, H, K), dtype=torch.float32, device=device)
+    y = new_output((L, B, H, K), torch.float32, device)
     if K == 0:
         return y
     xb, xo = layer_table(layers, device)
@@ -245,12 +246,12 @@ def snapkv_scores(k: torch.Tensor, window_queries: torch.Tensor, key_positions: 
     R = group * W
     BK, RB = TUNING["snap_block_k"], TUNING["snap_rows"]
     NB = triton.cdiv(K, BK)
-    native = wq.dtype == k.dtype and k.dtype in (torch.float16, torch.bfloat16)
+    native = wq.dtype == k.dtype and k.dtype in (torch.float16, torch.bfloat16) and not _FORCE_TF32
     precision = "native" if native else "tf32x3"
     scale = 1.0 / D**0.5
     kx = k[0]
-    m = torch.empty((H, NB, R), dtype=torch.float32, device=device)
-    s = torch.empty_like(m)
+    m = new_output((H, NB, R), torch.float32, device)
+    s = new_output((H, NB, R), torch.float32, device)
     args = (kx, kx.stride(0), kx.stride(1), key_positions, key_positions.stride(0), key_positions.stride(1),
             wq, wq.stride(0), wq.stride(1))
     consts = dict(D=D, RB=RB, BK=BK, PRECISION=precision, num_warps=TUNING["snap_warps"])
@@ -258,7 +259,7 @@ def snapkv_scores(k: torch.Tensor, window_queries: torch.Tensor, key_positions: 
     # combine the blocks' softmax statistics (the first query sees at least one key: the sinks)
     row_max = m.amax(dim=1)  # [H, R]
     row_sum = (s * torch.exp(m - row_max[:, None, :])).sum(dim=1)
-    attn = torch.empty((H, K), dtype=torch.float32, device=device)
+    attn = new_output((H, K), torch.float32, device)
     _snap_scores_kernel[(NB, H)](*args, row_max, row_sum, attn, K, tokens, scale, R=R, W=W, GROUP=group, **consts)
     in_window = key_positions >= tokens - W
     attn = attn.masked_fill(in_window, 0.0)

@@ -26,14 +26,13 @@ import torch
 
 from evicctl.engine import hf, prompt
 from evicctl.engine.data import QA, Context
-from evicctl.engine.quality import AnswerSimilarity, kl_quality, teacher_forced_logprobs, token_f1
+from evicctl.engine.quality import METRICS, AnswerSimilarity, kl_quality, teacher_forced_logprobs, token_f1
 from evicctl.engine.shrinkage import CodecStats, Estimate, Tally, codec_stats, estimate
 from evicctl.errors import UsageError
 from evicctl.manager.codecs import get_codec
 from evicctl.manager.kv import KV
 
 log = logging.getLogger(__name__)
-METRICS = ("teacher-forced", "answer-similarity")
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,11 @@ class Profiler:
     @property
     def pending(self) -> int:
         return len(self._jobs)
+
+    @property
+    def queued(self) -> frozenset[str]:
+        """Contexts with a profile job waiting or running."""
+        return frozenset(self._queued)
 
     # ------------------------------------------------------------ scheduling
 

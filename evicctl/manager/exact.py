@@ -53,7 +53,7 @@ def solve_exact(problem: PlacementProblem, *, time_limit_s: float = 30.0, relax:
     rows, cols = np.nonzero(feasible)
     n_vars = len(rows)
     utility = opts.flat_value()[rows, cols] * p.freq[rows]
-    size = np.where(cols < n_stored, p.stored_bytes[rows, np.minimum(cols // n_tiers, len(p.codecs) - 1)], 0)
+    size = np.where(cols < n_stored, p.stored_bytes[np.minimum(cols // n_tiers, len(p.codecs) - 1), rows], 0)
     tier = np.where(cols < n_stored, cols % n_tiers, -1)
 
     one_each = csr_matrix((np.ones(n_vars), (rows, np.arange(n_vars))), shape=(n, n_vars))
@@ -100,7 +100,7 @@ def lagrangian_bound(problem: PlacementProblem, *, sweeps: int = 4, steps: int =
     feasible[stuck, np.maximum(opts.current[stuck], 0)] = True
     utility = np.where(feasible, opts.flat_value() * p.freq[:, None], -np.inf)
     size = np.zeros((n, n_codecs * n_tiers + 1))
-    size[:, :-1] = np.repeat(p.stored_bytes, n_tiers, axis=1)
+    size[:, :-1] = np.repeat(p.stored_bytes.T, n_tiers, axis=1)
     option_tier = np.append(np.tile(np.arange(n_tiers), n_codecs), n_tiers)
     cap = p.capacity_bytes.astype(np.float64)
 
@@ -154,8 +154,8 @@ def naive_place(problem: PlacementProblem) -> Plan:
     opt = [int(o) for o in opt]
     value = opts.flat_value().tolist()
     freq = p.freq.tolist()
-    codec_ok, tier_ok, drop_ok = opts.codec_ok.tolist(), opts.tier_ok.tolist(), opts.drop_ok.tolist()
-    sizes = p.stored_bytes.tolist()
+    codec_ok, tier_ok, drop_ok = opts.codec_ok.T.tolist(), opts.tier_ok.T.tolist(), opts.drop_ok.tolist()
+    sizes = p.stored_bytes.T.tolist()
     n_codecs, n_tiers = len(p.codecs), len(p.tiers)
     n_stored = n_codecs * n_tiers
 
@@ -247,7 +247,7 @@ def random_problem(
     bits = np.array([b for _, b in shapes])
     # Quantized: codes plus fp16 scale and min per group of 32 (two fp16 per 32 values).
     byte_frac = keep * np.where(bits < 16, bits / 16 + 2 * 2 / (32 * 2), 1.0)
-    stored_bytes = np.ceil(raw[:, None] * byte_frac[None, :]).astype(np.int64)
+    stored_bytes = np.ceil(raw[:, None] * byte_frac[None, :]).astype(np.int64)  # [N, C]
 
     sensitivity = rng.uniform(0.2, 0.9, (n, 1))  # how much dropping hurts this context
     quant_noise = rng.uniform(0.0, 1.0, (n, 1))
@@ -284,10 +284,10 @@ def random_problem(
         codecs=tuple(codecs),
         tiers=("gpu", "cpu", "disk", "remote")[:n_tiers],
         capacity_bytes=capacity,
-        stored_bytes=stored_bytes,
-        quality=quality,
-        quality_lower=np.clip(quality - 2 * sd, 0.0, 1.0),
-        ttft_s=ttft,
+        stored_bytes=np.ascontiguousarray(stored_bytes.T),
+        quality=np.ascontiguousarray(quality.T),
+        quality_lower=np.ascontiguousarray(np.clip(quality - 2 * sd, 0.0, 1.0).T),
+        ttft_s=np.ascontiguousarray(ttft.transpose(2, 1, 0), dtype=np.float32),
         miss_ttft_s=miss,
         alpha=alpha,
         current_tier=current_tier,

@@ -43,7 +43,9 @@ _ADMIT, _CAPACITY, _UTILITY, _PIN, _FLOOR, _OPERATOR = range(len(REASONS))
 class PlacementProblem:
     """Everything the placer needs, as numpy arrays. Optional arrays default to "no constraint".
 
-    Shapes: N contexts, C codecs, T tiers. Bytes are int64, times seconds, freq accesses/s.
+    Shapes: N contexts, C codecs, T tiers. Per-option arrays are option-major ([C, N], [T, C, N]):
+    the greedy works on one codec or tier of every context at a time, and contiguous rows of N
+    keep each of its passes a few ms at N = 100,000. Bytes int64, times seconds, freq accesses/s.
     """
 
     context_ids: np.ndarray  # [N] str
@@ -52,13 +54,13 @@ class PlacementProblem:
     codecs: tuple[str, ...]  # [C]
     tiers: tuple[str, ...]  # [T], fastest first
     capacity_bytes: np.ndarray  # [T]
-    stored_bytes: np.ndarray  # [N, C] bytes of each context under each codec (same on every tier)
-    quality: np.ndarray  # [N, C] estimate in [0, 1]
-    ttft_s: np.ndarray  # [N, C, T] predicted TTFT of a query served from that option
+    stored_bytes: np.ndarray  # [C, N] bytes of each context under each codec (same on every tier)
+    quality: np.ndarray  # [C, N] estimate in [0, 1]
+    ttft_s: np.ndarray  # [T, C, N] predicted TTFT of a query served from that option (float32 is enough)
     miss_ttft_s: np.ndarray  # [N] TTFT of a miss (full prefill)
     alpha: float  # seconds of TTFT one unit of quality is worth
-    quality_lower: np.ndarray | None = None  # [N, C] lower bound the floor is checked against
-    profiled: np.ndarray | None = None  # [N, C] bool; an unprofiled codec is never chosen (except none)
+    quality_lower: np.ndarray | None = None  # [C, N] lower bound the floor is checked against
+    profiled: np.ndarray | None = None  # [C, N] bool; an unprofiled codec is never chosen (except none)
     current_tier: np.ndarray | None = None  # [N] tier index, NEW or DROPPED
     current_codec: np.ndarray | None = None  # [N] codec index; -1 when NEW or DROPPED
     pin_tier: np.ndarray | None = None  # [N] tier index or NO_PIN
@@ -74,7 +76,7 @@ class PlacementProblem:
         n, c, t = len(self.context_ids), len(self.codecs), len(self.tiers)
         defaults = {
             "quality_lower": lambda: np.asarray(self.quality, dtype=np.float64),
-            "profiled": lambda: np.ones((n, c), dtype=bool),
+            "profiled": lambda: np.ones((c, n), dtype=bool),
             "current_tier": lambda: np.full(n, NEW, dtype=np.int64),
             "current_codec": lambda: np.full(n, -1, dtype=np.int64),
             "pin_tier": lambda: np.full(n, NO_PIN, dtype=np.int64),
@@ -89,9 +91,9 @@ class PlacementProblem:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, make())
         shapes = {
-            "freq": (n,), "tokens": (n,), "capacity_bytes": (t,), "stored_bytes": (n, c),
-            "quality": (n, c), "ttft_s": (n, c, t), "miss_ttft_s": (n,), "quality_lower": (n, c),
-            "profiled": (n, c), "current_tier": (n,), "current_codec": (n,), "pin_tier": (n,),
+            "freq": (n,), "tokens": (n,), "capacity_bytes": (t,), "stored_bytes": (c, n),
+            "quality": (c, n), "ttft_s": (t, c, n), "miss_ttft_s": (n,), "quality_lower": (c, n),
+            "profiled": (c, n), "current_tier": (n,), "current_codec": (n,), "pin_tier": (n,),
             "pin_codec": (n,), "quality_floor": (n,), "force_tier": (n,), "force_codec": (n,),
             "min_tier": (n,), "derivable": (c, c),
         }  # fmt: skip
@@ -165,7 +167,22 @@ class Plan:
 
     @cached_property
     def moves(self) -> tuple[Move, ...]:
-        return tuple(self._move(k) for k in range(len(self.changed)))
+        p, idx = self.problem, self.changed
+        to_codec = self.codec_index[idx]
+        to_bytes = np.where(to_codec >= 0, p.stored_bytes[np.maximum(to_codec, 0), idx], 0)
+        columns = zip(
+            p.context_ids[idx].tolist(),
+            p.current_tier[idx].tolist(),
+            p.current_codec[idx].tolist(),
+            self.tier_index[idx].tolist(),
+            to_codec.tolist(),
+            self.reason_code.tolist(),
+            self.utility_before.tolist(),
+            self.utility[idx].tolist(),
+            to_bytes.tolist(),
+            strict=True,
+        )
+        return tuple(self._move(*row) for row in columns)
 
     def __iter__(self):
         return iter(self.moves)
@@ -178,34 +195,33 @@ class Plan:
 
     def option_of(self, i: int) -> tuple[str, str | None]:
         """(tier name, codec name) of context index i after the plan; ("dropped", None) if dropped."""
-        t, c = int(self.tier_index[i]), int(self.codec_index[i])
+        return self._names(int(self.tier_index[i]), int(self.codec_index[i]))
+
+    def _names(self, t: int, c: int) -> tuple[str | None, str | None]:
+        if t == NEW:
+            return None, None
         if t == DROPPED:
             return DROPPED_TIER, None
         return self.problem.tiers[t], self.problem.codecs[c]
 
-    def _move(self, k: int) -> Move:
-        p, i = self.problem, int(self.changed[k])
-        ct, cc = int(p.current_tier[i]), int(p.current_codec[i])
-        to_tier, to_codec = self.option_of(i)
-        from_tier = None if ct == NEW else DROPPED_TIER if ct == DROPPED else p.tiers[ct]
-        from_codec = p.codecs[cc] if ct >= 0 else None
-        before = float(self.utility_before[k])
-        to_bytes = 0 if to_codec is None else int(p.stored_bytes[i, self.codec_index[i]])
+    def _move(self, context_id, from_t, from_c, to_t, to_c, reason, before, after, to_bytes) -> Move:
+        from_tier, from_codec = self._names(from_t, from_c)
+        to_tier, to_codec = self._names(to_t, to_c)
         return Move(
-            context_id=str(p.context_ids[i]),
+            context_id=str(context_id),
             from_tier=from_tier,
             from_codec=from_codec,
             to_tier=to_tier,
             to_codec=to_codec,
-            reason=REASONS[int(self.reason_code[k])],
-            utility_before=None if np.isnan(before) else before,
-            utility_after=float(self.utility[i]),
-            kind=_kind(ct, int(self.tier_index[i]), from_codec, to_codec),
+            reason=REASONS[reason],
+            utility_before=None if before != before else before,  # nan: a new context
+            utility_after=after,
+            kind=_kind(from_t, to_t),
             to_bytes=to_bytes,
         )
 
 
-def _kind(from_t: int, to_t: int, from_codec: str | None, to_codec: str | None) -> str:
+def _kind(from_t: int, to_t: int) -> str:
     if from_t == NEW:
         return "admit"
     if to_t == DROPPED:
@@ -256,88 +272,134 @@ def derivable_matrix(codecs) -> np.ndarray:
 
 # --- option arrays shared with the exact solver --------------------------------------------
 
+NOT_ALLOWED = np.float32(-1e30)  # added to a disallowed option's value; anything below -1e29 is one
+
 
 @dataclass(frozen=True, eq=False)
 class Options:
-    """The problem's options in the layout the greedy reads fastest.
+    """The problem's options as the greedy reads them.
 
-    value[t] is [N, C]: alpha * quality - ttft_s (utility per unit freq) of each codec on tier t.
-    float32: one pass over 100,000 x 48 options is then a few ms, and the decisions need no more.
-    Utility is freq * value; a context's freq scales all its options alike, so comparisons
-    within a context use value and only comparisons across contexts need freq.
+    value[t, c, i] = alpha * quality - ttft_s: utility per unit freq, float32 (decisions need no
+    more, and every pass over 100,000 x 48 options is then a few ms). A context's freq scales
+    all its options alike, so comparisons within a context use value; across contexts, utility.
+    allowed = value, or NOT_ALLOWED where profiles, floors, pins, reachability or the operator
+    exclude the option: penalties are added rather than masked because masked numpy operations
+    run several times slower than arithmetic on this machine.
     """
 
-    value: np.ndarray  # [T, N, C] float32
+    value: np.ndarray  # [T, C, N] float32
+    allowed: np.ndarray  # [T, C, N] float32
     drop_value: np.ndarray  # [N] float32, value of a miss
-    codec_ok: np.ndarray  # [N, C] bool: allowed codecs (profiles, floors, pins, reachability)
-    tier_ok: np.ndarray  # [N, T] bool: allowed tiers (pins, operator, min_tier)
-    drop_ok: np.ndarray  # [N] bool
-    current: np.ndarray  # [N] current flat option, -1 when new
+    drop_allowed: np.ndarray  # [N] float32
+    codec_ok: np.ndarray  # [C, N] bool
+    tier_ok: np.ndarray  # [T, N] bool
+    current: np.ndarray  # [N] current flat option (c * T + t; C * T = dropped), -1 when new
     size_classes: tuple[np.ndarray, ...]  # codecs of equal size for every context, ascending size
+
+    @property
+    def drop_ok(self) -> np.ndarray:
+        return self.drop_allowed > -1e29
 
     def flat_value(self) -> np.ndarray:
         """[N, O] float64 in the flat option order (o = c * T + t, last = dropped)."""
-        n_tiers, n, n_codecs = self.value.shape
-        stored = self.value.transpose(1, 2, 0).reshape(n, n_codecs * n_tiers)
+        n_tiers, n_codecs, n = self.value.shape
+        stored = self.value.transpose(2, 1, 0).reshape(n, n_codecs * n_tiers)
         return np.concatenate([stored, self.drop_value[:, None]], axis=1).astype(np.float64)
 
     def feasible(self) -> np.ndarray:
-        """[N, O] bool (materialised; the exact solver wants it, the greedy avoids it)."""
-        n = len(self.drop_ok)
-        stored = (self.codec_ok[:, :, None] & self.tier_ok[:, None, :]).reshape(n, -1)
+        """[N, O] bool (materialised: the exact solver wants it, the greedy avoids it)."""
+        n = self.value.shape[2]
+        stored = (self.codec_ok.T[:, :, None] & self.tier_ok.T[:, None, :]).reshape(n, -1)
         return np.concatenate([stored, self.drop_ok[:, None]], axis=1)
 
 
 def build_options(p: PlacementProblem) -> Options:
     n, n_codecs, n_tiers = p.n_contexts, len(p.codecs), len(p.tiers)
-    value = np.empty((n_tiers, n, n_codecs), dtype=np.float32)
-    quality_value = p.alpha * p.quality
-    for t in range(n_tiers):
-        np.subtract(quality_value, p.ttft_s[:, :, t], out=value[t], casting="same_kind")
+    value = np.empty((n_tiers, n_codecs, n), dtype=np.float32)
+    quality_value = (p.alpha * p.quality).astype(np.float32)
+    np.subtract(quality_value[None], p.ttft_s, out=value, casting="same_kind")
     drop_value = (p.alpha * MISS_QUALITY - p.miss_ttft_s).astype(np.float32)
-
-    is_none = np.array([c == "none" for c in p.codecs])
-    codec_ok = (p.profiled | is_none) & ((p.quality_lower >= p.quality_floor[:, None]) | is_none)
-    for constraint in (p.pin_codec, p.force_codec):  # an operator's codec overrides profiles and floors
-        rows = np.flatnonzero(constraint >= 0)
-        codec_ok[rows] = False
-        codec_ok[rows, constraint[rows]] = True
+    codec_ok, tier_ok, drop_ok = _allowed_masks(p)
+    allowed = value  # the same array while nothing is excluded (a copy costs a pass)
+    if not codec_ok.all():
+        allowed = allowed + np.multiply(~codec_ok, NOT_ALLOWED, dtype=np.float32)[None]
+    if not tier_ok.all():
+        allowed = allowed + np.multiply(~tier_ok, NOT_ALLOWED, dtype=np.float32)[:, None, :]
+    drop_allowed = drop_value + np.multiply(~drop_ok, NOT_ALLOWED, dtype=np.float32)
     stored_now = p.current_tier >= 0
-    codec_ok[stored_now] &= p.derivable[p.current_codec[stored_now]]
-    codec_ok[p.current_tier == DROPPED] = False  # no copy left to recompress
-
-    tiers = np.arange(n_tiers)
-    tier_ok = tiers[None, :] >= p.min_tier[:, None]
-    tier_ok &= (p.pin_tier[:, None] < 0) | (tiers[None, :] == p.pin_tier[:, None])
-    tier_ok &= (p.force_tier[:, None] == NO_PIN) | (tiers[None, :] == p.force_tier[:, None])
-    drop_ok = (p.pin_tier < 0) & (p.pin_codec < 0) & (p.force_codec < 0) & (p.force_tier < 0)
-    drop_ok |= (p.force_tier == DROPPED) | (p.current_tier == DROPPED)
-
     current = np.where(stored_now, p.current_codec * n_tiers + p.current_tier, -1)
     current = np.where(p.current_tier == DROPPED, n_codecs * n_tiers, current)
-    return Options(value, drop_value, codec_ok, tier_ok, drop_ok, current, _size_classes(p.stored_bytes))
+    classes = _size_classes(p.stored_bytes)
+    return Options(value, allowed, drop_value, drop_allowed, codec_ok, tier_ok, current, classes)
+
+
+def _allowed_masks(p: PlacementProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """codec_ok [C, N], tier_ok [T, N], drop_ok [N]."""
+    is_none = np.array([c == "none" for c in p.codecs])[:, None]
+    codec_ok = p.profiled | is_none
+    if (p.quality_floor > 0).any():  # quality estimates are >= 0, so a zero floor excludes nothing
+        codec_ok &= (p.quality_lower >= p.quality_floor[None, :]) | is_none
+    for constraint in (p.pin_codec, p.force_codec):  # an operator's codec overrides profiles and floors
+        rows = np.flatnonzero(constraint >= 0)
+        codec_ok[:, rows] = False
+        codec_ok[constraint[rows], rows] = True
+    stored_now = np.flatnonzero(p.current_tier >= 0)
+    codec_ok[:, stored_now] &= p.derivable[p.current_codec[stored_now]].T
+    codec_ok[:, p.current_tier == DROPPED] = False  # no copy left to recompress
+
+    tiers = np.arange(len(p.tiers))[:, None]
+    tier_ok = tiers >= p.min_tier[None, :]
+    tier_ok &= (p.pin_tier[None, :] < 0) | (tiers == p.pin_tier[None, :])
+    tier_ok &= (p.force_tier[None, :] == NO_PIN) | (tiers == p.force_tier[None, :])
+    drop_ok = (p.pin_tier < 0) & (p.pin_codec < 0) & (p.force_codec < 0) & (p.force_tier < 0)
+    drop_ok |= (p.force_tier == DROPPED) | (p.current_tier == DROPPED)
+    return codec_ok, tier_ok, drop_ok
 
 
 def _size_classes(stored_bytes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Group codecs whose stored size is equal for every context (knorm@0.5 and snapkv@0.5
-    are), ascending by size: on a tier only the best of a group is worth compressing to."""
-    if len(stored_bytes) == 0:
-        return tuple(np.array([c]) for c in range(stored_bytes.shape[1]))
-    first = stored_bytes[0]
+    """Codecs whose stored size is equal for every context (knorm@0.5 and snapkv@0.5 are),
+    ascending by size: compressing in place, only the best of a class is worth considering."""
+    n_codecs = stored_bytes.shape[0]
+    if stored_bytes.shape[1] == 0:
+        return tuple(np.array([c]) for c in range(n_codecs))
     groups: dict[int, list[int]] = {}
-    for c in np.argsort(stored_bytes.mean(axis=0), kind="stable"):
-        groups.setdefault(int(first[c]), []).append(int(c))
+    for c in np.argsort(stored_bytes.mean(axis=1), kind="stable"):
+        groups.setdefault(int(stored_bytes[c, 0]), []).append(int(c))
     classes = []
     for members in groups.values():
-        same = (stored_bytes[:, members] == stored_bytes[:, members[:1]]).all(axis=0)
-        classes.append(np.array([m for m, s in zip(members, same, strict=True) if s]))
-        classes.extend(np.array([m]) for m, s in zip(members, same, strict=True) if not s)
+        same = [m for m in members if np.array_equal(stored_bytes[m], stored_bytes[members[0]])]
+        classes.append(np.array(same))
+        classes.extend(np.array([m]) for m in members if m not in same)
     return tuple(classes)
 
 
-def _subset(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """a[rows] for rows from flatnonzero; a itself (no copy) when rows is every row."""
-    return a if len(rows) == len(a) else a[rows]
+def _cols(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """a[..., rows] for rows from flatnonzero; a itself (no copy) when rows is every column.
+
+    np.take, not a[:, rows]: fancy indexing on the last axis returns a Fortran-ordered array,
+    on which the reductions over axis 0 below run 15x slower.
+    """
+    return a if len(rows) == a.shape[-1] else np.take(a, rows, axis=-1)
+
+
+_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _first_argmax(a: np.ndarray, amax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(first index of the max along axis 0 of [K, n], the max). argmax(axis=0) runs ~6x
+    slower here than a max reduction and a comparison."""
+    k = a.shape[0]
+    if amax is None:
+        amax = a.max(axis=0)
+    if k == 1:
+        return np.zeros(a.shape[1], dtype=np.int64), amax
+    dtype = np.int8 if k < 127 else np.int32
+    weights = _WEIGHTS.get(k)
+    if weights is None or weights.dtype != dtype:
+        weights = _WEIGHTS[k] = np.arange(k, 0, -1, dtype=dtype)[:, None]
+    hits = (a == amax).view(np.int8).astype(dtype, copy=False)
+    hits = hits * weights if dtype != np.int8 else np.multiply(hits, weights, out=hits)
+    return (k - hits.max(axis=0)).astype(np.int64), amax
 
 
 # --- the greedy -----------------------------------------------------------------------------
@@ -354,8 +416,9 @@ def place(problem: PlacementProblem) -> Plan:
 
 def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np.ndarray]:
     """Each context starts where it is if that is still allowed, else at its best allowed option."""
+    n_tiers = len(p.tiers)
     opt = opts.current.copy()
-    redo = ~_option_ok(p, opts, opt) | (opt < 0)
+    redo = (opt < 0) | ~_option_ok(p, opts, opt)
     if p.rebalance:
         redo |= p.current_tier >= 0
     rows = np.flatnonzero(redo)
@@ -363,18 +426,19 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
         return opt, np.zeros(0, dtype=np.int64)
     # Best by value (utility per unit freq): the choice utility makes when freq > 0, and still
     # a sensible one for a context never looked up. Ties go to the faster tier, then to storing.
-    codec_ok = _subset(opts.codec_ok, rows)
-    best_value = np.where(opts.drop_ok[rows], opts.drop_value[rows], -np.inf)
-    best_option = np.full(len(rows), p.n_options - 1)
-    for t in reversed(range(len(p.tiers))):
-        masked = np.where(codec_ok & opts.tier_ok[rows, t, None], _subset(opts.value[t], rows), -np.inf)
-        c = masked.argmax(axis=1)
-        v = masked[np.arange(len(rows)), c]
-        better = v >= best_value
-        best_value = np.where(better, v, best_value)
-        best_option = np.where(better, c * len(p.tiers) + t, best_option)
-    found = np.isfinite(best_value)
-    opt[rows[found]] = best_option[found]
+    best_codec = np.empty((n_tiers, len(rows)), dtype=np.int64)
+    best_value = np.empty((n_tiers + 1, len(rows)), dtype=np.float32)
+    for t in range(n_tiers):
+        best_codec[t], best_value[t] = _first_argmax(_cols(opts.allowed[t], rows))
+    best_value[n_tiers] = opts.drop_allowed[rows]
+    tier, top = _first_argmax(best_value)
+    found = top > -1e29
+    chosen = np.where(
+        tier == n_tiers,
+        p.n_options - 1,
+        best_codec[np.minimum(tier, n_tiers - 1), np.arange(len(rows))] * n_tiers + tier,
+    )
+    opt[rows[found]] = chosen[found]
     # No allowed option (e.g. a pinned codec the stored copy cannot reach): stay put, say so.
     return opt, rows[~found]
 
@@ -382,111 +446,153 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
 def _option_ok(p: PlacementProblem, opts: Options, opt: np.ndarray) -> np.ndarray:
     n_tiers, n_stored = len(p.tiers), p.n_options - 1
     c, t = np.divmod(np.clip(opt, 0, n_stored - 1), n_tiers)
-    rows = np.arange(len(opt))
-    stored_ok = opts.codec_ok[rows, c] & opts.tier_ok[rows, t]
+    stored_ok = opts.allowed[t, c, np.arange(len(opt))] > -1e29
     return np.where(opt == n_stored, opts.drop_ok, (opt >= 0) & stored_ok)
 
 
 def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -> None:
     """Compress contexts on tier t or move them off it until it fits; updates `opt` in place."""
     n_tiers, n_stored = len(p.tiers), p.n_options - 1
-    rows = np.flatnonzero((opt >= 0) & (opt < n_stored) & (opt % n_tiers == t))
-    ar = np.arange(len(rows))
+    rows = np.flatnonzero((opt < n_stored) & (opt % n_tiers == t) & (opt >= 0))
     cur_codec = opt[rows] // n_tiers
-    sizes = _subset(p.stored_bytes, rows)  # [n, C]
-    cur_bytes = sizes[ar, cur_codec]
+    sizes = _cols(p.stored_bytes, rows)  # [C, n]
+    cur_bytes = sizes[cur_codec, np.arange(len(rows))]
     excess = int(cur_bytes.sum()) - int(p.capacity_bytes[t])
     if excess <= 0:
         return
-    value_here = _subset(opts.value[t], rows)  # [n, C]
-    cur_value = value_here[ar, cur_codec]
-    freed, loss, target = _candidates(p, opts, rows, t, sizes, cur_bytes, cur_value, value_here)
-    seg_row, seg_col, seg_freed, seg_slope = _hull_steps(freed, loss)
-    if len(seg_row) == 0:
+    freed, loss, target = _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes)
+    steps = _hull_steps(freed, loss, p.freq[rows], excess)
+    if not steps:
         return
-    # Loss per byte in utility units: the hull is computed per unit freq (a context's freq
-    # scales all its points alike), the ranking across contexts needs freq.
-    order = np.argsort(seg_slope * p.freq[rows[seg_row]])
-    cum = np.cumsum(seg_freed[order])
-    taken = order[: min(int(np.searchsorted(cum, excess)) + 1, len(order))]
-    # A context's steps are taken in hull order and emitted step by step, so its last taken
-    # step (the largest index) is where it ends.
-    taken = np.sort(taken)[::-1]
-    last_rows, first = np.unique(seg_row[taken], return_index=True)
-    opt[rows[last_rows]] = target[last_rows, seg_col[taken[first]]]
+    seg_bytes = np.concatenate([b for _, _, b, _ in steps])
+    seg_slope = np.concatenate([s for _, _, _, s in steps])
+    taken = np.zeros(len(seg_bytes), dtype=bool)
+    taken[_cheapest_covering(seg_slope, seg_bytes, excess)] = True
+    # A context's steps are taken in hull order; applying step blocks in emission order leaves
+    # each context at its last taken step.
+    start = 0
+    for row, col, _, _ in steps:
+        block = taken[start : start + len(row)]
+        start += len(row)
+        opt[rows[row[block]]] = target[col[block], row[block]]
 
 
-def _candidates(p, opts, rows, t, sizes, cur_bytes, cur_value, value_here):
-    """Each row's points (bytes freed on tier t, value lost, flat option): column 0 leaves the
-    tier (the best option below no larger than now, or dropped), then one column per size
-    class compressing in place, by decreasing bytes freed. freed <= 0 marks no candidate."""
+def _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes):
+    """Each row's points (bytes freed on tier t, value lost, flat option), [K, n] each.
+
+    Row 0 leaves the tier: the best option below no larger than now (a move never grows a
+    context), or dropped. Then one row per size class, compressing in place, ascending size
+    (so descending bytes freed). freed < 0 marks no candidate.
+    """
     n, n_tiers = len(rows), len(p.tiers)
     ar = np.arange(n)
-    codec_ok = _subset(opts.codec_ok, rows)
-    exit_value = np.where(opts.drop_ok[rows], opts.drop_value[rows], -np.inf)
-    exit_target = np.full(n, p.n_options - 1)
-    fits = codec_ok & (sizes <= cur_bytes[:, None])  # a move never grows a context
-    for lower in reversed(range(t + 1, n_tiers)):  # ties go to the faster tier
-        masked = np.where(fits & opts.tier_ok[rows, lower, None], _subset(opts.value[lower], rows), -np.inf)
-        c = masked.argmax(axis=1)
-        v = masked[ar, c]
-        better = v >= exit_value
-        exit_value = np.where(better, v, exit_value)
-        exit_target = np.where(better, c * n_tiers + lower, exit_target)
-    k = 1 + len(opts.size_classes)
-    freed = np.zeros((n, k), dtype=np.int64)
-    loss = np.zeros((n, k), dtype=np.float32)
-    target = np.zeros((n, k), dtype=np.int64)
-    freed[:, 0] = np.where(np.isfinite(exit_value), cur_bytes, 0)
-    loss[:, 0] = np.where(np.isfinite(exit_value), cur_value - exit_value, 0)
-    target[:, 0] = exit_target
-    here_ok = codec_ok & opts.tier_ok[rows, t, None] & (sizes < cur_bytes[:, None])
-    for col, members in enumerate(opts.size_classes, start=1):
-        masked = np.where(here_ok[:, members], value_here[:, members], -np.inf)
-        pick = masked.argmax(axis=1) if len(members) > 1 else np.zeros(n, dtype=np.int64)
-        v = masked[ar, pick]
-        ok = np.isfinite(v)
-        freed[:, col] = np.where(ok, cur_bytes - sizes[:, members[0]], 0)
-        loss[:, col] = np.where(ok, cur_value - v, 0)
-        target[:, col] = members[pick] * n_tiers + t
+    cur_value = opts.value[t, cur_codec, rows]
+    too_big = np.multiply(sizes > cur_bytes, NOT_ALLOWED, dtype=np.float32)
+    lower = list(range(t + 1, n_tiers))
+    exit_value = np.empty((len(lower) + 1, n), dtype=np.float32)
+    exit_codec = np.empty((len(lower), n), dtype=np.int64)
+    for k, low in enumerate(lower):
+        exit_codec[k], exit_value[k] = _first_argmax(_cols(opts.allowed[low], rows) + too_big)
+    exit_value[-1] = opts.drop_allowed[rows]
+    which, best_exit = _first_argmax(exit_value)  # ties: faster tier, then storing over dropping
+    chosen_tier = np.array(lower + [0])[which]
+    exit_target = np.where(
+        which == len(lower),
+        p.n_options - 1,
+        exit_codec[np.minimum(which, max(len(lower) - 1, 0)), ar] * n_tiers + chosen_tier
+        if lower
+        else 0,
+    )
+    classes = opts.size_classes
+    freed = np.empty((1 + len(classes), n), dtype=np.int64)
+    loss = np.empty((1 + len(classes), n), dtype=np.float32)
+    target = np.empty((1 + len(classes), n), dtype=np.int64)
+    ok = best_exit > -1e29
+    freed[0], loss[0], target[0] = np.where(ok, cur_bytes, -1), cur_value - best_exit, exit_target
+    here = _cols(opts.allowed[t], rows) + np.multiply(sizes >= cur_bytes, NOT_ALLOWED, dtype=np.float32)
+    for k, members in enumerate(classes, start=1):
+        pick, best = _first_argmax(here[members])
+        ok = best > -1e29
+        freed[k] = np.where(ok, cur_bytes - sizes[members[0]], -1)
+        loss[k], target[k] = cur_value - best, members[pick] * n_tiers + t
     return freed, loss, target
 
 
-def _hull_steps(freed: np.ndarray, loss: np.ndarray):
-    """Each row's lower convex hull from (0, 0) over its (freed, loss) points, freed > 0 only.
+def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int) -> list[tuple]:
+    """The first steps of each context's lower convex hull from (0, 0) over its (freed, loss)
+    points ([K, n]; freed < 0 = no point), enough to free `need` bytes greedily.
 
-    Vectorised gift wrapping: every pass takes, for all rows at once, the next point with the
-    lowest loss per byte; ties go to the lower column (more bytes freed). Returns flat arrays
-    (row, column, bytes freed by the step, loss per byte), emitted step by step, so a row's
-    later steps come later.
+    Vectorised gift wrapping: every pass takes, for all contexts still climbing, the next point
+    with the lowest loss per byte; ties go to the lower row (more bytes freed). Hulls are per
+    unit freq (a context's freq scales all its points alike); step slopes are returned in
+    utility per byte (times freq) to rank steps across contexts. A context stops climbing once
+    its last step costs more than the cutoff of the cheapest steps found so far that free
+    `need`: its later steps cost more still, and the cutoff only falls as steps are found.
+    Returns one block per pass: (context, row of the point, bytes freed by the step, slope).
     """
-    n = freed.shape[0]
+    n = freed.shape[1]
     idx = np.arange(n)
     fb, x, lo = freed, freed.astype(np.float32), loss
     cur_x = np.zeros(n, dtype=np.float32)
     cur_l = np.zeros(n, dtype=np.float32)
     cur_bytes = np.zeros(n, dtype=np.int64)
-    out = []
-    while len(idx):
-        dx = x - cur_x[:, None]
-        slope = np.full(dx.shape, np.inf, dtype=np.float32)
-        np.divide(lo - cur_l[:, None], dx, out=slope, where=dx > 0)
-        col = slope.argmin(axis=1)
-        best = slope[np.arange(len(idx)), col]
-        keep = np.flatnonzero(best < np.inf)
-        if len(keep) == 0:
-            break
-        if len(keep) < len(idx):  # compact to the rows still climbing their hull
-            idx, fb, x, lo = idx[keep], fb[keep], x[keep], lo[keep]
-            col, best, cur_bytes = col[keep], best[keep], cur_bytes[keep]
-        ar = np.arange(len(idx))
-        new_bytes = fb[ar, col]
-        out.append((idx, col, new_bytes - cur_bytes, best))
-        cur_x, cur_l, cur_bytes = x[ar, col], lo[ar, col], new_bytes
-    if not out:
-        return (np.zeros(0, dtype=np.int64),) * 3 + (np.zeros(0),)
-    row, col, step_bytes, slope = (np.concatenate(parts) for parts in zip(*out, strict=True))
-    return row, col, step_bytes, slope.astype(np.float64)
+    steps: list[tuple] = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while len(idx):
+            dx = x - cur_x
+            slope = (lo - cur_l) / dx
+            # Points behind (dx < 0) get +inf, the current one (0/0) nan, which fmin skips.
+            np.maximum(slope, dx * np.float32(-np.inf), out=slope)
+            best = np.fmin.reduce(slope, axis=0)
+            keep = np.flatnonzero(best < np.inf)
+            if len(keep) == 0:
+                break
+            if len(keep) < len(idx):
+                idx, fb, x, lo, slope = idx[keep], *(np.take(a, keep, axis=1) for a in (fb, x, lo, slope))
+                best, cur_bytes = best[keep], cur_bytes[keep]
+            col, _ = _first_argmax(np.negative(slope, out=slope), -best)
+            ar = np.arange(len(idx))
+            new_bytes = fb[col, ar]
+            utility_slope = best.astype(np.float64) * freq[idx]
+            steps.append((idx, col, new_bytes - cur_bytes, utility_slope))
+            cur_x, cur_l, cur_bytes = x[col, ar], lo[col, ar], new_bytes
+            climbing = np.flatnonzero(utility_slope < _cutoff(steps, need))
+            if len(climbing) < len(idx):
+                idx, fb, x, lo = idx[climbing], *(np.take(a, climbing, axis=1) for a in (fb, x, lo))
+                cur_x, cur_l, cur_bytes = cur_x[climbing], cur_l[climbing], cur_bytes[climbing]
+    return steps
+
+
+def _cutoff(steps: list[tuple], need: int) -> float:
+    """Slope of the last step the greedy would take among `steps`; inf if they free too little."""
+    step_bytes = np.concatenate([b for _, _, b, _ in steps])
+    if step_bytes.sum() < need:
+        return np.inf
+    slope = np.concatenate([s for _, _, _, s in steps])
+    return float(slope[_cheapest_covering(slope, step_bytes, need)].max())
+
+
+def _cheapest_covering(slope: np.ndarray, weight: np.ndarray, need: int) -> np.ndarray:
+    """Indices of the fewest lowest-slope items whose weights sum to at least `need` (all if
+    they cannot): the prefix of a sort by slope, found by halving with argpartition (a full
+    sort of a few 100,000 steps costs more than the rest of the tier)."""
+    chosen = []
+    idx = np.arange(len(slope))
+    while len(idx) > 256:
+        half = len(idx) // 2
+        part = idx[np.argpartition(slope[idx], half)]
+        low = part[:half]
+        low_sum = int(weight[low].sum())
+        if low_sum >= need:
+            idx = low
+        else:
+            chosen.append(low)
+            need -= low_sum
+            idx = part[half:]
+    order = idx[np.argsort(slope[idx], kind="stable")]
+    cum = np.cumsum(weight[order])
+    chosen.append(order[: min(int(np.searchsorted(cum, need)) + 1, len(order))])
+    return np.concatenate(chosen)
 
 
 def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.ndarray) -> Plan:
@@ -495,7 +601,7 @@ def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.n
     codec_index = np.where(dropped, -1, opt // n_tiers)
     tier_index = np.where(dropped, DROPPED, opt % n_tiers)
     utility = p.freq * _value_at(opts, opt, n_tiers)
-    stored_bytes = p.stored_bytes[np.arange(len(opt)), np.maximum(codec_index, 0)]
+    stored_bytes = p.stored_bytes[np.maximum(codec_index, 0), np.arange(len(opt))]
     used = np.bincount(tier_index[~dropped], weights=stored_bytes[~dropped], minlength=n_tiers)
     changed = np.flatnonzero(opt != opts.current)
     current = opts.current[changed]
@@ -514,11 +620,11 @@ def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.n
 
 
 def _value_at(opts: Options, opt: np.ndarray, n_tiers: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """float64 value of flat option opt[k] of context rows[k] (all contexts when rows is None)."""
+    """float64 value of flat option opt[k] for context rows[k] (every context when rows is None)."""
     rows = np.arange(len(opt)) if rows is None else rows
-    n_stored = opts.value.shape[2] * n_tiers
+    n_stored = opts.value.shape[1] * n_tiers
     c, t = np.divmod(np.clip(opt, 0, n_stored - 1), n_tiers)
-    stored = opts.value[t, rows, c].astype(np.float64)
+    stored = opts.value[t, c, rows].astype(np.float64)
     return np.where(opt == n_stored, opts.drop_value[rows].astype(np.float64), stored)
 
 
@@ -526,9 +632,7 @@ def _reasons(p, opts, changed, before, after) -> np.ndarray:
     """Why each changed context moves; later rules override earlier ones."""
     reason = np.where(after >= before, _UTILITY, _CAPACITY)
     cur_t, cur_c = p.current_tier[changed], p.current_codec[changed]
-    below_floor = (cur_t >= 0) & (
-        p.quality_lower[changed, np.maximum(cur_c, 0)] < p.quality_floor[changed]
-    )
+    below_floor = (cur_t >= 0) & (p.quality_lower[np.maximum(cur_c, 0), changed] < p.quality_floor[changed])
     reason = np.where(below_floor & (p.pin_codec[changed] < 0), _FLOOR, reason)
     pin_t, pin_c = p.pin_tier[changed], p.pin_codec[changed]
     breaks_pin = ((pin_t >= 0) & (cur_t != pin_t)) | ((pin_c >= 0) & (cur_c != pin_c))

@@ -39,7 +39,7 @@ from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config
 from evicctl.tui.widgets import ContextTable, EventsPanel, HeaderBar, TelemetryPanel, TiersPanel
 
 MIN_INTERVAL_S = 0.25  # below this the refresh itself becomes a visible share of a core
-NARROW_WIDTH = 110  # below: telemetry goes under the tiers, columns give way
+NARROW_WIDTH = 120  # below: telemetry goes under the tiers, columns give way
 SHORT_HEIGHT = 32  # below: a shorter events panel
 
 
@@ -98,12 +98,12 @@ class MainScreen(Screen[None]):
 
     def on_resize(self) -> None:
         self._layout_classes()
-        self.call_after_refresh(self.app.window_resized)
 
     def _layout_classes(self) -> None:
         width, height = self.app.size
         self.set_class(width < NARROW_WIDTH, "-narrow")
         self.set_class(height < SHORT_HEIGHT, "-short")
+        self.query_one(TelemetryPanel).set_compact(height < SHORT_HEIGHT and width < NARROW_WIDTH)
 
     # ---- rendering a frame ------------------------------------------------------------
     def show_frame(self, frame: Frame, now: float) -> None:
@@ -229,6 +229,10 @@ class MainScreen(Screen[None]):
         table.pending_cursor_row = event.cursor_row
         self.app.set_query(self.app.view.scrolled_to(event.offset, table.total))
 
+    @on(ContextTable.Resized)
+    def _table_resized(self) -> None:
+        self.app.window_resized()
+
     @on(ContextTable.MarksChanged)
     def _marks_changed(self) -> None:
         self.table.border_subtitle = self.table.describe_window()
@@ -271,6 +275,7 @@ class TopApp(App[None]):
         self.paused = False
         self.frame: Frame | None = None
         self.last_outcome: Outcome | None = None
+        self.notices: list[tuple[str, str, str]] = []  # (title, message, severity), all shown
         self._reading = False
         self._again = False
 
@@ -280,6 +285,11 @@ class TopApp(App[None]):
     @property
     def main(self) -> MainScreen:
         return self.screen_stack[0]  # type: ignore[return-value]
+
+    @property
+    def has_main(self) -> bool:
+        """False while shutting down: a worker's late message finds no screens to update."""
+        return bool(self.screen_stack) and isinstance(self.screen_stack[0], MainScreen)
 
     def on_mount(self) -> None:
         self.set_interval(self.interval_s, self._tick)
@@ -326,6 +336,8 @@ class TopApp(App[None]):
 
     def on_frame_ready(self, message: FrameReady) -> None:
         self._reading = False
+        if not self.has_main:
+            return
         frame = message.frame
         snapshot = frame.snapshot
         if frame.query == self.view:
@@ -351,6 +363,12 @@ class TopApp(App[None]):
         except EvicctlError as exc:
             detail, error = None, str(exc)
         screen.post_message(DetailReady(context_id, detail, error))
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Textual's notify, recorded; markup off by default since ids and reasons are data."""
+        self.notices.append((title, str(message), str(severity)))
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     # ---- actions ------------------------------------------------------------------------
     def refuse_readonly(self) -> None:
@@ -463,7 +481,9 @@ class TopApp(App[None]):
     def on_action_done(self, message: ActionDone) -> None:
         outcome = message.outcome
         self.last_outcome = outcome
-        self.notify(outcome.message, title=outcome.title, severity=outcome.severity,  # type: ignore[arg-type]
+        if not self.has_main:
+            return
+        self.notify(outcome.message, title=outcome.title, severity=outcome.severity,
                     timeout=4 if outcome.severity == "information" else 10)
         table = self.main.table
         if outcome.statuses and all(s == "done" for s in outcome.statuses):

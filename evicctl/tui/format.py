@@ -33,6 +33,18 @@ def fmt_bytes(n: float | None) -> str:
     return f"{value:.{digits}f} {unit}"
 
 
+def fmt_used_total(used: float | None, total: float | None) -> str:
+    """"12.0/31.0 GiB": both in the total's unit, so the pair reads at a glance."""
+    if used is None or total is None:
+        return f"{fmt_bytes(used)}/{fmt_bytes(total)}"
+    total_text = fmt_bytes(total)
+    unit = total_text.split(" ")[1]
+    scale = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[unit]
+    value = used / scale
+    digits = 0 if unit == "B" or value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{digits}f}/{total_text}"
+
+
 def fmt_bps(bps: float | None) -> str:
     """Decimal bandwidth (how disks and links are quoted): 55.0 GB/s, 600 MB/s."""
     if bps is None or bps <= 0:
@@ -100,7 +112,7 @@ def fmt_place(tier: str | None, codec: str | None) -> str:
         return "-"
     if tier == "dropped":
         return "dropped"
-    return f"{tier or '?'}/{codec or '?'}"
+    return "/".join(part for part in (tier, codec) if part)
 
 
 def fmt_move(from_tier: str | None, from_codec: str | None,

@@ -23,19 +23,21 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("id", "id", 18, 0, descending=False),
-    Column("label", "label", 18, 6, descending=False),
-    Column("tenant", "tenant", 9, 5, descending=False),
-    Column("tier", "tier", 7, 1, descending=False),
-    Column("codec", "codec", 16, 1, descending=False),
-    Column("size", "stored", 9, 2, numeric=True),
+    Column("id", "id", 12, 0, descending=False),
+    Column("label", "label", 12, 4, descending=False),
+    Column("tenant", "tenant", 8, 5, descending=False),
+    Column("tier", "tier", 5, 1, descending=False),
+    Column("codec", "codec", 12, 1, descending=False),
+    Column("size", "stored", 8, 2, numeric=True),
     Column("ratio", "×raw", 5, 4, numeric=True),
-    Column("quality", "qual", 4, 3, numeric=True),
-    Column("utility", "utility", 7, 2, numeric=True),
-    Column("freq", "freq/s", 6, 4, numeric=True),
-    Column("hits", "hits", 6, 3, numeric=True),
+    Column("quality", "qual", 4, 2, numeric=True),
+    Column("utility", "utility", 7, 1, numeric=True),
+    Column("freq", "freq/s", 6, 5, numeric=True),
+    Column("hits", "hits", 5, 3, numeric=True),
     Column("age", "last", 6, 3, numeric=True, descending=False),
 )
+# Spare width goes to these, up to a cap each: ids and labels are what gets cut otherwise.
+GROW: tuple[tuple[str, int], ...] = (("id", 26), ("codec", 17), ("label", 28), ("tenant", 12))
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 SORT_KEYS = tuple(c.key for c in COLUMNS)
 MARK_COLUMN_WIDTH = 2  # "✓" marked, "⚑" pinned
@@ -139,12 +141,18 @@ class ViewQuery:
 
 
 def visible_columns(width: int) -> tuple[Column, ...]:
-    """The columns that fit `width` cells, dropping the least important first, in table order."""
-    budget = width - MARK_COLUMN_WIDTH - CELL_PADDING - 2  # 2: scrollbar and slack
-    chosen: set[str] = set()
+    """The columns that fit `width` cells, in table order: the least important give way
+    first, then what is left widens id, codec and label."""
+    budget = width - MARK_COLUMN_WIDTH - CELL_PADDING
+    chosen: dict[str, int] = {}
     for column in sorted(COLUMNS, key=lambda c: c.priority):
         cost = column.width + CELL_PADDING
         if cost <= budget:
-            chosen.add(column.key)
+            chosen[column.key] = column.width
             budget -= cost
-    return tuple(c for c in COLUMNS if c.key in chosen)
+    for key, cap in GROW:
+        if key in chosen and budget > 0:
+            extra = min(budget, cap - chosen[key])
+            chosen[key] += extra
+            budget -= extra
+    return tuple(replace(c, width=chosen[c.key]) for c in COLUMNS if c.key in chosen)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -56,15 +55,19 @@ def manager_text(manager: Any, now: float) -> Text:
     return text
 
 
-def tiers_table(tiers: Sequence[Any], *, bar_width: int = 12, spark_width: int = 16,
-                misses_total: int | None = None) -> Table:
-    table = Table(box=None, padding=(0, 1), expand=True, show_edge=False,
-                  header_style="bold")
-    table.add_column("tier", no_wrap=True)
+TIER_FIXED_CELLS = 4 + 5 + 13 + 9 + 6 + 2 * 4  # tier, percent, used/capacity, read, hit, gaps
+
+
+def tiers_table(tiers: Sequence[Any], *, bar_width: int = 12, spark_width: int = 16) -> Table:
+    """One row per tier: used bar (pressure colours), used/capacity, read bandwidth, hit rate
+    over the last minute, and occupancy history (a sparkline of `samples`)."""
+    table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, header_style="bold")
+    name_width = max([4, *(len(t.name) for t in tiers)])
+    table.add_column("tier", no_wrap=True, width=name_width)
     table.add_column("used", no_wrap=True, width=bar_width + 5)
-    table.add_column("of capacity", no_wrap=True, justify="right")
-    table.add_column("read", no_wrap=True, justify="right")
-    table.add_column("hit 1m", no_wrap=True, justify="right")
+    table.add_column("of capacity", no_wrap=True, justify="right", min_width=13)
+    table.add_column("read", no_wrap=True, justify="right", width=9)
+    table.add_column("hit 1m", no_wrap=True, justify="right", width=6)
     if spark_width:
         table.add_column("occupancy", no_wrap=True, width=spark_width)
     for tier in tiers:
@@ -74,7 +77,7 @@ def tiers_table(tiers: Sequence[Any], *, bar_width: int = 12, spark_width: int =
         cells: list[RenderableType] = [
             Text(tier.name, style="bold"),
             used,
-            f"{fmt.fmt_bytes(tier.used_bytes)} / {fmt.fmt_bytes(tier.capacity_bytes)}",
+            fmt.fmt_used_total(tier.used_bytes, tier.capacity_bytes),
             fmt.fmt_bps(tier.read_bps),
             fmt.fmt_hit_rate(tier.hit_rate_1m),
         ]
@@ -82,57 +85,82 @@ def tiers_table(tiers: Sequence[Any], *, bar_width: int = 12, spark_width: int =
             cells.append(fmt.sparkline(tier.occupancy_history, spark_width))
         table.add_row(*cells)
     if not tiers:
-        table.add_row(Text("no tiers recorded yet", style="dim"), "", "", "", "",
-                      *([""] if spark_width else []))
+        table.add_row(Text("none", style="dim"), Text("no tiers recorded yet", style="dim"),
+                      "", "", "", *([""] if spark_width else []))
     return table
 
 
-def _gpu_line(gpu: GpuTelemetry, bar_width: int) -> Text:
-    text = Text(f"GPU{gpu.index} ", style="bold")
-    text.append(f"{gpu.name or fmt.NA} ")
-    frac = fmt.occupancy(gpu.memory_used_bytes, gpu.memory_total_bytes)
-    if bar_width:
-        text.append_text(fmt.bar(frac, bar_width))
-        text.append(" ")
-    text.append(f"{fmt.fmt_bytes(gpu.memory_used_bytes)}/{fmt.fmt_bytes(gpu.memory_total_bytes)}")
+def _gpu_name(name: str | None) -> str:
+    if name is None:
+        return fmt.NA
+    return name.removeprefix("NVIDIA ").strip()
+
+
+def _gpu_extra(gpu: GpuTelemetry) -> str:
     util = fmt.NA if gpu.utilization_pct is None else f"{gpu.utilization_pct:.0f}%"
     temp = fmt.NA if gpu.temperature_c is None else f"{gpu.temperature_c:.0f}°C"
     power = fmt.NA if gpu.power_w is None else f"{gpu.power_w:.0f} W"
     if gpu.power_w is not None and gpu.power_limit_w:
         power = f"{gpu.power_w:.0f}/{gpu.power_limit_w:.0f} W"
-    text.append(f" · util {util} · {temp} · {power}")
-    return text
+    return f"{util} {temp} {power}"
 
 
-def telemetry_lines(tel: Telemetry | None, *, bar_width: int = 10) -> list[Text]:
-    """GPU lines (or the "no GPU" line), then host memory, swap and the cache dir's disk."""
+def telemetry_table(tel: Telemetry | None, *, bar_width: int = 8) -> RenderableType:
+    """GPU rows (memory, utilisation, temperature, power) or the "no GPU" line, then host
+    memory, swap and the cache dir's disk. Unreadable fields show N/A."""
     if tel is None:
-        return [Text("telemetry: reading…", style="dim")]
-    lines: list[Text] = []
-    if tel.gpus:
-        lines += [_gpu_line(gpu, bar_width) for gpu in tel.gpus]
-    else:
-        lines.append(Text(tel.gpu_status or "no GPU", style="yellow"))
-    host = tel.host
-    text = Text("host ", style="bold")
-    mem = fmt.occupancy(host.memory_used_bytes, host.memory_total_bytes)
+        return Text("telemetry: reading…", style="dim")
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True, style="bold")  # what
     if bar_width:
-        text.append_text(fmt.bar(mem, bar_width))
-        text.append(" ")
-    text.append(f"{fmt.fmt_bytes(host.memory_used_bytes)}/{fmt.fmt_bytes(host.memory_total_bytes)}")
-    text.append(f" · swap {fmt.fmt_bytes(host.swap_used_bytes)}/"
-                f"{fmt.fmt_bytes(host.swap_total_bytes)}")
-    lines.append(text)
+        table.add_column(no_wrap=True, width=bar_width)
+    table.add_column(no_wrap=True, justify="right")  # used/total
+    table.add_column(no_wrap=True, overflow="ellipsis")  # extra
+
+    def row(what: str, used: int | None, total: int | None, extra: str | Text = "") -> None:
+        frac = fmt.occupancy(used, total)
+        cells: list[RenderableType] = [what]
+        if bar_width:
+            cells.append(fmt.bar(frac, bar_width))
+        cells += [fmt.fmt_used_total(used, total), extra]
+        table.add_row(*cells)
+
+    for gpu in tel.gpus:
+        row(f"GPU{gpu.index} {_gpu_name(gpu.name)}", gpu.memory_used_bytes, gpu.memory_total_bytes,
+            _gpu_extra(gpu))
+    host = tel.host
+    row("host", host.memory_used_bytes, host.memory_total_bytes)
+    row("swap", host.swap_used_bytes, host.swap_total_bytes)
     if tel.disk is not None:
         disk = tel.disk
-        text = Text("disk ", style="bold")
-        frac = fmt.occupancy(disk.used_bytes, disk.total_bytes)
-        if bar_width:
-            text.append_text(fmt.bar(frac, bar_width))
-            text.append(" ")
-        text.append(f"{fmt.fmt_bytes(disk.used_bytes)}/{fmt.fmt_bytes(disk.total_bytes)}")
-        text.append(f" · free {fmt.fmt_bytes(disk.free_bytes)} · {disk.path}", style="dim")
-        lines.append(text)
+        row("disk", disk.used_bytes, disk.total_bytes, Text(f"free {fmt.fmt_bytes(disk.free_bytes)}",
+                                                            style="dim"))
+    if tel.gpus:
+        return table
+    return Group(Text(tel.gpu_status or "no GPU", style="yellow", no_wrap=True,
+                      overflow="ellipsis"), table)
+
+
+def telemetry_compact(tel: Telemetry | None) -> list[Text]:
+    """Short terminals: one line per GPU, then host, swap and disk on one line, no bars."""
+    if tel is None:
+        return [Text("telemetry: reading…", style="dim")]
+    lines = [Text(f"GPU{gpu.index} {_gpu_name(gpu.name)} ", style="bold")
+             + Text(f"{fmt.fmt_used_total(gpu.memory_used_bytes, gpu.memory_total_bytes)}"
+                    f" · {_gpu_extra(gpu)}") for gpu in tel.gpus]
+    text = Text()
+    if not tel.gpus:
+        text.append("no GPU", style="yellow")
+        text.append(" · ")
+    host, disk = tel.host, tel.disk
+    text.append("host ", style="bold")
+    text.append(fmt.fmt_used_total(host.memory_used_bytes, host.memory_total_bytes))
+    text.append(" · swap ", style="bold")
+    text.append(fmt.fmt_used_total(host.swap_used_bytes, host.swap_total_bytes))
+    if disk is not None:
+        text.append(" · disk ", style="bold")
+        text.append(fmt.fmt_used_total(disk.used_bytes, disk.total_bytes))
+    lines.append(text)
     return lines
 
 
@@ -183,16 +211,24 @@ def mark_text(marked: bool, pinned: bool) -> Text:
     return text
 
 
+SORTED_HEADER_STYLE = "bold reverse"
+
+
+def column_title(column: Column, sort: str | None, descending: bool) -> Text:
+    """The sorted column's header is highlighted (its direction is in the table's title)."""
+    return Text(column.title, style=SORTED_HEADER_STYLE if column.key == sort else "",
+                justify="right" if column.numeric else "left")
+
+
 def contexts_table(rows: Sequence[Any], now: float, *, columns: Iterable[Column] = COLUMNS,
                    sort: str | None = None, descending: bool = True) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, header_style="bold")
+    """The contexts as a rich table; column widths as in the live table (query.visible_columns)."""
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold underline")
     cols = list(columns)
     table.add_column("", no_wrap=True, width=2)
     for col in cols:
-        arrow = (" ↓" if descending else " ↑") if col.key == sort else ""
-        table.add_column(col.title + arrow, no_wrap=True,
-                         justify="right" if col.numeric else "left",
-                         max_width=col.width + 2)
+        table.add_column(column_title(col, sort, descending), no_wrap=True, overflow="ellipsis",
+                         justify="right" if col.numeric else "left", width=col.width)
     for row in rows:
         cells = context_cells(row, now)
         table.add_row(mark_text(False, bool(row.pin_tier or row.pin_codec)),
@@ -219,11 +255,11 @@ def events_table(events: Sequence[Any], now: float, *, max_rows: int | None = No
     """The newest `max_rows` events, oldest first, so the tail reads like a log."""
     table = Table(box=None, padding=(0, 1), expand=True, show_edge=False,
                   show_header=show_header, header_style="bold")
-    table.add_column("age", no_wrap=True, justify="right", width=6)
+    table.add_column("age", no_wrap=True, justify="right", width=7)
     table.add_column("kind", no_wrap=True, width=9)
     table.add_column("context", no_wrap=True, ratio=2)
     table.add_column("from → to", no_wrap=True, ratio=3)
-    table.add_column("reason", no_wrap=True, ratio=1)
+    table.add_column("reason", no_wrap=True, ratio=3)
     table.add_column("actor", no_wrap=True, ratio=1)
     newest_first = sorted(events, key=lambda e: (e.ts, e.id), reverse=True)
     shown = newest_first[:max_rows] if max_rows is not None else newest_first
@@ -232,7 +268,3 @@ def events_table(events: Sequence[Any], now: float, *, max_rows: int | None = No
     if not events:
         table.add_row("", Text("no events yet", style="dim"), "", "", "", "")
     return table
-
-
-def header_group(snapshot: Any, tel: Telemetry | None, now: float) -> Group:
-    return Group(manager_text(snapshot.manager, now), *telemetry_lines(tel))

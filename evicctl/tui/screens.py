@@ -39,9 +39,7 @@ class PickerScreen(ModalScreen[dict[str, str | None] | None]):
     BINDINGS = [
         Binding("escape", "cancel", "cancel"),
         Binding("enter", "pick", "pick", priority=True),
-        Binding("tab", "focus_next", "next list", show=False),
-        Binding("shift+tab", "focus_previous", "previous list", show=False),
-    ]
+    ]  # Tab / Shift+Tab move between the lists (Screen's own bindings)
 
     def __init__(self, title: str, choices: Sequence[Choice], note: str = "") -> None:
         super().__init__(classes="dialog-screen")

@@ -58,10 +58,13 @@ class TiersPanel(Static):
 
     def _render_tiers(self) -> None:
         width = self.content_size.width or 80
-        # tier 5, "of capacity" ~21, read 9, hit 6, padding; the rest is bar and sparkline.
-        spare = max(0, width - 52)
-        bar_width = max(6, min(20, spare // 2 if spare > 24 else spare))
-        spark_width = max(0, min(60, spare - bar_width)) if spare > 24 else 0
+        # What the fixed columns leave goes to the bar first, then to the sparkline.
+        name_width = max([4, *(len(t.name) for t in self._tiers)])
+        spare = max(0, width - render.TIER_FIXED_CELLS - (name_width - 4))
+        bar_width = max(4, min(16, spare // 2))
+        spark_width = min(60, spare - bar_width - 2) if spare - bar_width - 2 >= 8 else 0
+        if not spark_width:
+            bar_width = max(4, min(16, spare))
         self.update(render.tiers_table(self._tiers, bar_width=bar_width, spark_width=spark_width))
 
 
@@ -69,21 +72,32 @@ class TelemetryPanel(Static):
     """GPU (NVML), host memory and swap, and the cache directory's disk."""
 
     _telemetry: Telemetry | None = None
+    compact = False  # one line for host and disk, no bars: for short terminals
 
     def show(self, telemetry: Telemetry | None) -> None:
         self._telemetry = telemetry
         self._render_telemetry()
+
+    def set_compact(self, compact: bool) -> None:
+        if compact != self.compact:
+            self.compact = compact
+            self._render_telemetry()
 
     def on_resize(self, _: events.Resize) -> None:
         self._render_telemetry()
 
     def _render_telemetry(self) -> None:
         width = self.content_size.width or 80
-        lines = render.telemetry_lines(self._telemetry, bar_width=10 if width >= 60 else 0)
-        text = Text("\n").join(lines)
-        text.no_wrap = True
-        text.overflow = "ellipsis"
-        self.update(text)
+        tel = self._telemetry
+        if self.compact:
+            lines = render.telemetry_compact(tel)
+            for line in lines:
+                line.no_wrap = True
+                line.overflow = "ellipsis"
+            self.update(Text("\n").join(lines))
+        else:
+            self.update(render.telemetry_table(tel, bar_width=8 if width >= 44 else 0))
+        self.border_subtitle = tel.disk.path if tel is not None and tel.disk and not self.compact else ""
 
 
 class EventsPanel(Static):
@@ -100,8 +114,10 @@ class EventsPanel(Static):
         self._render_events()
 
     def _render_events(self) -> None:
-        rows = max(1, (self.content_size.height or 4) - 1)  # one line for the header
-        self.update(render.events_table(self._events, self._now, max_rows=rows))
+        height = self.content_size.height or 4
+        header = height > 4  # short panels spend every line on events
+        rows = max(1, height - (1 if header else 0))
+        self.update(render.events_table(self._events, self._now, max_rows=rows, show_header=header))
 
 
 class ContextTable(DataTable):
@@ -127,6 +143,9 @@ class ContextTable(DataTable):
     class MarksChanged(Message):
         pass
 
+    class Resized(Message):
+        pass
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.window_offset = 0
@@ -142,8 +161,12 @@ class ContextTable(DataTable):
     @property
     def window_rows(self) -> int:
         """How many rows fit on screen (the limit of the next read)."""
-        height = self.scrollable_content_region.height - (self.header_height if self.show_header else 0)
+        height = self.content_size.height - (self.header_height if self.show_header else 0)
         return max(1, height)
+
+    def on_resize(self, _: events.Resize) -> None:
+        # The panels above and below grow once data arrives: the window follows.
+        self.post_message(self.Resized())
 
     @property
     def selected_id(self) -> str | None:
@@ -193,10 +216,8 @@ class ContextTable(DataTable):
         self.add_column("", width=2, key="mark")
         key, descending = self.sort_state
         for column in columns:
-            title = Text(column.title, justify="right" if column.numeric else "left")
-            if column.key == key:
-                title.append(" ↓" if descending else " ↑", style="bold")
-            self.add_column(title, width=column.width, key=column.key)
+            self.add_column(render.column_title(column, key, descending), width=column.width,
+                            key=column.key)
 
     def _cells(self, row: Any, now: float) -> list[Text]:
         cells = render.context_cells(row, now)

@@ -69,6 +69,7 @@ class DictManager:
         self.prefills: list[tuple[int, int, float]] = []
         self.profiles: list[dict] = []
         self.stored: list[str] = []
+        self.codec_of: dict[str, str] = {}  # context -> codec name its KV is labelled with
 
     def lookup(self, context_id, device=None):
         from types import SimpleNamespace
@@ -76,7 +77,7 @@ class DictManager:
         kv = self.kvs.get(context_id)
         if kv is None:
             return None
-        return SimpleNamespace(kv=kv, tier="cpu", codec="none", stored_bytes=kv.nbytes, load_s=0.0, decode_s=0.0)
+        return SimpleNamespace(kv=kv, tier="cpu", codec=self.codec_of.get(context_id, "none"), stored_bytes=kv.nbytes, load_s=0.0, decode_s=0.0)
 
     def store(self, context_id, kv, *, label=None, tenant="default", prefill_s=None):
         self.kvs[context_id] = kv

@@ -1,0 +1,210 @@
+"""Quality per codec on the real model, and how well a few questions predict a context's quality.
+
+Part A: every codec of the default menu on N contexts (SQuAD chunks + HotpotQA examples of
+~1k tokens), teacher-forced exp(-KL) on the first `--questions` questions of each: mean
+and spread per codec (the table the placer relies on), with profiling cost per unit.
+Part B (held-out study): on the SQuAD contexts with >= 8 questions, `--study-codecs` on 8
+questions each; for k = 1..4 profiling questions, the held-out MAE (last 4 questions) of
+the context's raw mean, the pooled codec mean over the other contexts, and the shrinkage
+estimate; plus single-question reliability tau²/(tau²+sigma²).
+
+Results are cached per context in a JSONL file, so an interrupted run resumes where it
+stopped. Prints rich tables and the per-codec stats for evicctl/engine/priors.py.
+
+    .venv/bin/python bench/quality_bench.py [--contexts 30] [--study 20] [--cache-dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from evicctl.config import DEFAULT_CODECS, default_cache_dir
+from evicctl.engine import hf, prompt
+from evicctl.engine.data import load_contexts
+from evicctl.engine.model import load_model
+from evicctl.engine.profiler import Profiler, ProfilerSettings
+from evicctl.engine.quality import token_f1
+from evicctl.engine.shrinkage import Tally, codec_stats, estimate
+
+STUDY_CODECS = ("int4", "snapkv@0.5", "keydiff@0.5", "knorm@0.5", "snapkv@0.75")
+STUDY_QUESTIONS = 8
+HELD_OUT = 4
+
+
+class NullManager:
+    def record_profile(self, *args, **kwargs) -> None:
+        pass
+
+
+def measure_context(prof: Profiler, context, questions: int, study: bool) -> dict:
+    """Scores per codec (list aligned with the context's questions) and unit timings."""
+    t0 = time.perf_counter()
+    kv, _ = hf.prefill_context(prof.model, prompt.context_ids(prof.tokenizer, context.text))
+    prefill_s = time.perf_counter() - t0
+    qas = list(context.questions[: STUDY_QUESTIONS if study else questions])
+    ref_s, refs = [], []
+    for qa in qas:
+        t = time.perf_counter()
+        refs.append(prof.reference(kv, qa))
+        ref_s.append(time.perf_counter() - t)
+    scores, unit_s = {}, {}
+    for codec in prof.codecs:
+        use = refs if (study and codec in STUDY_CODECS) else refs[:questions]
+        t = time.perf_counter()
+        scores[codec] = prof.score_codec(kv, codec, use)
+        unit_s[codec] = (time.perf_counter() - t) / len(use)
+    return {
+        "context": context.id, "source": context.source, "tokens": kv.tokens, "study": study,
+        "scores": scores, "prefill_s": prefill_s, "reference_s": ref_s, "per_question_s": unit_s,
+        "f1_none": [token_f1(r.text, r.qa.answers) for r in refs],
+        "answers": [r.text for r in refs[:2]],
+    }
+
+
+def load_cache(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["context"]] = rec
+    return out
+
+
+def part_a_table(records: list[dict], questions: int) -> Table:
+    table = Table(title=f"Part A: teacher-forced exp(-KL) per codec, {len(records)} contexts x {questions} questions")
+    for col in ("codec", "mean", "sd across contexts", "min", "p10", "max", "CoV", "s/question"):
+        table.add_column(col, justify="right" if col != "codec" else "left")
+    for codec in DEFAULT_CODECS:
+        per_ctx = np.array([np.mean(r["scores"][codec][:questions]) for r in records])
+        cost = np.mean([r["per_question_s"][codec] for r in records])
+        table.add_row(
+            codec, f"{per_ctx.mean():.3f}", f"{per_ctx.std(ddof=1):.3f}", f"{per_ctx.min():.3f}",
+            f"{np.percentile(per_ctx, 10):.3f}", f"{per_ctx.max():.3f}",
+            f"{per_ctx.std(ddof=1) / per_ctx.mean():.2f}", f"{cost:.3f}",
+        )
+    return table
+
+
+def study(records: list[dict]) -> tuple[Table, Table, dict]:
+    """Held-out MAE by questions per context, leave-one-context-out pooled/shrinkage."""
+    mae = Table(title=f"Part B: held-out MAE (last {HELD_OUT} questions), {len(records)} contexts x {STUDY_QUESTIONS} questions")
+    for col in ("codec", "k", "raw mean", "pooled", "shrinkage", "shrink/pooled", "mean w"):
+        mae.add_column(col, justify="right" if col != "codec" else "left")
+    summary: dict = {}
+    for codec in STUDY_CODECS:
+        scores = {r["context"]: np.array(r["scores"][codec]) for r in records}
+        held = {c: s[-HELD_OUT:].mean() for c, s in scores.items()}
+        for k in range(1, STUDY_QUESTIONS - HELD_OUT + 1):
+            tallies = {c: Tally.of(s[:k]) for c, s in scores.items()}
+            err = {"raw": [], "pooled": [], "shrink": []}
+            weights = []
+            for c, t in tallies.items():
+                stats = codec_stats({o: x for o, x in tallies.items() if o != c})
+                est = estimate(t, stats)
+                err["raw"].append(abs(t.mean - held[c]))
+                err["pooled"].append(abs(stats.mean - held[c]))
+                err["shrink"].append(abs(est.quality - held[c]))
+                weights.append(est.weight)
+            m = {key: float(np.mean(v)) for key, v in err.items()}
+            summary.setdefault("all", []).append(m)
+            mae.add_row(codec, str(k), f"{m['raw']:.3f}", f"{m['pooled']:.3f}", f"{m['shrink']:.3f}",
+                        f"{m['shrink'] / m['pooled']:.2f}", f"{np.mean(weights):.2f}")
+    rel = Table(title="Single-question reliability (ICC) and questions needed for reliability 0.5")
+    for col in ("codec", "tau2", "sigma2", "ICC", "questions for 0.5"):
+        rel.add_column(col, justify="right" if col != "codec" else "left")
+    for codec in STUDY_CODECS:
+        stats = codec_stats({r["context"]: Tally.of(r["scores"][codec]) for r in records})
+        icc = stats.tau2 / (stats.tau2 + stats.sigma2) if stats.tau2 + stats.sigma2 > 0 else 0.0
+        need = stats.sigma2 / stats.tau2 if stats.tau2 > 0 else float("inf")
+        rel.add_row(codec, f"{stats.tau2:.5f}", f"{stats.sigma2:.5f}", f"{icc:.3f}", f"{need:.1f}")
+    by_k = {}
+    for k in range(1, STUDY_QUESTIONS - HELD_OUT + 1):
+        rows = summary["all"][k - 1 :: STUDY_QUESTIONS - HELD_OUT]
+        by_k[k] = {key: float(np.mean([r[key] for r in rows])) for key in ("raw", "pooled", "shrink")}
+    return mae, rel, by_k
+
+
+def priors(records: list[dict]) -> dict[str, dict]:
+    """Per-codec stats over every measured question of every context (for priors.py)."""
+    out = {}
+    for codec in DEFAULT_CODECS:
+        stats = codec_stats({r["context"]: Tally.of(r["scores"][codec]) for r in records})
+        out[codec] = {k: round(v, 6) if isinstance(v, float) else v for k, v in stats.to_dict().items()}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contexts", type=int, default=30)
+    ap.add_argument("--study", type=int, default=20, help="contexts (SQuAD, >= 8 questions) in the held-out study")
+    ap.add_argument("--questions", type=int, default=2, help="questions per context in part A")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    ap.add_argument("--results", type=Path, default=None, help="JSONL of per-context results (resumable)")
+    args = ap.parse_args()
+    console = Console()
+    torch.manual_seed(0)
+    model, tok = load_model(args.cache_dir)
+    results = args.results or args.cache_dir / "bench" / f"quality_bench_s{args.seed}_q{args.questions}.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = load_cache(results)
+    contexts = load_contexts(tok, args.contexts, min_questions=STUDY_QUESTIONS, seed=args.seed)
+    study_ids = [c.id for c in contexts if len(c.questions) >= STUDY_QUESTIONS][: args.study]
+    prof = Profiler(NullManager(), model, tok, DEFAULT_CODECS, ProfilerSettings(max_new_tokens=24))
+    start = time.perf_counter()
+    for i, context in enumerate(contexts):
+        if context.id in done:
+            continue
+        t = time.perf_counter()
+        rec = measure_context(prof, context, args.questions, context.id in study_ids)
+        with results.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[context.id] = rec
+        console.print(f"[{i + 1}/{len(contexts)}] {context.id} ({rec['tokens']} tok, "
+                      f"{'study' if rec['study'] else 'menu'}): {time.perf_counter() - t:.1f} s")
+    records = [done[c.id] for c in contexts]
+    console.print(f"measured in {time.perf_counter() - start:.0f} s this run; results in {results}")
+    console.print(part_a_table(records, args.questions))
+    ref = np.mean([s for r in records for s in r["reference_s"]])
+    pre = np.mean([r["prefill_s"] for r in records])
+    tf = np.mean([r["per_question_s"][c] for r in records for c in DEFAULT_CODECS])
+    cost = Table(title="Profiling cost on this CPU")
+    for col in ("step", "seconds", "ratio to a reference answer"):
+        cost.add_column(col, justify="right" if col != "step" else "left")
+    cost.add_row("prefill of the context", f"{pre:.2f}", f"{pre / ref:.2f}")
+    cost.add_row("full-KV reference answer (<= 24 tokens) + its teacher-forced pass", f"{ref:.2f}", "1.00")
+    cost.add_row("one codec, one question (compress + teacher-forced pass)", f"{tf:.3f}", f"{tf / ref:.3f}")
+    q = args.questions
+    per_ctx_codec = ref * q / len(DEFAULT_CODECS) + tf * q
+    cost.add_row(f"one (context, codec) profile with {q} questions (reference shared by codecs)",
+                 f"{per_ctx_codec:.2f}", f"{per_ctx_codec / ref:.2f}")
+    console.print(cost)
+    f1 = [x for r in records for x in r["f1_none"] if x is not None]
+    console.print(f"full-KV answers: mean token F1 vs gold {np.mean(f1):.3f} over {len(f1)} questions")
+    study_records = [done[c] for c in study_ids]
+    if len(study_records) >= 3:
+        mae, rel, by_k = study(study_records)
+        console.print(mae)
+        console.print(rel)
+        avg = Table(title="Held-out MAE averaged over the study codecs")
+        for col in ("k questions", "raw mean", "pooled", "shrinkage", "shrinkage vs pooled"):
+            avg.add_column(col, justify="right")
+        for k, m in by_k.items():
+            avg.add_row(str(k), f"{m['raw']:.4f}", f"{m['pooled']:.4f}", f"{m['shrink']:.4f}", f"{m['shrink'] / m['pooled']:.3f}x")
+        console.print(avg)
+    console.print("priors (evicctl/engine/priors.py):")
+    console.print_json(json.dumps(priors(records)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Helpers for the dashboard tests: fixed telemetry, a fake manager, waiting on the app.
+
+The fake manager is a real `ControlServer` on the real database, polled by a thread, with
+a scripted handler: these tests are of the layer above the manager, so its decisions are
+canned, but every command row and outcome goes through the real control channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # tests/fixtures.py, when pytest runs without the rootdir on the path
+    sys.path.insert(0, str(ROOT))
+
+from evicctl.control import Command, ControlServer  # noqa: E402
+from evicctl.errors import RefusedError  # noqa: E402
+from evicctl.store import Store  # noqa: E402
+from evicctl.tui.app import TopApp  # noqa: E402
+from evicctl.tui.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry  # noqa: E402
+from tests.fixtures import FIXTURE_NOW, make_fixture_db  # noqa: E402, F401 (re-exported)
+
+GIB = 1 << 30
+
+
+class FixedTelemetry:
+    """Telemetry that never changes, so screenshots are reproducible."""
+
+    def __init__(self, gpus: tuple[GpuTelemetry, ...] = (),
+                 gpu_status: str | None = "no GPU (NVML library not found)") -> None:
+        self.telemetry = Telemetry(
+            taken_at=FIXTURE_NOW,
+            gpus=gpus,
+            gpu_status=None if gpus else gpu_status,
+            host=HostTelemetry(12 * GIB, 31 * GIB, 0, 2 * GIB),
+            disk=DiskTelemetry("/var/cache/evicctl", 120 * GIB, 500 * GIB, 380 * GIB),
+        )
+        self.closed = False
+
+    def read(self) -> Telemetry:
+        return self.telemetry
+
+    def close(self) -> None:
+        self.closed = True
+
+
+H200 = GpuTelemetry(0, "NVIDIA H200", 45 * GIB, 141 * GIB, 37.0, 45.0, 312.0, 700.0)
+
+
+def make_app(db_path: Path | str, **kwargs: Any) -> TopApp:
+    """The real app on a fixed clock with fixed telemetry and no timing in the header."""
+    options: dict[str, Any] = {"clock": lambda: FIXTURE_NOW, "telemetry": FixedTelemetry(),
+                               "show_timing": False, "interval_s": 0.5}
+    options.update(kwargs)
+    return TopApp(db_path, **options)
+
+
+async def wait_for(pilot: Any, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    """Let the app run until `condition()` holds (workers are threads: poll, do not guess)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.02)
+        await asyncio.sleep(0)
+
+
+async def loaded(pilot: Any) -> TopApp:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.frame is not None and app.main.table.row_count > 0)
+    return app
+
+
+def notifications(app: TopApp) -> list[tuple[str, str, str]]:
+    """(title, message, severity) of every notification shown so far (expired ones too)."""
+    return list(app.notices)
+
+
+class FakeManager:
+    """Heartbeats and answers commands from a thread, like the manager's control loop."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.store = Store.open(db_path)
+        self.server = ControlServer(self.store, "0.1.0", {"heartbeat_timeout_s": 5.0,
+                                                          "codecs": ["none", "int8", "int4"]})
+        self.handled: list[Command] = []
+        self.refuse: dict[str, str] = {}  # verb -> refusal reason
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def handle(self, command: Command) -> dict:
+        self.handled.append(command)
+        if command.verb in self.refuse:
+            raise RefusedError(self.refuse[command.verb])
+        return {"message": f"{command.verb} applied to {command.context_id}", "event_ids": []}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.server.heartbeat()
+            self.server.poll(self.handle)
+            time.sleep(0.02)
+
+    def __enter__(self) -> FakeManager:
+        self.server.heartbeat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.server.stop()
+        self.store.close()
+
+
+def command_rows(db_path: Path) -> list[dict]:
+    """The operator commands written after the fixture's own (which is command 1)."""
+    import json
+
+    with contextlib.closing(Store.open(db_path, readonly=True)) as store:
+        rows = store.query("SELECT id, verb, context_id, args_json, status, actor, result"
+                           " FROM commands WHERE id > 1 ORDER BY id")
+    return [{**dict(r), "args": json.loads(r["args_json"])} for r in rows]
