@@ -12,6 +12,7 @@ number is the median of --repeats runs after one warm-up.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -80,10 +81,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--codecs", nargs="+", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     codecs = args.codecs or list(dict.fromkeys([*DEFAULT_CODECS, *example_codec_names()]))
-    console = Console()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    console = Console(width=180)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load}")
     for tokens in args.tokens:
         table, _ = bench(tokens, codecs, args.repeats)
         console.print(table)

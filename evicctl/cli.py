@@ -1,2 +1,138 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The `evicctl` command: a thin Typer layer over the library. It parses, calls, prints.
+
+Exit codes (DESIGN §7, evicctl/errors.py): 0 ok, 1 error, 2 usage, 3 no such context,
+4 no manager running or timed out waiting for it, 5 refused by the manager.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from evicctl import cli_mutate, cli_read
+from evicctl.cli_common import DbOpt, EvicctlGroup, OutputOpt, db_path, lazy_attr, open_reader, validate_sort
+from evicctl.cli_output import OutputFormat, console, stdout_is_terminal
+from evicctl.errors import UsageError
+
+app = typer.Typer(
+    cls=EvicctlGroup,
+    name="evicctl",
+    help="Inspect and steer the evicctl KV-cache manager: where each context's KV lives and how it is compressed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from evicctl import __version__
+
+        sys.stdout.write(f"evicctl {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Inspect and steer the evicctl KV-cache manager."""
+
+
+cli_read.register(app)
+cli_mutate.register(app)
+
+MIN_INTERVAL_S = 0.25
+
+
+@app.command()
+def top(
+    interval: Annotated[float, typer.Option(help=f"Seconds between refreshes (minimum {MIN_INTERVAL_S}).")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit (works without a terminal).")] = False,
+    readonly: Annotated[bool, typer.Option("--readonly", help="Hide and refuse the pin/evict/recompress actions.")] = False,
+    sort: Annotated[str, typer.Option(help="Initial sort of the contexts table (utility|size|hits|age|quality ...).")] = "utility",
+    db: DbOpt = None,
+) -> None:
+    """The live dashboard: tiers, contexts, events and the manager's state."""
+    if interval < MIN_INTERVAL_S:
+        raise UsageError(f"--interval must be at least {MIN_INTERVAL_S} s; got {interval:g}")
+    validate_sort(sort)
+    path = db_path(db)
+    open_reader(path).close()  # a missing or unreadable database is one clear line, here
+    if once:
+        render_once = lazy_attr("evicctl.tui.once", "render_once", "evicctl top --once")
+        render_once(path, console(), sort)
+        return
+    if not (stdout_is_terminal() and sys.stdin.isatty()):
+        raise UsageError("evicctl top needs a terminal; use --once for a one-shot view")
+    run_top = lazy_attr("evicctl.tui.app", "run_top", "evicctl top")
+    run_top(path, interval, readonly, sort)
+
+
+def _given(**options) -> dict:
+    """Only the options the user set: the implementation keeps its own defaults."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+SizeOpt = Annotated[str | None, typer.Option(help="Capacity, e.g. 256MiB, 2GiB.", show_default=False)]
+
+
+@app.command()
+def demo(
+    headless: Annotated[bool, typer.Option("--headless", help="No dashboard: a progress bar and a summary table.")] = False,
+    duration: Annotated[float | None, typer.Option(min=0.0, help="Seconds to run [default: until Ctrl-C, or --requests].")] = None,
+    contexts: Annotated[int | None, typer.Option(min=1, help="Number of contexts in the workload.")] = None,
+    requests: Annotated[int | None, typer.Option(min=1, help="Stop after N requests.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Workload seed.")] = None,
+    gpu_capacity: SizeOpt = None,
+    cpu_capacity: SizeOpt = None,
+    disk_capacity: SizeOpt = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache [default: $XDG_CACHE_HOME/evicctl].", file_okay=False)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Run an embedded engine, workload and manager (the store others can watch with evicctl top)."""
+    from evicctl.timeparse import parse_size_bytes
+
+    capacities = {
+        f"{name}_capacity_bytes": parse_size_bytes(text)
+        for name, text in (("gpu", gpu_capacity), ("cpu", cpu_capacity), ("disk", disk_capacity))
+        if text is not None
+    }
+    run_demo = lazy_attr("evicctl.engine.demo", "run_demo", "evicctl demo")
+    options = _given(duration_s=duration, contexts=contexts, requests=requests, seed=seed, cache_dir=cache_dir, device=device)
+    run_demo(headless=headless, db_path=db_path(db), **options, **capacities)
+
+
+@app.command()
+def bench(
+    scenario: Annotated[str | None, typer.Option(help="cpu-local (this machine, measured) or h200.")] = None,
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="prefill, lru, fixed:<codec>, evicpress, exact, placement-only; repeat [default: all].")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Replay arrival times from a CSV file.", exists=True, dir_okay=False)] = None,
+    contexts: Annotated[int | None, typer.Option(min=1, help="Number of contexts.")] = None,
+    requests: Annotated[int | None, typer.Option(min=1, help="Number of requests.")] = None,
+    qps: Annotated[float | None, typer.Option(min=0.0, help="Poisson arrival rate (requests/s).")] = None,
+    zipf: Annotated[float | None, typer.Option(min=0.0, help="Zipf exponent of context popularity.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Workload seed.")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Serve with the real engine and model instead of replaying costs.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write TTFT vs quality per policy to this PNG.", dir_okay=False)] = None,
+    output: OutputOpt = OutputFormat.table,
+) -> None:
+    """Replay a workload under several policies and compare TTFT and quality."""
+    run_bench = lazy_attr("evicctl.bench", "run_bench", "evicctl bench")
+    options = _given(scenario=scenario, policies=tuple(policy) if policy else None, trace=trace, contexts=contexts,
+                     requests=requests, qps=qps, zipf=zipf, seed=seed, plot=plot)
+    run_bench(live=live, output=output.value, **options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`evicctl`)."""
+    app(args=argv, prog_name="evicctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -118,7 +118,9 @@ def _ago(ts: float | None) -> str:
         return f"{stamp} ({age_s:.0f} s ago)"
     if age_s < 7200:
         return f"{stamp} ({age_s / 60:.0f} min ago)"
-    return f"{stamp} ({age_s / 3600:.1f} h ago)"
+    if age_s < 172800:
+        return f"{stamp} ({age_s / 3600:.1f} h ago)"
+    return f"{stamp} ({age_s / 86400:.0f} days ago)"
 
 
 def read_manager_status(store: Store, *, now: float | None = None) -> ManagerStatus:

@@ -112,7 +112,7 @@ SORT_KEYS: dict[str, str] = {
     "size": "p.stored_bytes",
     "raw": "c.raw_bytes",
     "ratio": "(CAST(c.raw_bytes AS REAL) / NULLIF(p.stored_bytes, 0))",
-    "quality": "quality",
+    "quality": "__quality__",
     "freq": "c.freq",
     "hits": "c.hits",
     "misses": "c.misses",
@@ -130,17 +130,48 @@ SORT_KEYS: dict[str, str] = {
 }
 SORT_CHOICES = ("utility", "size", "hits", "age", "quality")  # the CLI contract's list; all keys work
 
-# Quality of the placed codec: the placer's metric first, then the newest; `none` is exact.
+# Quality of the placed codec: the placer's metric (a primary-key lookup in the join),
+# else the newest other metric; `none` is the reference, so exact.
 _QUALITY_SQL = (
-    "COALESCE((SELECT q.quality FROM profiles q WHERE q.context_id = c.id AND q.codec = p.codec"
-    " ORDER BY q.metric = 'teacher-forced' DESC, q.measured_at DESC LIMIT 1),"
+    "COALESCE(q.quality, (SELECT q2.quality FROM profiles q2 WHERE q2.context_id = c.id"
+    " AND q2.codec = p.codec ORDER BY q2.measured_at DESC LIMIT 1),"
     " CASE WHEN p.codec = 'none' AND p.tier != 'dropped' THEN 1.0 END)"
 )
-_CONTEXT_SELECT = (
-    "SELECT c.id, c.label, c.tenant, c.tokens, c.raw_bytes, p.tier, p.codec, p.stored_bytes,"
-    f" {_QUALITY_SQL} AS quality, c.utility, c.freq, c.hits, c.misses, c.last_access_at,"
-    " c.pin_tier, c.pin_codec, c.quality_floor, c.created_at"
+# (name, SQL) in ContextRow's field order: one definition for tuples, CSV and SQL-side JSON.
+_CONTEXT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "c.id"),
+    ("label", "c.label"),
+    ("tenant", "c.tenant"),
+    ("tokens", "c.tokens"),
+    ("raw_bytes", "c.raw_bytes"),
+    ("tier", "p.tier"),
+    ("codec", "p.codec"),
+    ("stored_bytes", "p.stored_bytes"),
+    ("compression_ratio", "CAST(c.raw_bytes AS REAL) / NULLIF(p.stored_bytes, 0)"),
+    ("quality", _QUALITY_SQL),
+    ("utility", "c.utility"),
+    ("freq", "c.freq"),
+    ("hits", "c.hits"),
+    ("misses", "c.misses"),
+    ("last_access_at", "c.last_access_at"),
+    ("pin_tier", "c.pin_tier"),
+    ("pin_codec", "c.pin_codec"),
+    ("quality_floor", "c.quality_floor"),
+    ("created_at", "c.created_at"),
+)
+_CONTEXT_FROM = (
     " FROM contexts c LEFT JOIN placements p ON p.context_id = c.id"
+    " LEFT JOIN profiles q ON q.context_id = c.id AND q.codec = p.codec AND q.metric = 'teacher-forced'"
+)
+SORT_KEYS["quality"] = _QUALITY_SQL
+_CONTEXT_SELECT = "SELECT " + ", ".join(f"{sql} AS {name}" for name, sql in _CONTEXT_COLUMNS) + _CONTEXT_FROM
+# SQLite renders the JSON itself: for 100,000 rows this is several times faster than
+# building Python objects and calling json.dumps (`evicctl ls -o json`, goal <= 1 s).
+_CONTEXT_SELECT_JSON = (
+    "SELECT json_object("
+    + ", ".join(f"'{name}', {sql}" for name, sql in _CONTEXT_COLUMNS if name in CONTEXT_FIELDS)
+    + ") AS row_json"
+    + _CONTEXT_FROM
 )
 
 
@@ -280,7 +311,8 @@ def _sample_delta(store: Store, tier: str, since: float) -> tuple[int, int] | No
     return max(0, last[0]["hits"] - base[0]["hits"]), max(0, last[0]["misses"] - base[0]["misses"])
 
 
-def _read_contexts(store, filt, sort, descending, limit, offset) -> tuple[tuple[ContextRow, ...], int]:
+def _context_query(filt: ContextFilter, sort: str, descending: bool, limit, offset) -> tuple[str, list[Any]]:
+    """WHERE + ORDER BY + LIMIT for the contexts list; values as parameters only."""
     expr = SORT_KEYS.get(sort)
     if expr is None:
         raise UnknownNameError("sort key", sort, tuple(SORT_KEYS))
@@ -288,25 +320,68 @@ def _read_contexts(store, filt, sort, descending, limit, offset) -> tuple[tuple[
     direction = "DESC" if descending else "ASC"
     # NULLs last whichever the direction; the id breaks ties so pages are stable.
     order = f" ORDER BY ({expr}) IS NULL, ({expr}) {direction}, c.id ASC"
-    page = " LIMIT ? OFFSET ?"
-    page_params = [-1 if limit is None else int(limit), int(offset)]
-    rows = store.query(_CONTEXT_SELECT + where + order + page, params + page_params)
-    if limit is None and offset == 0:
-        total = len(rows)
-    else:
-        join = " LEFT JOIN placements p ON p.context_id = c.id" if where else ""
-        total = store.query(f"SELECT COUNT(*) AS n FROM contexts c{join}{where}", params)[0]["n"]
-    return tuple(_to_context(r) for r in rows), int(total)
+    return where + order + " LIMIT ? OFFSET ?", params + [-1 if limit is None else int(limit), int(offset)]
 
 
-def _to_context(r) -> ContextRow:
-    stored = r["stored_bytes"]
-    ratio = r["raw_bytes"] / stored if stored else None
-    return ContextRow(
-        r["id"], r["label"], r["tenant"], r["tokens"], r["raw_bytes"], r["tier"], r["codec"], stored, ratio,
-        r["quality"], r["utility"], r["freq"], r["hits"], r["misses"], r["last_access_at"], r["pin_tier"],
-        r["pin_codec"], r["quality_floor"], r["created_at"],
-    )
+def read_contexts(
+    store: Store,
+    *,
+    sort: str = "utility",
+    descending: bool = True,
+    tier: str | None = None,
+    tenant: str | None = None,
+    search: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[tuple[ContextRow, ...], int]:
+    """One page of the contexts list and the number of contexts matching the filter."""
+    filt = ContextFilter.parse(tier=tier, tenant=tenant, search=search)
+    with store.read():
+        return _read_contexts(store, filt, sort, descending, limit, offset)
+
+
+def _read_contexts(store, filt, sort, descending, limit, offset) -> tuple[tuple[ContextRow, ...], int]:
+    tail, params = _context_query(filt, sort, descending, limit, offset)
+    with store.lock:
+        rows = store.conn.execute(_CONTEXT_SELECT + tail, params).fetchall()
+    total = len(rows) if limit is None and offset == 0 else count_contexts(store, filt)
+    return tuple(ContextRow(*r) for r in rows), int(total)
+
+
+def count_contexts(store: Store, filt: ContextFilter) -> int:
+    where, params = filt.where()
+    joins = _CONTEXT_FROM if where else " FROM contexts c"
+    return int(store.query(f"SELECT COUNT(*) AS n{joins}{where}", params)[0]["n"])
+
+
+def iter_contexts(
+    store: Store,
+    *,
+    sort: str = "utility",
+    descending: bool = True,
+    tier: str | None = None,
+    tenant: str | None = None,
+    search: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    as_json: bool = False,
+    chunk: int = 5000,
+):
+    """Stream the contexts list: tuples in CONTEXT_FIELDS order, or JSON object strings.
+
+    For large outputs (`evicctl ls -o json|jsonl|csv`): nothing but the current chunk
+    lives in Python. Runs inside one read transaction, so the stream is consistent.
+    """
+    filt = ContextFilter.parse(tier=tier, tenant=tenant, search=search)
+    tail, params = _context_query(filt, sort, descending, limit, offset)
+    select = _CONTEXT_SELECT_JSON if as_json else _CONTEXT_SELECT
+    with store.read():
+        cur = store.conn.execute(select + tail, params)
+        while rows := cur.fetchmany(chunk):
+            if as_json:
+                yield from (r[0] for r in rows)
+            else:
+                yield from (r[: len(CONTEXT_FIELDS)] for r in rows)
 
 
 def _rows_to_events(rows) -> tuple[EventRow, ...]:
@@ -314,10 +389,11 @@ def _rows_to_events(rows) -> tuple[EventRow, ...]:
 
 
 def read_context_row(store: Store, context_id: str) -> ContextRow:
-    rows = store.query(_CONTEXT_SELECT + " WHERE c.id = ?", (context_id,))
-    if not rows:
+    with store.lock:
+        row = store.conn.execute(_CONTEXT_SELECT + " WHERE c.id = ?", (context_id,)).fetchone()
+    if row is None:
         raise NoSuchContextError(context_id)
-    return _to_context(rows[0])
+    return ContextRow(*row)
 
 
 def read_events(
@@ -373,6 +449,8 @@ __all__ = [
     "ContextDetail",
     "ContextFilter",
     "ContextRow",
+    "count_contexts",
+    "iter_contexts",
     "EventRow",
     "ManagerInfo",
     "OptionRow",
@@ -382,6 +460,7 @@ __all__ = [
     "last_event_id",
     "read_context",
     "read_context_row",
+    "read_contexts",
     "read_events",
     "read_manager",
     "read_snapshot",

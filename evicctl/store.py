@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -75,11 +76,10 @@ def translate_error(exc: sqlite3.Error, path: Path | str) -> StoreError:
 
 
 def _access_problem(path: Path) -> str | None:
-    parent = path.parent
-    if parent.exists() and not os.access(parent, os.X_OK):
-        return f"permission denied on directory {parent}"
-    if path.exists() and not os.access(path, os.R_OK):
-        return "permission denied"
+    try:
+        _exists(path, write=False)
+    except StoreError as exc:
+        return str(exc).rsplit(": ", 1)[-1]
     return None
 
 
@@ -385,9 +385,22 @@ class Store:
             cols = tuple(row)
             groups.setdefault(cols, []).append(tuple(row[c] for c in cols))
         pk = _pks(table)
+        required = self._required_columns(table)
         for cols, values in groups.items():
             self._check_columns(table, cols)
             updates = [c for c in cols if c not in pk]
+            if not required <= set(cols):
+                # A partial row: SQLite checks NOT NULL on the would-be INSERT before it
+                # resolves the conflict, so update the existing row instead (none: no-op).
+                if updates:
+                    sets = ", ".join(f"{c} = ?" for c in updates)
+                    where = " AND ".join(f"{c} = ?" for c in pk)
+                    index = {c: i for i, c in enumerate(cols)}
+                    order = [index[c] for c in (*updates, *pk)]
+                    self._conn.executemany(
+                        f"UPDATE {table} SET {sets} WHERE {where}", [tuple(v[i] for i in order) for v in values]
+                    )
+                continue
             action = (
                 "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updates)
                 if updates
@@ -398,6 +411,17 @@ class Store:
                 f"ON CONFLICT ({', '.join(pk)}) {action}"
             )
             self._conn.executemany(sql, values)
+
+    def _required_columns(self, table: str) -> set[str]:
+        """NOT NULL columns without a default: a row lacking one cannot be inserted."""
+        key = f"required:{table}"
+        cached = self._columns.get(key)
+        if cached is None:
+            self.columns(table)  # checks the table name against the whitelist
+            info = self._conn.execute(f"PRAGMA table_info({table})").fetchall()
+            cached = tuple(r[1] for r in info if r[3] and r[4] is None and not (r[5] and r[2].upper() == "INTEGER"))
+            self._columns[key] = cached
+        return set(cached)
 
     def _check_columns(self, table: str, cols: tuple[str, ...]) -> None:
         known = self.columns(table)
@@ -435,13 +459,28 @@ class Store:
         )
 
 
+def _exists(path: Path, *, write: bool) -> bool:
+    """Whether the database file is there, raising one clear line if it cannot be used."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        raise StoreError(f"cannot open database {path}: permission denied on a directory above it") from None
+    except NotADirectoryError:
+        raise StoreError(f"cannot open database {path}: a parent is not a directory") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"cannot open database {path}: it is a directory")
+    if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
+        raise StoreError(f"cannot open database {path}{' for writing' if write else ''}: permission denied")
+    return True
+
+
 def _connect_writer(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.Connection:
-    if not path.exists():
+    if not _exists(path, write=True):
         if not create:
             raise StoreError(f"no database at {path}; {NO_DB_HINT}")
         _create_private(path)
-    elif not os.access(path, os.R_OK | os.W_OK):
-        raise StoreError(f"cannot open database {path} for writing: permission denied")
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -460,12 +499,13 @@ def _connect_writer(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.C
 def _create_private(path: Path) -> None:
     """Create the directory (0700) and an empty file (0600): whoever can write it steers the manager."""
     parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(mode=0o700, parents=True)
-        except PermissionError as exc:
-            raise StoreError(f"cannot create directory {parent}: permission denied") from exc
+    try:
+        parent.mkdir(mode=0o700, parents=True)
         os.chmod(parent, 0o700)  # mkdir's mode is masked by the umask; make it exact
+    except FileExistsError:
+        pass  # an existing directory keeps its mode: it may be shared (e.g. /tmp)
+    except PermissionError as exc:
+        raise StoreError(f"cannot create directory {parent}: permission denied") from exc
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
@@ -477,14 +517,8 @@ def _create_private(path: Path) -> None:
 
 
 def _connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    if not path.exists():
-        if path.parent.exists() and not os.access(path.parent, os.X_OK):
-            raise StoreError(f"cannot open database {path}: permission denied on directory {path.parent}")
+    if not _exists(path, write=False):
         raise StoreError(f"no database at {path}; {NO_DB_HINT}")
-    if path.is_dir():
-        raise StoreError(f"cannot open database {path}: it is a directory")
-    if not os.access(path, os.R_OK):
-        raise StoreError(f"cannot open database {path}: permission denied")
     uri = f"{path.resolve().as_uri()}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     try:

@@ -64,6 +64,8 @@ def kernel_device(*tensors: torch.Tensor, device: torch.device | str | None = No
 
     if device is not None:
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     else:
         cuda = [t.device for t in tensors if t.is_cuda]
         device = cuda[0] if cuda else tensors[0].device

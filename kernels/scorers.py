@@ -237,7 +237,7 @@ def snapkv_scores(k: torch.Tensor, window_queries: torch.Tensor, key_positions: 
     if tuple(key_positions.shape) != (H, K) or key_positions.dtype != torch.int64:
         raise ValueError(f"{what}: key_positions must be int64 [{H}, {K}]; got {tuple(key_positions.shape)}")
     W = wq.shape[1]
-    if W > tokens or W == 0:
+    if W == 0 or W > tokens:  # noqa: SIM300
         raise ValueError(f"{what}: window of {W} queries for a {tokens}-token context")
     device = kernel_device(k, wq, key_positions)
     if K == 0:

@@ -6,6 +6,8 @@ with the scenario's fitted CostModel for the delays. Every policy reads these sa
 so policies differ only in their decisions.
 
 Shapes: N contexts, C codecs (the measured profile's menu), T tiers (fastest first).
+Per-option arrays are option-major ([C, N], [T, C, N]), the placer's layout, so a
+placement problem is a column slice.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ class Catalog:
     tiers: tuple[str, ...]  # [T]
     read_bps: np.ndarray  # [T]
     capacity_bytes: np.ndarray  # [T] int64
-    stored_bytes: np.ndarray  # [N, C] int64
-    kept_tokens: np.ndarray  # [N, C] int64
-    decode_s: np.ndarray  # [N, C]
-    ttft_s: np.ndarray  # [N, C, T] predicted TTFT of a hit, at the mean query length
+    stored_bytes: np.ndarray  # [C, N] int64
+    kept_tokens: np.ndarray  # [C, N] int64
+    decode_s: np.ndarray  # [C, N]
+    ttft_s: np.ndarray  # [T, C, N] predicted TTFT of a hit, at the mean query length
     miss_ttft_s: np.ndarray  # [N] full prefill at the mean query length
-    estimate: np.ndarray  # [N, C] quality the placer believes
-    truth: np.ndarray  # [N, C] quality a served request gets
+    estimate: np.ndarray  # [C, N] quality the placer believes
+    truth: np.ndarray  # [C, N] quality a served request gets
     query_tokens_mean: float
     cost_model: CostModel
     profile_source: np.ndarray  # [N] measured context each row's profile copies
@@ -46,7 +48,7 @@ class Catalog:
 
     @property
     def raw_bytes_total(self) -> int:
-        return int(self.stored_bytes[:, self.codecs.index("none")].sum())
+        return int(self.stored_bytes[self.codecs.index("none")].sum())
 
     def codec_index(self, name: str) -> int:
         from evicctl.errors import UnknownNameError
@@ -59,11 +61,11 @@ class Catalog:
     def hit_ttft(self, context: np.ndarray, codec: np.ndarray, tier: np.ndarray, query_tokens: np.ndarray) -> np.ndarray:
         """[R] TTFT of hits served from (codec, tier), with each request's own query length."""
         return predicted_ttft_s(
-            self.stored_bytes[context, codec],
+            self.stored_bytes[codec, context],
             self.read_bps[tier],
-            self.decode_s[context, codec],
+            self.decode_s[codec, context],
             query_tokens,
-            self.kept_tokens[context, codec],
+            self.kept_tokens[codec, context],
             self.cost_model,
         )
 
@@ -112,15 +114,13 @@ def build_catalog(
     stored, kept = _sizes(codecs, tokens, m)
     cost = scenario.cost_model()
     families = [get_codec(c).family for c in codecs]
-    decode = np.stack([cost.decode_s(f, stored[:, k]) for k, f in enumerate(families)], axis=1)
+    decode = np.stack([cost.decode_s(f, stored[k]) for k, f in enumerate(families)])  # [C, N]
     read_bps = np.array([t.read_bps for t in scenario.tiers])
     q_mean = float(np.mean(scenario.query_tokens))
-    ttft = predicted_ttft_s(
-        stored[:, :, None], read_bps[None, None, :], decode[:, :, None], q_mean, kept[:, :, None], cost
-    )
+    ttft = predicted_ttft_s(stored[None], read_bps[:, None, None], decode[None], q_mean, kept[None], cost)
     miss = np.asarray(miss_ttft_s(tokens, q_mean, cost), dtype=float)
     shares = np.array([t.share for t in scenario.tiers], dtype=float)
-    raw_total = stored[:, codecs.index("none")].sum()
+    raw_total = stored[codecs.index("none")].sum()
     capacity = np.floor(scenario.capacity * raw_total * shares / shares.sum()).astype(np.int64)
     return Catalog(
         scenario=scenario,
@@ -135,8 +135,8 @@ def build_catalog(
         decode_s=decode,
         ttft_s=np.asarray(ttft, dtype=float),
         miss_ttft_s=miss,
-        estimate=assigned.estimate,
-        truth=assigned.truth,
+        estimate=np.ascontiguousarray(assigned.estimate.T),
+        truth=np.ascontiguousarray(assigned.truth.T),
         query_tokens_mean=q_mean,
         cost_model=cost,
         profile_source=assigned.source_index,
@@ -155,7 +155,7 @@ def _draw_tokens(scenario: Scenario, profiles: Profiles, source: np.ndarray, rng
 
 
 def _sizes(codecs: tuple[str, ...], tokens: np.ndarray, m) -> tuple[np.ndarray, np.ndarray]:
-    """[N, C] stored bytes and kept tokens, computed once per distinct length."""
+    """[C, N] stored bytes and kept tokens, computed once per distinct length."""
     distinct, inverse = np.unique(tokens, return_inverse=True)
     stored = np.empty((len(distinct), len(codecs)), dtype=np.int64)
     kept = np.empty((len(distinct), len(codecs)), dtype=np.int64)
@@ -166,4 +166,4 @@ def _sizes(codecs: tuple[str, ...], tokens: np.ndarray, m) -> tuple[np.ndarray, 
                 n, m.layers, m.kv_heads, m.head_dim, m.dtype_bytes, window_numel=m.window_numel
             )
             kept[j, k] = codec.kept(n) if hasattr(codec, "kept") else n
-    return stored[inverse], kept[inverse]
+    return np.ascontiguousarray(stored[inverse].T), np.ascontiguousarray(kept[inverse].T)

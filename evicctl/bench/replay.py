@@ -33,21 +33,23 @@ class CapacityError(RuntimeError):
 
 
 class Simulator:
-    """Placement state in plain Python lists (the per-request loop reads them ~1e5 times)."""
+    """Placement state: where each context is (numpy, so a re-plan selects rows without a
+    Python pass) and bytes per tier (Python ints, exact)."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         n, t = catalog.n_contexts, len(catalog.tiers)
-        self.tier: list[int] = [DROPPED] * n
-        self.codec: list[int] = [-1] * n
+        self.tier = np.full(n, DROPPED, dtype=np.int64)  # [N] tier index or DROPPED
+        self.codec = np.full(n, -1, dtype=np.int64)  # [N] catalog codec index, -1 when not stored
         self.used: list[int] = [0] * t
         self.capacity: list[int] = [int(c) for c in catalog.capacity_bytes]
-        self.sizes: list[list[int]] = catalog.stored_bytes.tolist()
+        self.sizes: list[list[int]] = catalog.stored_bytes.T.tolist()  # [N][C]
         self._derivable = derivable_matrix(catalog.codecs).tolist()
         self.bytes_admitted = [0] * t  # new KVs written, per tier
         self.bytes_moved = [0] * t  # existing KVs written elsewhere or recompressed, per tier
         self.moves = 0
         self.drops = 0
+        self._detached: dict[int, int] = {}  # context -> codec of its copy while it moves
 
     def size(self, i: int, c: int) -> int:
         return self.sizes[i][c]
@@ -55,46 +57,65 @@ class Simulator:
     def fits(self, i: int, t: int, c: int) -> bool:
         return self.used[t] + self.sizes[i][c] <= self.capacity[t]
 
-    def place(self, i: int, t: int, c: int, *, fresh: bool = False) -> None:
-        """Put context i on tier t at codec c (t = DROPPED drops it). fresh: from a new full KV."""
-        t0, c0 = self.tier[i], self.codec[i]
-        if (t0, c0) == (t, c):
+    def detach(self, i: int) -> None:
+        """Take context i's copy off its tier to place it elsewhere (a move, not a new KV)."""
+        t0, c0 = int(self.tier[i]), int(self.codec[i])
+        if t0 < 0:
             return
+        self._detached[i] = c0
+        self.used[t0] -= self.sizes[i][c0]
+        self.tier[i] = DROPPED
+
+    def place(self, i: int, t: int, c: int) -> None:
+        """Put context i on tier t at codec c; t = DROPPED drops it. A context with no copy
+        (not stored, not detached) is admitted from a new full KV; any other is moved."""
+        t0, c0 = int(self.tier[i]), int(self.codec[i])
+        moved_from = self._detached.pop(i, None)
         if t0 >= 0:
+            if (t0, c0) == (t, c):
+                return
             self.used[t0] -= self.sizes[i][c0]
+            moved_from = c0
         if t < 0:
             self.tier[i], self.codec[i] = DROPPED, -1
-            self.drops += t0 >= 0
+            self.drops += moved_from is not None
             return
-        if not fresh and t0 >= 0 and not self._derivable[c0][c]:
-            raise CapacityError(f"context {i}: codec {self.catalog.codecs[c]} is not reachable from {self.catalog.codecs[c0]}")
+        if moved_from is not None and not self._derivable[moved_from][c]:
+            raise CapacityError(f"context {i}: {self.catalog.codecs[c]} is not reachable from {self.catalog.codecs[moved_from]}")
         size = self.sizes[i][c]
         self.used[t] += size
         if self.used[t] > self.capacity[t]:
             raise CapacityError(f"tier {self.catalog.tiers[t]} over capacity: {self.used[t]} > {self.capacity[t]}")
         self.tier[i], self.codec[i] = t, c
-        if fresh or t0 < 0:
+        if moved_from is None:
             self.bytes_admitted[t] += size
         else:
             self.bytes_moved[t] += size
             self.moves += 1
 
-    def apply(self, rows, tiers, codecs, *, fresh: int | None = None) -> None:
+    def apply(self, rows, tiers, codecs, *, check: bool = True) -> None:
         """Move many contexts at once (a plan), checking capacity after all of them: a plan
         may fill a tier with one move that another move of the same plan makes room for.
-        fresh: the one row (if any) whose copy is a new full KV."""
+        check=False leaves the check to the caller (a plan relieving one tier at a time)."""
         capacity, self.capacity = self.capacity, [1 << 62] * len(self.capacity)
         try:
             for i, t, c in zip(rows, tiers, codecs, strict=True):
-                self.place(i, t, c, fresh=i == fresh)
+                self.place(i, t, c)
         finally:
             self.capacity = capacity
-        for t, (used, cap) in enumerate(zip(self.used, capacity, strict=True)):
+        if check:
+            self.check()
+
+    def check(self) -> None:
+        for t, (used, cap) in enumerate(zip(self.used, self.capacity, strict=True)):
             if used > cap:
                 raise CapacityError(f"tier {self.catalog.tiers[t]} over capacity after a plan: {used} > {cap}")
 
     def stored_rows(self) -> np.ndarray:
-        return np.flatnonzero(np.asarray(self.tier) >= 0)
+        return np.flatnonzero(self.tier >= 0)
+
+    def rows_on(self, t: int) -> np.ndarray:
+        return np.flatnonzero(self.tier == t)
 
 
 class Policy:
@@ -194,7 +215,7 @@ def replay(
     served_t = np.empty(n_req, dtype=np.int64)
     served_c = np.empty(n_req, dtype=np.int64)
     ctx, at = trace.context.tolist(), trace.at_s.tolist()
-    tier, codec = sim.tier, sim.codec  # the simulator mutates these lists in place
+    tier, codec = sim.tier, sim.codec  # the simulator mutates these arrays in place
     touch, hit, miss, tick = policy.touch, policy.hit, policy.miss, policy.tick
     every = policy.tick_requests or n_req + 1
     for k in range(n_req):
@@ -249,6 +270,6 @@ def _outcomes(catalog: Catalog, trace: Trace, served_t, served_c, sane: bool):
         served_t[hits[slower]] = RECOMPUTE
         hits, hit_ttft = hits[~slower], hit_ttft[~slower]
     ttft[hits] = hit_ttft
-    quality[hits] = catalog.truth[ctx[hits], served_c[hits]]
-    loaded = int(catalog.stored_bytes[ctx[hits], served_c[hits]].sum())
+    quality[hits] = catalog.truth[served_c[hits], ctx[hits]]
+    loaded = int(catalog.stored_bytes[served_c[hits], ctx[hits]].sum())
     return ttft, quality, served_t, loaded

@@ -188,40 +188,38 @@ class PipelineCodec(Codec):
     def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
         try:
             return self._decode(stored, device)
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        except (KeyError, ValueError, RuntimeError, TypeError, StopIteration) as exc:
             raise CorruptDataError(f"cannot decode a {stored.codec!r} KV: {exc}") from exc
 
     def _decode(self, stored: Stored, device) -> KV:
         meta, t = stored.meta, stored.tensors
-        if device is not None:
-            # async only host -> GPU (the copy is ordered before the dequantize on the stream);
-            # GPU -> host must finish before the CPU reads it
-            non_blocking = torch.device(device).type == "cuda"
-            t = {name: x.to(device, non_blocking=non_blocking) for name, x in t.items()}
         layers, tokens = int(meta["layers"]), int(meta["tokens"])
         dtype = _dtype(meta["dtype"])
-        keys, values = [], []
-        for i in range(layers):
-            if self.bits:
-                group, vgroup = int(meta["group"]), int(meta["value_group"])
-                keys.append(quant.dequantize_keys(*_parts(t, f"k.{i}"), self.bits, group, dtype))
-                values.append(quant.dequantize_values(*_parts(t, f"v.{i}"), self.bits, vgroup, dtype))
-            else:
-                keys.append(t[f"k.{i}"])
-                values.append(t[f"v.{i}"])
+        target = torch.device(device) if device is not None else next(iter(t.values())).device
+        # async only host -> GPU (ordered before the dequantize on the stream); GPU -> host
+        # must finish before the CPU reads it
+        move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
+        if self.bits:
+            group, vgroup = int(meta["group"]), int(meta["value_group"])
+            keys = quant.dequantize_layers("keys", *_parts(t, "k", layers), self.bits, group, dtype, target)
+            values = quant.dequantize_layers("values", *_parts(t, "v", layers), self.bits, vgroup, dtype, target)
+        else:
+            keys = [move(t[f"k.{i}"]) for i in range(layers)]
+            values = [move(t[f"v.{i}"]) for i in range(layers)]
         heads, kept = keys[0].shape[1], keys[0].shape[2]
         if "pos" in t:
-            positions = t["pos"].long()
+            positions = move(t["pos"]).long()
         else:
-            positions = torch.arange(kept, device=keys[0].device).expand(layers, heads, kept)
+            positions = torch.arange(kept, device=target).expand(layers, heads, kept)
         wq = t.get("wq")
         if wq is not None:
-            wq = wq.to(dtype)
+            wq = move(wq).to(dtype)
         return KV(tuple(keys), tuple(values), positions, tokens, wq)
 
 
-def _parts(tensors: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tensors[f"{prefix}.codes"], tensors[f"{prefix}.scale"], tensors[f"{prefix}.mn"]
+def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:
+    """([codes], [scale], [mn]) of every layer of one side ("k" | "v")."""
+    return tuple([tensors[f"{side}.{i}.{part}"] for i in range(layers)] for part in ("codes", "scale", "mn"))
 
 
 def _pos_dtype(tokens: int) -> torch.dtype:

@@ -22,6 +22,7 @@ buffers are made on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -214,10 +215,8 @@ class GpuTier(Tier):
         with self._lock:
             pending = self._pending.pop(context_id, None)
         if pending is not None:  # never free memory a copy is still writing
-            try:
+            with contextlib.suppress(Exception):  # a failed load holds nothing to free
                 pending.wait()
-            except Exception:  # noqa: S110 - a failed load holds nothing to free
-                pass
         with self._lock:
             self._held.pop(context_id, None)
             self._entries.pop(context_id, None)
@@ -227,10 +226,8 @@ class GpuTier(Tier):
         with self._lock:
             pending = self._pending.pop(context_id, None)
         if pending is not None:
-            try:
+            with contextlib.suppress(Exception):  # replaced anyway
                 pending.wait()
-            except Exception:  # noqa: S110 - replaced anyway
-                pass
 
     # ------------------------------------------------------------ loads from other tiers
 

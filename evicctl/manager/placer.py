@@ -411,6 +411,7 @@ def place(problem: PlacementProblem) -> Plan:
     opt, conflicts = _initial_options(problem, opts)
     for t in range(len(problem.tiers)):
         _relieve_tier(problem, opts, opt, t)
+    _rehome_undroppable(problem, opts, opt)
     return _finish(problem, opts, opt, conflicts)
 
 
@@ -475,6 +476,31 @@ def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -
         block = taken[start : start + len(row)]
         start += len(row)
         opt[rows[row[block]]] = target[col[block], row[block]]
+
+
+def _rehome_undroppable(p: PlacementProblem, opts: Options, opt: np.ndarray) -> None:
+    """A context that may not be dropped (a pinned codec) can be pushed down onto a tier it
+    overflows; move such contexts, largest first, to the fastest tier with room left."""
+    n_tiers, n_stored = len(p.tiers), p.n_options - 1
+    stored = (opt >= 0) & (opt < n_stored)
+    tier = np.where(stored, opt % n_tiers, -1)
+    sizes = p.stored_bytes[np.where(stored, opt // n_tiers, 0), np.arange(len(opt))]
+    used = np.bincount(tier[stored], weights=sizes[stored], minlength=n_tiers)
+    over = np.flatnonzero(used > p.capacity_bytes)
+    if len(over) == 0:
+        return
+    stuck = np.flatnonzero(np.isin(tier, over) & ~opts.drop_ok)
+    for i in stuck[np.argsort(-sizes[stuck], kind="stable")]:
+        t, c = int(tier[i]), int(opt[i] // n_tiers)
+        if used[t] <= p.capacity_bytes[t]:
+            continue
+        for dest in range(n_tiers):
+            room = used[dest] + sizes[i] <= p.capacity_bytes[dest]
+            if dest != t and room and opts.allowed[dest, c, i] > -1e29:
+                opt[i] = c * n_tiers + dest
+                used[t] -= sizes[i]
+                used[dest] += sizes[i]
+                break
 
 
 def _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes):

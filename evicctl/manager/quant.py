@@ -35,12 +35,8 @@ _SUPPORTED_BITS = (8, 4)
 _kernel_cache: dict[str, Callable | None] = {}
 
 
-def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
-    """The CUDA kernel `name` for a CUDA tensor, or None (CPU tensor, or kernels absent).
-
-    Never imports anything for a CPU tensor, so triton is not imported on CPU."""
-    if not x.is_cuda:
-        return None
+def _kernel(name: str) -> Callable | None:
+    """evicctl.kernels.`name`, or None where the kernels cannot run (no triton, no CUDA)."""
     if name not in _kernel_cache:
         try:
             import evicctl.kernels as kernels
@@ -49,6 +45,13 @@ def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
         except (ImportError, AttributeError):
             _kernel_cache[name] = None
     return _kernel_cache[name]
+
+
+def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
+    """The CUDA kernel `name` for a CUDA tensor, or None (CPU tensor, or kernels absent).
+
+    Never imports anything for a CPU tensor, so triton is not imported on CPU."""
+    return _kernel(name) if x.is_cuda else None
 
 
 def _check(x: torch.Tensor, bits: int, group: int) -> None:
@@ -71,7 +74,7 @@ def _scale_min(mn: torch.Tensor, mx: torch.Tensor, bits: int) -> tuple[torch.Ten
 
 def _codes(x: torch.Tensor, scale16: torch.Tensor, mn16: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes of fp32 x with scale16/mn16 already broadcast to x's shape."""
-    q = torch.round((x - mn16.float()) / scale16.float())
+    q = torch.sub(x, mn16.float()).div_(scale16.float()).round_()  # in place: one temporary
     return q.clamp_(0, 2**bits - 1).to(torch.uint8)
 
 
@@ -120,7 +123,7 @@ def quantize_keys_ref(
     # repeat the last token so that a partial group's min/max is its own
     x_pad = torch.cat((x, x[:, :, -1:].expand(1, heads, pad, dim)), dim=2) if pad else x
     grouped = x_pad.view(1, heads, groups, group, dim)
-    scale16, mn16 = _scale_min(grouped.amin(dim=3), grouped.amax(dim=3), bits)  # [1, H, Tg, D]
+    scale16, mn16 = _scale_min(*torch.aminmax(grouped, dim=3), bits)  # [1, H, Tg, D]
     codes = _codes(grouped, scale16.unsqueeze(3), mn16.unsqueeze(3), bits)  # [1, H, Tg, G, D]
     codes = codes.view(1, heads, groups * group, dim)[:, :, :tokens]
     return _pack(codes, bits).contiguous(), scale16, mn16
@@ -135,13 +138,13 @@ def dequantize_keys_ref(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """codes [1, H, T, D or D/2], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`."""
-    q = _unpack(codes, bits).float()
+    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     groups = key_groups(tokens, group)
     if groups * group != tokens:
         q = torch.cat((q, q.new_zeros(1, heads, groups * group - tokens, dim)), dim=2)
     grouped = q.view(1, heads, groups, group, dim)
-    out = grouped * scale.float().unsqueeze(3) + mn.float().unsqueeze(3)  # [1, H, Tg, G, D]
+    out = grouped.mul_(scale.float().unsqueeze(3)).add_(mn.float().unsqueeze(3))  # [1, H, Tg, G, D]
     return out.view(1, heads, groups * group, dim)[:, :, :tokens].to(dtype).contiguous()
 
 
@@ -158,7 +161,7 @@ def quantize_values_ref(
         raise ValueError(f"values need head_dim % group == 0; got {dim} % {group}")
     x = v.float()
     grouped = x.view(1, heads, tokens, dim // group, group)
-    scale16, mn16 = _scale_min(grouped.amin(dim=4), grouped.amax(dim=4), bits)  # [1, H, T, D/G]
+    scale16, mn16 = _scale_min(*torch.aminmax(grouped, dim=4), bits)  # [1, H, T, D/G]
     codes = _codes(grouped, scale16.unsqueeze(-1), mn16.unsqueeze(-1), bits)
     return _pack(codes.view(1, heads, tokens, dim), bits), scale16, mn16
 
@@ -172,10 +175,10 @@ def dequantize_values_ref(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """codes [1, H, T, D or D/2], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`."""
-    q = _unpack(codes, bits).float()
+    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     grouped = q.view(1, heads, tokens, dim // group, group)
-    out = grouped * scale.float().unsqueeze(-1) + mn.float().unsqueeze(-1)
+    out = grouped.mul_(scale.float().unsqueeze(-1)).add_(mn.float().unsqueeze(-1))  # q is ours: in place
     return out.view(1, heads, tokens, dim).to(dtype)
 
 
@@ -210,3 +213,39 @@ def gather_tokens_ref(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     kernel = _cuda_kernel(x, "gather_tokens")
     return (kernel or gather_tokens_ref)(x, idx)
+
+
+def dequantize_layers(
+    side: str,
+    codes: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    mns: list[torch.Tensor],
+    bits: int,
+    group: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """Every layer's (codes, scale, mn) of `side` ("keys" | "values") -> [1, H, T, D] per layer
+    on `device` (default: where the codes are).
+
+    On CUDA with the kernels present: one launch for all layers (a launch per layer costs
+    more than the work on short contexts), reading pinned host inputs in place (the
+    host-to-device copy fused into the decode)."""
+    if side not in ("keys", "values"):
+        raise ValueError(f"side must be 'keys' or 'values'; got {side!r}")
+    target = torch.device(device) if device is not None else codes[0].device
+    kernel = _kernel(f"dequantize_{side}_layers") if target.type == "cuda" else None
+    if kernel is not None:
+
+        def reachable(t: torch.Tensor) -> torch.Tensor:
+            return t if t.is_cuda or t.is_pinned() else t.to(target)
+
+        layers = kernel(
+            [reachable(c) for c in codes], [reachable(s) for s in scales], [reachable(m) for m in mns],
+            bits, group, dtype, device=target,
+        )  # fmt: skip
+        return list(layers)
+    one = dequantize_keys if side == "keys" else dequantize_values
+    non_blocking = target.type == "cuda"
+    move = lambda t: t.to(target, non_blocking=non_blocking)  # noqa: E731
+    return [one(move(c), move(s), move(m), bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]

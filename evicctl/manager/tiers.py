@@ -300,7 +300,10 @@ class DiskTier(Tier):
 
     def file_for(self, context_id: str) -> Path:
         """The file a context lives in: its id when that is a safe file name, else a hash."""
-        stem = context_id if _SAFE_ID.match(context_id) else "h-" + hashlib.sha256(context_id.encode()).hexdigest()[:40]
+        if _SAFE_ID.match(context_id) and not context_id.startswith("h-"):  # "h-": hashed names
+            stem = context_id
+        else:
+            stem = "h-" + hashlib.sha256(context_id.encode()).hexdigest()[:40]
         return self.path / f"{stem}.safetensors"
 
     def files(self) -> list[Path]:

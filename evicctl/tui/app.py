@@ -39,7 +39,7 @@ from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config
 from evicctl.tui.widgets import ContextTable, EventsPanel, HeaderBar, TelemetryPanel, TiersPanel
 
 MIN_INTERVAL_S = 0.25  # below this the refresh itself becomes a visible share of a core
-NARROW_WIDTH = 120  # below: telemetry goes under the tiers, columns give way
+NARROW_WIDTH = 140  # below: telemetry goes under the tiers, columns give way
 SHORT_HEIGHT = 32  # below: a shorter events panel
 
 
@@ -107,6 +107,8 @@ class MainScreen(Screen[None]):
 
     # ---- rendering a frame ------------------------------------------------------------
     def show_frame(self, frame: Frame, now: float) -> None:
+        if not self.query(HeaderBar):
+            return  # not composed yet; the next tick shows the next frame
         app = self.app
         snapshot = frame.snapshot
         manager = snapshot.manager if snapshot is not None else None

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from evicctl.tui import render
-from evicctl.tui.query import COLUMN_BY_KEY, parse_sort, visible_columns
+from evicctl.tui.query import parse_sort, sort_title, visible_columns
 from evicctl.tui.source import TelemetrySource
 from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config
 
@@ -76,7 +76,7 @@ def print_snapshot(console: Console, snapshot: Any, tel: Any, *, db_path: str,
     key, descending = sort
     shown = len(snapshot.contexts)
     window = f"{shown} of {snapshot.contexts_total:,}" if shown else "none"
-    order = f"sort {COLUMN_BY_KEY[key].title} {'↓' if descending else '↑'}"
+    order = f"sort {sort_title(key)} {'↓' if descending else '↑'}"
     _heading(console, "contexts", f"{window} · {order} · ⚑ pinned")
     columns = visible_columns(console.width)
     console.print(render.contexts_table(snapshot.contexts, now, columns=columns, sort=key,

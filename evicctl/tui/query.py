@@ -36,8 +36,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("hits", "hits", 5, 3, numeric=True),
     Column("age", "last", 6, 3, numeric=True, descending=False),
 )
-# Spare width goes to these, up to a cap each: ids and labels are what gets cut otherwise.
-GROW: tuple[tuple[str, int], ...] = (("id", 26), ("codec", 17), ("label", 28), ("tenant", 12))
+# Spare width goes to these in turn, up to a cap each: they are what gets cut otherwise.
+GROW: tuple[tuple[str, int], ...] = (("codec", 17), ("label", 28), ("id", 26), ("tenant", 12))
 COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
 SORT_KEYS = tuple(c.key for c in COLUMNS)
 MARK_COLUMN_WIDTH = 2  # "✓" marked, "⚑" pinned
@@ -90,17 +90,30 @@ def parse_filter(text: str) -> Filter:
                   search=" ".join(words) or None)
 
 
+def store_sort_keys() -> tuple[str, ...]:
+    """Every key read_snapshot sorts by: the table's columns and a few more (misses, tokens)."""
+    from evicctl.snapshot import SORT_KEYS as STORE_KEYS
+
+    return SORT_KEYS + tuple(k for k in STORE_KEYS if k not in COLUMN_BY_KEY)
+
+
 def parse_sort(name: str) -> tuple[str, bool]:
-    """`--sort utility` / `--sort -hits` / `--sort +age` -> (key, descending)."""
+    """`--sort utility` / `--sort -hits` / `--sort +age` -> (key, descending).
+
+    Without a sign each column sorts its natural way (biggest first; names and the most
+    recent access first).
+    """
     text = name.strip().lower()
     sign = text[:1] if text[:1] in "+-" else ""
     key = text[1:] if sign else text
     key = {"last": "age", "stored": "size", "compression": "ratio"}.get(key, key)
-    if key not in COLUMN_BY_KEY:
-        raise UnknownNameError("sort column", name, SORT_KEYS)
+    valid = store_sort_keys()
+    if key not in valid:
+        raise UnknownNameError("sort key", name, valid)
     if sign:
         return key, sign == "-"
-    return key, COLUMN_BY_KEY[key].descending
+    column = COLUMN_BY_KEY.get(key)
+    return key, column.descending if column is not None else True
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,10 @@ class ViewQuery:
         return replace(self, sort=key, descending=order, offset=0)
 
     def next_sort(self, step: int) -> ViewQuery:
+        """The next column to the right (step 1) or left (-1); from a key with no column
+        (--sort misses), the first column."""
+        if self.sort not in COLUMN_BY_KEY:
+            return self.sorted_by(SORT_KEYS[0])
         index = (SORT_KEYS.index(self.sort) + step) % len(SORT_KEYS)
         return self.sorted_by(SORT_KEYS[index])
 
@@ -156,3 +173,8 @@ def visible_columns(width: int) -> tuple[Column, ...]:
             chosen[key] += extra
             budget -= extra
     return tuple(replace(c, width=chosen[c.key]) for c in COLUMNS if c.key in chosen)
+
+
+def sort_title(key: str) -> str:
+    column = COLUMN_BY_KEY.get(key)
+    return column.title if column is not None else key

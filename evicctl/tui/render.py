@@ -96,25 +96,28 @@ def _gpu_name(name: str | None) -> str:
     return name.removeprefix("NVIDIA ").strip()
 
 
-def _gpu_extra(gpu: GpuTelemetry) -> str:
+def _gpu_extra(gpu: GpuTelemetry, power_limit: bool = True) -> str:
     util = fmt.NA if gpu.utilization_pct is None else f"{gpu.utilization_pct:.0f}%"
     temp = fmt.NA if gpu.temperature_c is None else f"{gpu.temperature_c:.0f}°C"
     power = fmt.NA if gpu.power_w is None else f"{gpu.power_w:.0f} W"
-    if gpu.power_w is not None and gpu.power_limit_w:
+    if power_limit and gpu.power_w is not None and gpu.power_limit_w:
         power = f"{gpu.power_w:.0f}/{gpu.power_limit_w:.0f} W"
     return f"{util} {temp} {power}"
 
 
-def telemetry_table(tel: Telemetry | None, *, bar_width: int = 8) -> RenderableType:
+def telemetry_table(tel: Telemetry | None, *, bar_width: int = 8,
+                    power_limit: bool = True) -> RenderableType:
     """GPU rows (memory, utilisation, temperature, power) or the "no GPU" line, then host
     memory, swap and the cache dir's disk. Unreadable fields show N/A."""
     if tel is None:
         return Text("telemetry: reading…", style="dim")
+    names = [f"GPU{g.index} {_gpu_name(g.name)}" for g in tel.gpus] + ["host", "swap", "disk"]
     table = Table.grid(padding=(0, 1))
-    table.add_column(no_wrap=True, style="bold")  # what
+    # The last column absorbs a narrow panel (ellipsis); the others keep their width.
+    table.add_column(no_wrap=True, style="bold", min_width=max(len(n) for n in names))
     if bar_width:
         table.add_column(no_wrap=True, width=bar_width)
-    table.add_column(no_wrap=True, justify="right")  # used/total
+    table.add_column(no_wrap=True, justify="right", min_width=13)  # used/total
     table.add_column(no_wrap=True, overflow="ellipsis")  # extra
 
     def row(what: str, used: int | None, total: int | None, extra: str | Text = "") -> None:
@@ -127,7 +130,7 @@ def telemetry_table(tel: Telemetry | None, *, bar_width: int = 8) -> RenderableT
 
     for gpu in tel.gpus:
         row(f"GPU{gpu.index} {_gpu_name(gpu.name)}", gpu.memory_used_bytes, gpu.memory_total_bytes,
-            _gpu_extra(gpu))
+            _gpu_extra(gpu, power_limit))
     host = tel.host
     row("host", host.memory_used_bytes, host.memory_total_bytes)
     row("swap", host.swap_used_bytes, host.swap_total_bytes)

@@ -217,6 +217,11 @@ class DetailScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action == "act" and self.readonly)  # False hides the binding too
 
+    def on_key(self, event: Any) -> None:
+        if self.readonly and event.key in keys.MUTATING_KEYS:
+            event.stop()
+            self.app.refuse_readonly()  # type: ignore[attr-defined]
+
     def action_back(self) -> None:
         self.dismiss(None)
 

@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from evicctl.tui import render
-from evicctl.tui.query import COLUMN_BY_KEY, Column, visible_columns
+from evicctl.tui.query import Column, sort_title, visible_columns
 from evicctl.tui.telemetry import Telemetry
 
 
@@ -96,7 +96,8 @@ class TelemetryPanel(Static):
                 line.overflow = "ellipsis"
             self.update(Text("\n").join(lines))
         else:
-            self.update(render.telemetry_table(tel, bar_width=8 if width >= 44 else 0))
+            self.update(render.telemetry_table(tel, bar_width=8 if width >= 44 else 0,
+                                               power_limit=width >= 52))
         self.border_subtitle = tel.disk.path if tel is not None and tel.disk and not self.compact else ""
 
 
@@ -304,8 +305,7 @@ class ContextTable(DataTable):
             return "0 contexts"
         first, last = self.window_offset + 1, self.window_offset + len(self.order)
         key, descending = self.sort_state
-        title = COLUMN_BY_KEY[key].title if key in COLUMN_BY_KEY else key
-        text = f"{first}-{last} of {self.total:,} · sort {title} {'↓' if descending else '↑'}"
+        text = f"{first}-{last} of {self.total:,} · sort {sort_title(key)} {'↓' if descending else '↑'}"
         if self.marked:
             text += f" · {len(self.marked)} marked"
         return text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tui_helpers import command_rows, loaded, make_app, make_fixture_db, notifications, wait_for
 
-from evicctl.tui.screens import ConfirmScreen, PickerScreen
+from evicctl.tui.screens import ConfirmScreen, DetailScreen, PickerScreen
 
 
 async def _outcome(pilot, count: int = 1):
@@ -169,4 +169,33 @@ async def test_readonly_hides_and_refuses_actions(fixture_db, manager):
         assert not isinstance(app.screen, PickerScreen | ConfirmScreen)
         refusals = [m for t, m, s in notifications(app) if t == "refused" and s == "warning"]
         assert len(refusals) == 4 and "read-only" in refusals[0]
+    assert command_rows(fixture_db.path) == []
+
+
+@pytest.mark.asyncio
+async def test_actions_from_the_detail_view_target_its_context(fixture_db, manager):
+    app = make_app(fixture_db.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("down", "down", "enter")
+        screen = app.screen
+        assert isinstance(screen, DetailScreen)
+        target = screen.context_id
+        await pilot.press("u")
+        await _outcome(pilot)
+        assert app.screen is screen  # the detail stays open and reloads
+    rows = command_rows(fixture_db.path)
+    assert [(r["verb"], r["context_id"]) for r in rows] == [("unpin", target)]
+
+
+@pytest.mark.asyncio
+async def test_readonly_detail_refuses_actions(fixture_db):
+    app = make_app(fixture_db.path, readonly=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: any(t == "refused" for t, _, _ in notifications(app)))
+        assert isinstance(app.screen, DetailScreen)
     assert command_rows(fixture_db.path) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from tui_helpers import loaded, make_app, notifications, wait_for
+from tui_helpers import loaded, make_app, notifications, screen_text, wait_for
 
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.store import Store
@@ -147,14 +147,14 @@ async def test_pause_stops_updates_until_resumed(fixture_db):
         top = table.order[0]
         await pilot.press("z")
         assert app.paused
-        header = app.main.query_one("#header")
-        assert "PAUSED" in str(header.render())
+        assert "PAUSED" in screen_text(app).splitlines()[0]
         _write(fixture_db.path, "UPDATE contexts SET label = 'renamed-while-paused' WHERE id = ?", (top,))
         await pilot.pause(1.0)  # four intervals
         assert table.rows_by_id[top].label != "renamed-while-paused"
         await pilot.press("z")
         await wait_for(pilot, lambda: table.rows_by_id[top].label == "renamed-while-paused")
-        assert "PAUSED" not in str(header.render())
+        await pilot.pause(0.1)
+        assert "PAUSED" not in screen_text(app).splitlines()[0]
 
 
 @pytest.mark.asyncio
@@ -176,7 +176,7 @@ async def test_help_lists_every_key(fixture_db):
         await loaded(pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        text = "\n".join(str(s.render()) for s in app.screen.query("Static"))
+        text = screen_text(app)
         for key in keys.ALL_KEYS:
             assert key.description in text, key.description
         await pilot.press("escape")
@@ -210,8 +210,10 @@ async def test_enter_opens_the_detail_and_escape_returns(fixture_db):
         assert options.row_count == len(screen.detail.options) > 1
         chosen = [o for o in screen.detail.options if o.chosen]
         assert len(chosen) == 1
-        events = str(screen.query_one("#detail-events").render())
-        assert "admit" in events
+        await pilot.pause(0.2)
+        text = screen_text(app)
+        assert "recent events" in text and "admit" in text
+        assert f"context {target}" in text and "▶" in text
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
@@ -222,7 +224,7 @@ async def test_missing_database_is_shown_not_raised(tmp_path):
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.frame is not None)
         assert app.frame.error is not None and "no database at" in app.frame.error
-        assert "no database at" in str(app.main.query_one("#header").render())
+        assert "no database at" in screen_text(app).splitlines()[0]
 
 
 @pytest.mark.asyncio
@@ -248,7 +250,39 @@ def test_live_mode_refuses_without_a_terminal(fixture_db, monkeypatch):
 def test_bad_flags_are_usage_errors(fixture_db):
     with pytest.raises(UsageError, match="at least 0.25"):
         run_top(fixture_db.path, interval_s=0.1)
-    with pytest.raises(UnknownNameError, match="valid: id, label"):
+    with pytest.raises(UnknownNameError, match="valid: id, label, tenant"):
         run_top(fixture_db.path, sort="bogus")
     with pytest.raises(UsageError):
         TopApp(fixture_db.path, interval_s=0.2)
+
+
+@pytest.mark.asyncio
+async def test_clicking_a_header_sorts_by_it(fixture_db):
+    app = make_app(fixture_db.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        table = app.main.table
+        x = 1  # the border
+        for key, column in table.columns.items():
+            if key.value == "hits":
+                break
+            x += column.get_render_width(table)
+        await pilot.click("#contexts", offset=(x + 2, 1))
+        await wait_for(pilot, lambda: app.frame.query.sort == "hits")
+        await pilot.click("#contexts", offset=(x + 2, 1))  # again: the other way
+        await wait_for(pilot, lambda: app.frame.query.sort == "hits" and not app.frame.query.descending)
+
+
+@pytest.mark.asyncio
+async def test_new_events_stream_into_the_tail(fixture_db):
+    app = make_app(fixture_db.path, interval_s=0.25)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        _write(fixture_db.path,
+               "INSERT INTO events (ts, context_id, kind, from_tier, to_tier, from_codec, to_codec,"
+               " reason, actor) VALUES (?, 'ctx-00042', 'move', 'cpu', 'disk', 'int8', 'int4',"
+               " 'capacity', 'policy')", (fixture_db.now - 2,))
+        await wait_for(pilot, lambda: app.frame.snapshot.events[0].context_id == "ctx-00042")
+        await pilot.pause(0.1)
+        last_event_line = [line for line in screen_text(app).splitlines() if "ctx-00042" in line][-1]
+        assert "cpu/int8 → disk/int4" in last_event_line and "capacity" in last_event_line

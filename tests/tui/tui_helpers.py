@@ -73,9 +73,30 @@ async def wait_for(pilot: Any, condition: Callable[[], bool], timeout_s: float =
 
 
 async def loaded(pilot: Any) -> TopApp:
+    """Wait until the window on screen is the one read: the layout has settled."""
     app = pilot.app
-    await wait_for(pilot, lambda: app.frame is not None and app.main.table.row_count > 0)
+
+    def settled() -> bool:
+        table = app.main.table
+        return (app.frame is not None and app.frame.query == app.view and table.row_count > 0
+                and app.view.limit == table.window_rows and not app._reading)
+
+    await wait_for(pilot, settled)
     return app
+
+
+def screen_text(app: TopApp) -> str:
+    """The screen as plain text, as a terminal would show it."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True,
+                      force_terminal=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens, simplify=True))
+    return console.export_text()
 
 
 def notifications(app: TopApp) -> list[tuple[str, str, str]]:

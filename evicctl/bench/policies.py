@@ -1,0 +1,303 @@
+"""The policies a replay compares. They differ only in decisions; sizes, delays, qualities
+and the books are the catalog's and the simulator's.
+
+- `prefill`: no reuse; every request prefills its context.
+- `lru`: no compression; LRU across tiers (a hit moves to the top tier, each tier's least
+  recently used context spills to the tier below, the bottom tier's is dropped), what
+  LMCache, vLLM offloading and HiCache do by default. Sane: a tier whose load is slower than
+  a recompute is skipped (the context is dropped instead), and such a hit recomputes.
+- `lru-plain`: the same without the sanity rule (a strawman, reported for reference).
+- `fixed:<codec>`: `lru` with every context stored at one codec (kvpress-style).
+- `evicpress`: the manager's placer (evicctl.manager.placer.place): each new KV gets its
+  best-utility option; when a tier would overflow, the placer re-plans every stored context
+  (compress in place or demote, greedy by utility loss per byte); plus a periodic re-plan
+  that may promote (rebalance). Utility uses the manager's decayed access rate
+  (evicctl.manager.freq) and the profiles' estimates, never the truth.
+- `evicpress@A`: the same with alpha = A seconds of TTFT per unit of quality.
+- `exact`: `evicpress` with every re-plan solved exactly (evicctl.manager.exact.solve_exact,
+  a MILP; small instances), recording the greedy's utility on the same problem.
+- `placement-only`: `evicpress` with only the `none` codec (what placement alone wins).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from evicctl.bench.replay import Policy, Simulator
+from evicctl.errors import UnknownNameError, UsageError
+from evicctl.manager.codecs import get_codec
+from evicctl.manager.placer import DROPPED, NEW, PlacementProblem, place
+
+FIXED_SWEEP = tuple(f"{s}@{r}" for s in ("keydiff", "knorm", "snapkv") for r in (0.25, 0.5, 0.75)) + ("int8", "int4")
+EXACT_MAX_CONTEXTS = 400  # the MILP per re-plan is for small instances
+HALF_LIFE_S = 300.0  # ManagerConfig.freq_half_life_s
+HEADROOM = 0.1  # a pressure re-plan frees this share of every tier, so admissions batch
+TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in requests)
+POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only")
+
+
+class Prefill(Policy):
+    name = family = "prefill"
+
+
+class Lru(Policy):
+    """LRU across tiers at one codec; see the module docstring."""
+
+    family = "lru"
+
+    def __init__(self, codec: str = "none", *, sane: bool = True, name: str | None = None) -> None:
+        self.codec_name = get_codec(codec).name
+        self.sane = sane
+        self.name = name or ("lru" if sane else "lru-plain")
+        if self.codec_name != "none":
+            self.family, self.codec = "fixed", self.codec_name
+
+    def setup(self, sim: Simulator) -> None:
+        super().setup(sim)
+        cat = sim.catalog
+        self.c = cat.codec_index(self.codec_name)
+        self.order = [OrderedDict() for _ in cat.tiers]  # per tier: context -> None, LRU first
+        if self.sane:  # tiers this context may live on: loading no slower than recomputing
+            self.ok = (cat.ttft_s[:, self.c, :] <= cat.miss_ttft_s[None, :]).T.tolist()  # [N][T]
+        else:
+            self.ok = [[True] * len(cat.tiers)] * cat.n_contexts
+
+    def hit(self, i: int, now: float) -> None:
+        t = self.sim.tier[i]
+        if t == 0:
+            self.order[0].move_to_end(i)
+            return
+        del self.order[t][i]
+        self.sim.detach(i)  # promoted: its old tier's bytes are free for the spill below
+        self._put(i, 0)
+
+    def miss(self, i: int, now: float) -> None:
+        self._put(i, 0)
+
+    def _put(self, i: int, t: int) -> None:
+        """Context i goes to the MRU end of the first allowed tier from t down, or is dropped."""
+        sim, n_tiers, size = self.sim, len(self.order), self.sim.size(i, self.c)
+        while t < n_tiers and not (self.ok[i][t] and size <= sim.capacity[t]):
+            t += 1
+        if t == n_tiers:
+            sim.place(i, DROPPED, -1)
+            return
+        while sim.used[t] + size > sim.capacity[t]:  # spill this tier's LRU contexts down
+            victim, _ = self.order[t].popitem(last=False)
+            sim.detach(victim)
+            self._put(victim, t + 1)
+        sim.place(i, t, self.c)
+        self.order[t][i] = None
+
+
+class PlacerPolicy(Policy):
+    """The manager's placer (greedy or exact) on the stored contexts; see the module docstring.
+
+    Pressure is relieved tier by tier, top down, each with the placer on that tier's residents
+    (plus the context being admitted): the greedy relieves a tier looking only at the
+    contexts on it (their exits are chosen by value, whatever the tiers below hold), so this
+    is the decision a plan over every context makes, at the cost of the few hundred rows on
+    the tier instead of all of them. A relieved tier is brought down to (1 - headroom) of
+    its capacity, so the next admissions fit without a re-plan.
+    """
+
+    family = "evicpress"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        alpha: float,
+        codecs: tuple[str, ...] | None = None,
+        solver: str = "greedy",
+        half_life_s: float = HALF_LIFE_S,
+        headroom: float = HEADROOM,
+        tick_requests: int = TICK_REQUESTS,
+        exact_time_limit_s: float = 20.0,
+    ) -> None:
+        self.name, self.alpha, self.solver = name, float(alpha), solver
+        self.codec_names = codecs
+        self.half_life_s, self.headroom = half_life_s, headroom
+        self.tick_requests = tick_requests
+        self.exact_time_limit_s = exact_time_limit_s
+        self.family = {"greedy": "evicpress", "exact": "exact"}[solver]
+        if codecs == ("none",):
+            self.family = "placement-only"
+
+    def setup(self, sim: Simulator) -> None:
+        super().setup(sim)
+        cat = sim.catalog
+        names = self.codec_names or cat.codecs
+        self.cidx = np.array([cat.codec_index(c) for c in names])  # policy codec -> catalog codec
+        self.codecs = tuple(cat.codecs[k] for k in self.cidx)
+        self.local = np.full(len(cat.codecs) + 1, -1)  # catalog codec -> policy codec; [-1] = -1
+        self.local[self.cidx] = np.arange(len(self.cidx))
+        # The manager's access rate (evicctl.manager.freq.DecayedRate), over context indices.
+        self.lam = math.log(2.0) / self.half_life_s
+        self.rate_value = [0.0] * cat.n_contexts
+        self.rate_at = [0.0] * cat.n_contexts
+        self.replans = self.pressure_replans = 0
+        self.plan_s = 0.0
+        self.gaps: list[float] = []
+        # Each context's admission option: what the placer gives a new KV with room to spare.
+        everyone = np.arange(cat.n_contexts)
+        best = self._plan(self._problem(everyone, None, np.full(len(cat.tiers), 2.0**62), fresh=everyone))
+        self.best_tier, self.best_codec = best[0].tolist(), best[1].tolist()
+
+    def touch(self, i: int, now: float) -> None:
+        decay = math.exp(-self.lam * max(0.0, now - self.rate_at[i]))
+        self.rate_value[i] = self.rate_value[i] * decay + self.lam
+        self.rate_at[i] = now
+
+    def rates(self, rows: np.ndarray, now: float) -> np.ndarray:
+        value, at = np.asarray(self.rate_value)[rows], np.asarray(self.rate_at)[rows]
+        return value * np.exp(-self.lam * np.maximum(0.0, now - at))
+
+    def miss(self, i: int, now: float) -> None:
+        t, c = self.best_tier[i], self.best_codec[i]
+        if t < 0:
+            return  # recomputing it beats every stored option
+        if self.sim.fits(i, t, c):
+            self.sim.place(i, t, c)
+            return
+        self.pressure_replans += 1
+        if self.solver == "exact":
+            self._replan_all(now, new=i)
+        else:
+            self._relieve(t, now, new=i)
+
+    def tick(self, now: float) -> None:
+        self._replan_all(now, rebalance=True)
+
+    def stats(self) -> dict:
+        out = {"replans": self.replans, "pressure_replans": self.pressure_replans, "plan_s": round(self.plan_s, 3)}
+        if self.gaps:
+            gaps = np.array(self.gaps)
+            out |= {"exact_gap_mean": float(gaps.mean()), "exact_gap_max": float(gaps.max()), "exact_problems": len(gaps)}
+        return out
+
+    # ------------------------------------------------------------ planning
+
+    def _relieve(self, t: int, now: float, new: int | None = None) -> None:
+        """Relieve tier t (admitting `new`), then every tier below that ends over capacity."""
+        sim, n_tiers = self.sim, len(self.sim.capacity)
+        for u in range(t, n_tiers):
+            if u > t and sim.used[u] <= sim.capacity[u]:
+                continue
+            rows = sim.rows_on(u)
+            fresh = None
+            if u == t and new is not None:
+                rows, fresh = np.append(rows, new), np.array([new])
+            capacity = np.full(n_tiers, 2.0**62)
+            capacity[u] = sim.capacity[u] * (1.0 - self.headroom)
+            self._apply(rows, self._plan(self._problem(rows, now, capacity, fresh=fresh)), check=False)
+        sim.check()
+
+    def _replan_all(self, now: float, *, new: int | None = None, rebalance: bool = False) -> None:
+        sim = self.sim
+        rows = sim.stored_rows()
+        fresh = None
+        if new is not None:
+            rows, fresh = np.append(rows, new), np.array([new])
+        if len(rows) == 0:
+            return
+        capacity = np.asarray(sim.capacity, dtype=float) * (1.0 - self.headroom)
+        self._apply(rows, self._plan(self._problem(rows, now, capacity, fresh=fresh, rebalance=rebalance)))
+
+    def _apply(self, rows: np.ndarray, decision: tuple[np.ndarray, np.ndarray], *, check: bool = True) -> None:
+        tier, codec = decision
+        sim = self.sim
+        changed = np.flatnonzero((tier != sim.tier[rows]) | (codec != sim.codec[rows]))
+        sim.apply(rows[changed].tolist(), tier[changed].tolist(), codec[changed].tolist(), check=check)
+
+    def _plan(self, problem: PlacementProblem) -> tuple[np.ndarray, np.ndarray]:
+        """(tier, catalog codec) of every row of the problem, by the greedy or the MILP."""
+        start = time.perf_counter()
+        plan = place(problem)
+        tier, codec = plan.tier_index, plan.codec_index
+        if self.solver == "exact":
+            tier, codec = self._exact(problem, plan)
+        self.plan_s += time.perf_counter() - start
+        self.replans += 1
+        return tier, np.where(codec >= 0, self.cidx[np.maximum(codec, 0)], -1)
+
+    def _exact(self, problem: PlacementProblem, plan) -> tuple[np.ndarray, np.ndarray]:
+        from evicctl.manager.exact import solve_exact
+
+        result = solve_exact(problem, time_limit_s=self.exact_time_limit_s)
+        if result.status != "optimal" or (result.option < 0).any():
+            return plan.tier_index, plan.codec_index  # no proven optimum in time: keep the greedy
+        self.gaps.append((result.total_utility - plan.total_utility) / max(abs(result.total_utility), 1e-12))
+        n_tiers, n_stored = len(problem.tiers), len(problem.codecs) * len(problem.tiers)
+        dropped = result.option == n_stored
+        return (
+            np.where(dropped, DROPPED, result.option % n_tiers),
+            np.where(dropped, -1, result.option // n_tiers),
+        )
+
+    def _problem(self, rows, now, capacity, *, fresh=None, rebalance=False) -> PlacementProblem:
+        """The placer's problem over `rows`; `fresh` rows are new full KVs (NEW), `now` None
+        means unit frequencies (the admission choice does not depend on them)."""
+        sim, cat, cidx = self.sim, self.sim.catalog, self.cidx
+        current_t = sim.tier[rows].copy()
+        current_c = self.local[sim.codec[rows]]
+        if fresh is not None:
+            is_new = np.isin(rows, fresh)
+            current_t[is_new], current_c[is_new] = NEW, -1
+        return PlacementProblem(
+            context_ids=cat.context_ids[rows],
+            freq=np.ones(len(rows)) if now is None else self.rates(rows, now),
+            tokens=cat.tokens[rows],
+            codecs=self.codecs,
+            tiers=cat.tiers,
+            capacity_bytes=np.minimum(np.asarray(capacity, dtype=float), 2.0**62).astype(np.int64),
+            stored_bytes=cat.stored_bytes[cidx][:, rows],
+            quality=cat.estimate[cidx][:, rows],
+            ttft_s=cat.ttft_s[:, cidx][:, :, rows],
+            miss_ttft_s=cat.miss_ttft_s[rows],
+            alpha=self.alpha,
+            current_tier=current_t,
+            current_codec=np.where(current_t >= 0, current_c, -1),
+            rebalance=rebalance,
+        )
+
+
+def make_policy(spec: str, *, alpha: float) -> Policy:
+    """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default."""
+    spec = spec.strip()
+    if spec == "prefill":
+        return Prefill()
+    if spec in ("lru", "lru-plain"):
+        return Lru(sane=spec == "lru")
+    if spec.startswith("fixed:"):
+        codec = get_codec(spec.removeprefix("fixed:")).name
+        return Lru(codec, name=f"fixed:{codec}")
+    if spec == "evicpress":
+        return PlacerPolicy("evicpress", alpha=alpha)
+    if spec.startswith("evicpress@"):
+        try:
+            a = float(spec.removeprefix("evicpress@"))
+        except ValueError:
+            raise UsageError(f"policy {spec!r}: alpha must be a number of seconds, e.g. evicpress@2") from None
+        if a < 0:
+            raise UsageError(f"policy {spec!r}: alpha must be >= 0")
+        return PlacerPolicy(f"evicpress@{a:g}", alpha=a)
+    if spec == "exact":
+        return PlacerPolicy("exact", alpha=alpha, solver="exact")
+    if spec == "placement-only":
+        return PlacerPolicy("placement-only", alpha=alpha, codecs=("none",))
+    raise UnknownNameError("policy", spec, POLICY_FORMS)
+
+
+def default_policies(n_contexts: int, alpha: float, alpha_curve: tuple[float, ...]) -> list[str]:
+    """Every baseline, the fixed sweep, ours at a few alphas (a curve), exact when small."""
+    specs = ["prefill", "lru", "lru-plain", *(f"fixed:{c}" for c in FIXED_SWEEP), "evicpress"]
+    specs += [f"evicpress@{alpha * m:g}" for m in alpha_curve if m != 1]
+    specs.append("placement-only")
+    if n_contexts <= EXACT_MAX_CONTEXTS:
+        specs.append("exact")
+    return specs

@@ -1,0 +1,91 @@
+"""Parsing and formatting of times and sizes at the CLI's edge (`--since 1h`, `256MiB`)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import datetime
+
+from evicctl.errors import UsageError
+
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30,
+    "ti": 1 << 40, "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_duration_s(text: str) -> float:
+    """`90s`, `5m`, `1h30m`, `2d` -> seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_RE.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise UsageError(f"invalid duration {text!r}; examples: 90s, 5m, 1h30m, 2d")
+    return sum(float(n) * _DURATION_UNITS_S[u] for n, u in parts)
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now (`1h`) or a local ISO time (`2026-11-29T10:00`)."""
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration_s(text)
+    except UsageError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(
+            f"invalid --since {text!r}; use a duration (30m, 1h, 2d) or a time (2026-11-29T10:00)"
+        ) from None
+
+
+def parse_size_bytes(text: str) -> int:
+    """`256MiB`, `2G`, `1.5GiB`, `1000000` -> bytes (KiB/MiB/GiB are powers of 2, KB/MB/GB of 10)."""
+    m = _SIZE_RE.match(text)
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _SIZE_UNITS:
+        raise UsageError(f"invalid size {text!r}; examples: 256MiB, 2GiB, 500MB, 1000000")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def format_bps(bps: float | None) -> str:
+    if not bps:
+        return "-"
+    for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.1f} {unit}"
+    return f"{bps:.0f} B/s"
+
+
+def format_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_ago(ts: float | None, now: float | None = None) -> str:
+    if ts is None:
+        return "-"
+    age_s = (time.time() if now is None else now) - ts
+    if age_s < 0 or not math.isfinite(age_s):
+        return format_time(ts)
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age_s >= scale:
+            return f"{age_s / scale:.0f}{unit} ago"
+    return f"{age_s:.0f}s ago"
