@@ -17,6 +17,7 @@ stopped. Prints rich tables and the per-codec stats for evicctl/engine/priors.py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from evicctl.config import DEFAULT_CODECS, default_cache_dir
 from evicctl.engine import hf, prompt
-from evicctl.engine.data import load_contexts
+from evicctl.engine.data import QA, Context, load_contexts
 from evicctl.engine.model import load_model
 from evicctl.engine.profiler import Profiler, ProfilerSettings
 from evicctl.engine.quality import token_f1
@@ -44,10 +45,15 @@ class NullManager:
         pass
 
 
+def _context_from_dict(d: dict) -> Context:
+    qas = {k: tuple(QA(q["id"], q["question"], tuple(q["answers"])) for q in d[k]) for k in ("profiling", "test")}
+    return Context(d["id"], d["label"], d["source"], d["text"], d["tokens"], qas["profiling"], qas["test"])
+
+
 def measure_context(prof: Profiler, context, questions: int, study: bool) -> dict:
     """Scores per codec (list aligned with the context's questions) and unit timings."""
     t0 = time.perf_counter()
-    kv, _ = hf.prefill_context(prof.model, prompt.context_ids(prof.tokenizer, context.text))
+    kv, _ = hf.prefill_context(prof.model, prompt.context_ids(prof.tokenizer, context.text).to(prof.device))
     prefill_s = time.perf_counter() - t0
     qas = list(context.questions[: STUDY_QUESTIONS if study else questions])
     ref_s, refs = [], []
@@ -151,16 +157,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     ap.add_argument("--results", type=Path, default=None, help="JSONL of per-context results (resumable)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--export-contexts", type=Path, default=None, help="write the chosen contexts to JSON and stop")
+    ap.add_argument("--contexts-file", type=Path, default=None, help="read contexts from --export-contexts output")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     args = ap.parse_args()
     console = Console()
     torch.manual_seed(0)
-    model, tok = load_model(args.cache_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model(args.cache_dir, args.device)
     results = args.results or args.cache_dir / "bench" / f"quality_bench_s{args.seed}_q{args.questions}.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
     done = load_cache(results)
-    contexts = load_contexts(tok, args.contexts, min_questions=STUDY_QUESTIONS, seed=args.seed)
+    if args.contexts_file:
+        contexts = [_context_from_dict(d) for d in json.loads(args.contexts_file.read_text())][: args.contexts]
+    else:
+        contexts = load_contexts(tok, args.contexts, min_questions=STUDY_QUESTIONS, seed=args.seed)
+    if args.export_contexts:
+        args.export_contexts.write_text(json.dumps([dataclasses.asdict(c) for c in contexts]))
+        console.print(f"wrote {len(contexts)} contexts to {args.export_contexts}")
+        return
     study_ids = [c.id for c in contexts if len(c.questions) >= STUDY_QUESTIONS][: args.study]
-    prof = Profiler(NullManager(), model, tok, DEFAULT_CODECS, ProfilerSettings(max_new_tokens=24))
+    prof = Profiler(NullManager(), model, tok, DEFAULT_CODECS, ProfilerSettings(max_new_tokens=24), device=args.device)
     start = time.perf_counter()
     for i, context in enumerate(contexts):
         if context.id in done:

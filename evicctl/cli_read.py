@@ -108,6 +108,7 @@ def detail_dict(detail) -> dict:
         "placement": dataclasses.asdict(detail.placement) if detail.placement else None,
         "reason": detail.reason,
         "alpha": detail.alpha,
+        "cost_model": detail.cost_model,
         "profiles": [dataclasses.asdict(p) for p in detail.profiles],
         "options": [dataclasses.asdict(o) for o in detail.options],
         "events": [dataclasses.asdict(e) for e in detail.events],
@@ -173,7 +174,9 @@ def _print_detail(detail, data: dict) -> None:
     sys.stdout.write("\n".join(lines) + "\n\n")
     print_table([dataclasses.asdict(x) for x in detail.profiles], PROFILE_COLUMNS, title="Profiles")
     options = [{**o, "mark": "*" if o["chosen"] else "", "fit": "yes" if o["fits"] else "no"} for o in data["options"]]
-    print_table(options, OPTION_COLUMNS, title="Options (* = current placement)")
+    source = {"manager": "the manager's cost model", "default": "default costs (no manager model stored)"}
+    title = f"Options (* = current placement; TTFT from {source.get(detail.cost_model, 'no cost model')})"
+    print_table(options, OPTION_COLUMNS, title=title)
     print_table([_event_record(e) for e in detail.events], EVENT_COLUMNS, title="Recent events")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ class ContextDetail:
     reason: str | None  # reason of the event that put the context where it is
     alpha: float
     taken_at: float
+    cost_model: str | None = None  # "manager" (its fitted model), "default" coefficients, or None
 
 
 def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: float | None = None) -> ContextDetail:
@@ -92,7 +94,8 @@ def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: 
         (e.reason for e in reversed(events) if placement and e.to_tier == placement.tier and e.reason), None
     )
     alpha = float(config.get("alpha", DEFAULT_ALPHA))
-    return ContextDetail(row, placement, profiles, options, events, reason, alpha, now)
+    source = _cost_model(config.get("cost_model"))[1]
+    return ContextDetail(row, placement, profiles, options, events, reason, alpha, now, source)
 
 
 def _placement(store: Store, context_id: str) -> PlacementInfo | None:
@@ -121,7 +124,7 @@ def price_options(row, placement, profiles, tiers, config: dict) -> tuple[Option
     quality = profile_quality(profiles)
     menu = list(config.get("codecs") or DEFAULT_CODECS)
     codecs = [c for c in menu if c in quality] + sorted(c for c in quality if c not in menu)
-    cost_model = _cost_model(config.get("cost_model"))
+    cost_model, _ = _cost_model(config.get("cost_model"))
     query_tokens = int(config.get("query_tokens", DEFAULT_QUERY_TOKENS))
     shape = config.get("kv_shape") or {}
     combos: list[tuple[str, str, int, float, float | None, bool]] = []
@@ -158,12 +161,13 @@ _CODEC_RE = re.compile(r"^(?:(?P<scorer>[a-z]+)@(?P<ratio>0?\.\d+|[01](?:\.\d+)?
 
 
 def _codec(name: str):
-    try:
-        from evicctl.manager.codecs import get_codec
-    except ImportError:
+    """The registry's codec, only where it is already loaded: importing it pulls in torch
+    (seconds of CPU for `evicctl show`); the name alone gives the size estimate below."""
+    codecs = sys.modules.get("evicctl.manager.codecs")
+    if codecs is None:
         return None
     try:
-        return get_codec(name)
+        return codecs.get_codec(name)
     except Exception:  # an unknown codec in old profiles must not break `show`
         return None
 
@@ -203,14 +207,15 @@ def _stored_bytes(codec: str, tokens: int, raw_bytes: int, shape: dict, placemen
 
 
 # ---- cost model --------------------------------------------------------------------
-def _cost_model(data: dict | None):
-    if not data:
-        return None
+def _cost_model(data: dict | None) -> tuple[Any, str | None]:
+    """(model, source): the manager's fitted model, else the default coefficients."""
     try:
         from evicctl.manager.costs import CostModel
     except ImportError:
-        return None
-    return CostModel.from_dict(data)
+        return None, None
+    if data:
+        return CostModel.from_dict(data), "manager"
+    return CostModel(), "default"
 
 
 def _family(codec: str) -> str:

@@ -36,7 +36,8 @@ MIGRATIONS: tuple[tuple[int, str, str | None], ...] = (
         2,
         "indexes for audit and retention",
         # The CLI lists the events a command caused; retention deletes old samples by time.
-        "CREATE INDEX IF NOT EXISTS events_command ON events (command_id);\n"
+        # Partial: policy events (the bulk) carry no command and cost the index nothing.
+        "CREATE INDEX IF NOT EXISTS events_command ON events (command_id) WHERE command_id IS NOT NULL;\n"
         "CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);\n",
     ),
 )
@@ -431,11 +432,14 @@ class Store:
 
     def _insert_full(self, table: str, rows: list[dict[str, Any]]) -> None:
         cols = tuple(c for c in self.columns(table) if c != "id")
+        known = frozenset(cols)
         for row in rows:
-            if len(row.keys() - cols) > 0:
+            if not row.keys() <= known:
                 self._check_columns(table, tuple(row))
         sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        self._conn.executemany(sql, [tuple(r.get(c) for c in cols) for r in rows])
+        # map(row.get, cols) keeps the per-row work in C: this is the batched tick's hot path
+        # (tens of thousands of events a second); positional parameters bind faster than named.
+        self._conn.executemany(sql, [tuple(map(r.get, cols)) for r in rows])
 
     def _insert_events(self, events: list[dict[str, Any]]) -> list[int]:
         if not events:

@@ -17,31 +17,30 @@ _TABLES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _TABLES_MAX = 256
 
 
-def layer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base tensor, int64 [L] element offsets on `device`) for tensors of one dtype.
+def layer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(base tensor, int64 [L] element offsets on `device`, aligned) for tensors of one dtype.
 
-    The offsets table is cached by value, so a steady state with the same allocations makes
-    no host-to-device copy.
+    aligned: the base is 16-byte aligned and every offset is a multiple of 16 elements, so a
+    kernel may promise the compiler aligned rows (16-byte vector accesses). The offsets table
+    is cached by value, so a steady state with the same allocations makes no host-to-device
+    copy.
     """
     base = tensors[0]
     size = base.element_size()
     base_ptr = base.data_ptr()
-    offsets = []
-    for t in tensors:
-        delta = t.data_ptr() - base_ptr
-        if t.dtype != base.dtype or delta % size:
-            raise ValueError("layer tensors must share a dtype and element alignment")
-        offsets.append(delta // size)
-    key = (str(device), tuple(offsets))
+    deltas = [t.data_ptr() - base_ptr for t in tensors]
+    if any(d % size for d in deltas) or any(t.dtype != base.dtype for t in tensors):
+        raise ValueError("layer tensors must share a dtype and element alignment")
+    offsets = tuple(d // size for d in deltas)
+    key = (device, offsets)
     table = _TABLES.get(key)
     if table is None:
         table = torch.tensor(offsets, dtype=torch.int64).to(device)
         _TABLES[key] = table
         if len(_TABLES) > _TABLES_MAX:
             _TABLES.popitem(last=False)
-    else:
-        _TABLES.move_to_end(key)
-    return base, table
+    aligned = base_ptr % 16 == 0 and all(o % 16 == 0 for o in offsets)
+    return base, table, aligned
 
 
 def as_layers(x: torch.Tensor | Sequence[torch.Tensor], rank: int, what: str) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
 from .quant import _quantize_keys_launch, _quantize_values_launch
 
@@ -28,7 +29,7 @@ TUNING: dict[str, int] = {"block_k": 32, "warps": 4}
 def _gather_kernel(
     x_ptr, x_offs, i_ptr, i_offs, y_ptr, y_offs,
     H, K, sx_b, sx_h, sx_t,
-    D: tl.constexpr, BK: tl.constexpr,
+    D: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -38,11 +39,11 @@ def _gather_kernel(
     k = pid * BK + tl.arange(0, BK)
     km = k < K
     row_out = bh.to(tl.int64) * K + k
-    rows = tl.load(i_ptr + tl.load(i_offs + layer) + row_out, mask=km, other=0)
+    rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + row_out, mask=km, other=0)
     d = tl.arange(0, D)
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=km[:, None])
-    tl.store(y_ptr + tl.load(y_offs + layer) + row_out[:, None] * D + d[None, :], x, mask=km[:, None])
+    tl.store(y_ptr + layer_offset(y_offs, layer, ALIGNED) + row_out[:, None] * D + d[None, :], x, mask=km[:, None])
 
 
 def _idx_layers(idx, n_layers: int, what: str) -> list[torch.Tensor]:
@@ -66,13 +67,13 @@ def _gather_launch(layers: list[torch.Tensor], idx_layers: list[torch.Tensor], w
     y = new_output((L, B, H, K, D), x.dtype, device)
     if K == 0:
         return y
-    xb, xo = layer_table(layers, device)
-    ib, io = layer_table(idx_layers, device)
-    yb, yo = layer_table(list(y.unbind(0)), device)
+    xb, xo, ax = layer_table(layers, device)
+    ib, io, ai = layer_table(idx_layers, device)
+    yb, yo, ay = layer_table(list(y.unbind(0)), device)
     BK = TUNING["block_k"]
     _gather_kernel[(triton.cdiv(K, BK), B * H, L)](
         xb, xo, ib, io, yb, yo, H, K, x.stride(0), x.stride(1), x.stride(2),
-        D=D, BK=BK, num_warps=TUNING["warps"],
+        D=D, BK=BK, ALIGNED=ax and ai and ay, num_warps=TUNING["warps"],
     )
     return y
 

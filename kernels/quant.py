@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from . import _layers
+from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table
 
 # Launch shapes (the benchmark sweeps these; defaults chosen from its H200 run).
@@ -69,7 +70,7 @@ def _codes(x, scale, mn, QMAX: tl.constexpr):
 def _quant_keys_kernel(
     x_ptr, x_offs, c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, i_ptr, i_offs,
     H, T, NG, sx_b, sx_h, sx_t,
-    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_IDX: tl.constexpr,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_IDX: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     # one program: G tokens x D channels of one (layer, batch, head)
     g = tl.program_id(0)
@@ -81,10 +82,10 @@ def _quant_keys_kernel(
     t = g * G + tl.arange(0, G)
     tm = t < T
     if HAS_IDX:  # token compaction: row t of the output is row idx[t] of the input
-        rows = tl.load(i_ptr + tl.load(i_offs + layer) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+        rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + bh.to(tl.int64) * T + t, mask=tm, other=0)
     else:
         rows = t.to(tl.int64)
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     d = tl.arange(0, D)
     x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
     row_out = bh.to(tl.int64) * T + t
@@ -94,7 +95,7 @@ def _quant_keys_kernel(
         mx = tl.max(tl.where(tm[:, None], x, float("-inf")), axis=0)
         s, m = _scale_min(mn, mx, QMAX)
         q = _codes(x, s[None, :], m[None, :], QMAX)
-        tl.store(c_ptr + tl.load(c_offs + layer) + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
+        tl.store(c_ptr + layer_offset(c_offs, layer, ALIGNED) + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
     else:
         xe, xo = tl.split(tl.reshape(x, (G, D // 2, 2)))  # even, odd channels [G, D/2]
         mne = tl.min(tl.where(tm[:, None], xe, float("inf")), axis=0)
@@ -105,19 +106,19 @@ def _quant_keys_kernel(
         so, mo = _scale_min(mno, mxo, QMAX)
         packed = _codes(xe, se[None, :], me[None, :], QMAX) | (_codes(xo, so[None, :], mo[None, :], QMAX) << 4)
         dh = tl.arange(0, D // 2)
-        c_base = c_ptr + tl.load(c_offs + layer)
+        c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * (D // 2) + dh[None, :], packed.to(tl.uint8), mask=tm[:, None])
         s = tl.reshape(tl.join(se, so), (D,))
         m = tl.reshape(tl.join(me, mo), (D,))
-    tl.store(s_ptr + tl.load(s_offs + layer) + grp_out + d, s.to(tl.float16))
-    tl.store(m_ptr + tl.load(m_offs + layer) + grp_out + d, m.to(tl.float16))
+    tl.store(s_ptr + layer_offset(s_offs, layer, ALIGNED) + grp_out + d, s.to(tl.float16))
+    tl.store(m_ptr + layer_offset(m_offs, layer, ALIGNED) + grp_out + d, m.to(tl.float16))
 
 
 @triton.jit
 def _dequant_keys_kernel(
     c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
     H, T, NG, sy_b, sy_h, sy_t,
-    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     g = tl.program_id(0)
     bh = tl.program_id(1)
@@ -129,9 +130,9 @@ def _dequant_keys_kernel(
     d = tl.arange(0, D)
     row_in = bh.to(tl.int64) * T + t
     grp_in = (bh.to(tl.int64) * NG + g) * D
-    s = tl.load(s_ptr + tl.load(s_offs + layer) + grp_in + d).to(tl.float32)
-    m = tl.load(m_ptr + tl.load(m_offs + layer) + grp_in + d).to(tl.float32)
-    c_base = c_ptr + tl.load(c_offs + layer)
+    s = tl.load(s_ptr + layer_offset(s_offs, layer, ALIGNED) + grp_in + d).to(tl.float32)
+    m = tl.load(m_ptr + layer_offset(m_offs, layer, ALIGNED) + grp_in + d).to(tl.float32)
+    c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
     if BITS == 8:
         q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
         x = q * s[None, :] + m[None, :]
@@ -143,7 +144,7 @@ def _dequant_keys_kernel(
         xe = (p & 15).to(tl.float32) * se[None, :] + me[None, :]
         xo = (p >> 4).to(tl.float32) * so[None, :] + mo[None, :]
         x = tl.reshape(tl.join(xe, xo), (G, D))
-    y_base = y_ptr + tl.load(y_offs + layer) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
+    y_base = y_ptr + layer_offset(y_offs, layer, ALIGNED) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
     tl.store(y_base + t.to(tl.int64)[:, None] * sy_t + d[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
 
 
@@ -152,6 +153,7 @@ def _quant_values_kernel(
     x_ptr, x_offs, c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, i_ptr, i_offs,
     H, T, sx_b, sx_h, sx_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, HAS_IDX: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     # one program: BT tokens x D channels of one (layer, batch, head); groups of G channels
     pid = tl.program_id(0)
@@ -164,10 +166,10 @@ def _quant_values_kernel(
     t = pid * BT + tl.arange(0, BT)
     tm = t < T
     if HAS_IDX:
-        rows = tl.load(i_ptr + tl.load(i_offs + layer) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+        rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + bh.to(tl.int64) * T + t, mask=tm, other=0)
     else:
         rows = t.to(tl.int64)
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     d = tl.arange(0, D)
     x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
     row_out = bh.to(tl.int64) * T + t
@@ -176,7 +178,7 @@ def _quant_values_kernel(
         xr = tl.reshape(x, (BT, NGD, G))
         s, m = _scale_min(tl.min(xr, axis=2), tl.max(xr, axis=2), QMAX)  # [BT, NGD]
         q = tl.reshape(_codes(xr, s[:, :, None], m[:, :, None], QMAX), (BT, D))
-        c_base = c_ptr + tl.load(c_offs + layer)
+        c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
     else:
         xe, xo = tl.split(tl.reshape(x, (BT, NGD, G // 2, 2)))  # [BT, NGD, G/2] each
@@ -187,18 +189,18 @@ def _quant_values_kernel(
         qo = _codes(xo, s[:, :, None], m[:, :, None], QMAX)
         packed = tl.reshape(qe | (qo << 4), (BT, D // 2))
         dh = tl.arange(0, D // 2)
-        c_base = c_ptr + tl.load(c_offs + layer)
+        c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * (D // 2) + dh[None, :], packed.to(tl.uint8), mask=tm[:, None])
     sm_off = row_out[:, None] * NGD + j[None, :]
-    tl.store(s_ptr + tl.load(s_offs + layer) + sm_off, s.to(tl.float16), mask=tm[:, None])
-    tl.store(m_ptr + tl.load(m_offs + layer) + sm_off, m.to(tl.float16), mask=tm[:, None])
+    tl.store(s_ptr + layer_offset(s_offs, layer, ALIGNED) + sm_off, s.to(tl.float16), mask=tm[:, None])
+    tl.store(m_ptr + layer_offset(m_offs, layer, ALIGNED) + sm_off, m.to(tl.float16), mask=tm[:, None])
 
 
 @triton.jit
 def _dequant_values_kernel(
     c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
     H, T, sy_b, sy_h, sy_t,
-    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr,
+    BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -211,9 +213,9 @@ def _dequant_values_kernel(
     row_in = bh.to(tl.int64) * T + t
     j = tl.arange(0, NGD)
     sm_off = row_in[:, None] * NGD + j[None, :]
-    s = tl.load(s_ptr + tl.load(s_offs + layer) + sm_off, mask=tm[:, None], other=1.0).to(tl.float32)
-    m = tl.load(m_ptr + tl.load(m_offs + layer) + sm_off, mask=tm[:, None], other=0.0).to(tl.float32)
-    c_base = c_ptr + tl.load(c_offs + layer)
+    s = tl.load(s_ptr + layer_offset(s_offs, layer, ALIGNED) + sm_off, mask=tm[:, None], other=1.0).to(tl.float32)
+    m = tl.load(m_ptr + layer_offset(m_offs, layer, ALIGNED) + sm_off, mask=tm[:, None], other=0.0).to(tl.float32)
+    c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
     d = tl.arange(0, D)
     if BITS == 8:
         q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
@@ -225,7 +227,7 @@ def _dequant_values_kernel(
         xe = (p & 15).to(tl.float32) * s[:, :, None] + m[:, :, None]
         xo = (p >> 4).to(tl.float32) * s[:, :, None] + m[:, :, None]
         x = tl.reshape(tl.join(xe, xo), (BT, D))
-    y_base = y_ptr + tl.load(y_offs + layer) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
+    y_base = y_ptr + layer_offset(y_offs, layer, ALIGNED) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
     tl.store(y_base + t.to(tl.int64)[:, None] * sy_t + d[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
 
 
@@ -283,15 +285,16 @@ def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
     codes, scale, mn = out
     if T == 0:
         return codes, scale, mn
-    xb, xo = layer_table(layers, device)
-    cb, co = layer_table(list(codes.unbind(0)), device)
-    sb, so = layer_table(list(scale.unbind(0)), device)
-    mb, mo = layer_table(list(mn.unbind(0)), device)
-    ib, io = layer_table(idx_layers, device) if idx_layers is not None else (xo, xo)
+    xb, xo, ax = layer_table(layers, device)
+    cb, co, ac = layer_table(list(codes.unbind(0)), device)
+    sb, so, as_ = layer_table(list(scale.unbind(0)), device)
+    mb, mo, am = layer_table(list(mn.unbind(0)), device)
+    ib, io, ai = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
+    aligned = ax and ac and as_ and am and ai
     _quant_keys_kernel[(NG, B * H, L)](
         xb, xo, cb, co, sb, so, mb, mo, ib, io,
         H, T, NG, x.stride(0), x.stride(1), x.stride(2),
-        BITS=bits, G=group, D=D, HAS_IDX=idx_layers is not None,
+        BITS=bits, G=group, D=D, HAS_IDX=idx_layers is not None, ALIGNED=aligned,
         num_warps=TUNING["keys_warps"],
     )
     return codes, scale, mn
@@ -340,15 +343,16 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
             raise ValueError(f"{what}: every out layer must have the same strides")
     if T == 0:
         return out_layers
-    cb, co = layer_table(codes_l, dev)
-    sb, so = layer_table(scale_l, dev)
-    mb, mo = layer_table(mn_l, dev)
-    yb, yo = layer_table(out_layers, dev)
+    cb, co, ac = layer_table(codes_l, dev)
+    sb, so, as_ = layer_table(scale_l, dev)
+    mb, mo, am = layer_table(mn_l, dev)
+    yb, yo, ay = layer_table(out_layers, dev)
+    aligned = ac and as_ and am and ay
     y = out_layers[0]
     _dequant_keys_kernel[(NG, B * H, L)](
         cb, co, sb, so, mb, mo, yb, yo,
         H, T, NG, y.stride(0), y.stride(1), y.stride(2),
-        BITS=bits, G=group, D=D,
+        BITS=bits, G=group, D=D, ALIGNED=aligned,
         num_warps=TUNING["keys_warps"], enable_fp_fusion=False,
     )
     return out_layers
@@ -409,16 +413,17 @@ def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
     codes, scale, mn = out
     if T == 0:
         return codes, scale, mn
-    xb, xo = layer_table(layers, device)
-    cb, co = layer_table(list(codes.unbind(0)), device)
-    sb, so = layer_table(list(scale.unbind(0)), device)
-    mb, mo = layer_table(list(mn.unbind(0)), device)
-    ib, io = layer_table(idx_layers, device) if idx_layers is not None else (xo, xo)
+    xb, xo, ax = layer_table(layers, device)
+    cb, co, ac = layer_table(list(codes.unbind(0)), device)
+    sb, so, as_ = layer_table(list(scale.unbind(0)), device)
+    mb, mo, am = layer_table(list(mn.unbind(0)), device)
+    ib, io, ai = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
+    aligned = ax and ac and as_ and am and ai
     BT = TUNING["values_block_t"]
     _quant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
         xb, xo, cb, co, sb, so, mb, mo, ib, io,
         H, T, x.stride(0), x.stride(1), x.stride(2),
-        BITS=bits, G=group, D=D, BT=BT, HAS_IDX=idx_layers is not None,
+        BITS=bits, G=group, D=D, BT=BT, HAS_IDX=idx_layers is not None, ALIGNED=aligned,
         num_warps=TUNING["values_warps"],
     )
     return codes, scale, mn
@@ -469,16 +474,17 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
             raise ValueError(f"{what}: every out layer must have the same strides")
     if T == 0:
         return out_layers
-    cb, co = layer_table(codes_l, dev)
-    sb, so = layer_table(scale_l, dev)
-    mb, mo = layer_table(mn_l, dev)
-    yb, yo = layer_table(out_layers, dev)
+    cb, co, ac = layer_table(codes_l, dev)
+    sb, so, as_ = layer_table(scale_l, dev)
+    mb, mo, am = layer_table(mn_l, dev)
+    yb, yo, ay = layer_table(out_layers, dev)
+    aligned = ac and as_ and am and ay
     y = out_layers[0]
     BT = TUNING["values_block_t"]
     _dequant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
         cb, co, sb, so, mb, mo, yb, yo,
         H, T, y.stride(0), y.stride(1), y.stride(2),
-        BITS=bits, G=group, D=D, BT=BT,
+        BITS=bits, G=group, D=D, BT=BT, ALIGNED=aligned,
         num_warps=TUNING["values_warps"], enable_fp_fusion=False,
     )
     return out_layers

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
 
 TUNING: dict[str, int] = {"block_k": 32, "warps": 4, "snap_block_k": 64, "snap_rows": 64, "snap_warps": 4}
@@ -33,7 +34,7 @@ SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size, as evicctl.manager.scorers
 
 @triton.jit
 def _knorm_kernel(
-    x_ptr, x_offs, y_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr
+    x_ptr, x_offs, y_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -43,7 +44,7 @@ def _knorm_kernel(
     k = pid * BK + tl.arange(0, BK)
     km = k < K
     d = tl.arange(0, D)
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     x = tl.load(x_base + k.to(tl.int64)[:, None] * sx_t + d[None, :], mask=km[:, None], other=0.0).to(tl.float32)
     norm = tl.sqrt(tl.sum(x * x, axis=1))
     out = (layer.to(tl.int64) * tl.num_programs(1) + bh) * K + k
@@ -52,7 +53,7 @@ def _knorm_kernel(
 
 @triton.jit
 def _keydiff_anchor_kernel(
-    x_ptr, x_offs, a_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr
+    x_ptr, x_offs, a_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr
 ):
     # a[layer, bh, :] += sum over this block's tokens of k / max(||k||, 1e-12)
     pid = tl.program_id(0)
@@ -63,7 +64,7 @@ def _keydiff_anchor_kernel(
     k = pid * BK + tl.arange(0, BK)
     km = k < K
     d = tl.arange(0, D)
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     x = tl.load(x_base + k.to(tl.int64)[:, None] * sx_t + d[None, :], mask=km[:, None], other=0.0).to(tl.float32)
     norm = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)
     part = tl.sum(x / norm[:, None], axis=0)
@@ -72,7 +73,7 @@ def _keydiff_anchor_kernel(
 
 @triton.jit
 def _keydiff_score_kernel(
-    x_ptr, x_offs, a_ptr, y_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr
+    x_ptr, x_offs, a_ptr, y_ptr, H, K, sx_b, sx_h, sx_t, D: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -85,7 +86,7 @@ def _keydiff_score_kernel(
     a_unit = a / tl.maximum(tl.sqrt(tl.sum(a * a, axis=0)), 1e-8)
     k = pid * BK + tl.arange(0, BK)
     km = k < K
-    x_base = x_ptr + tl.load(x_offs + layer) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+    x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     x = tl.load(x_base + k.to(tl.int64)[:, None] * sx_t + d[None, :], mask=km[:, None], other=0.0).to(tl.float32)
     norm = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-8)
     cos = tl.sum((x / norm[:, None]) * a_unit[None, :], axis=1)
@@ -185,16 +186,16 @@ def _launch_rowwise(kernel_name: str, layers: list[torch.Tensor], what: str) -> 
     y = new_output((L, B, H, K), torch.float32, device)
     if K == 0:
         return y
-    xb, xo = layer_table(layers, device)
+    xb, xo, aligned = layer_table(layers, device)
     BK = TUNING["block_k"]
     grid = (triton.cdiv(K, BK), B * H, L)
     strides = (x.stride(0), x.stride(1), x.stride(2))
     if kernel_name == "knorm":
-        _knorm_kernel[grid](xb, xo, y, H, K, *strides, D=D, BK=BK, num_warps=TUNING["warps"])
+        _knorm_kernel[grid](xb, xo, y, H, K, *strides, D=D, BK=BK, ALIGNED=aligned, num_warps=TUNING["warps"])
     else:
         anchor = torch.zeros((L, B * H, D), dtype=torch.float32, device=device)
-        _keydiff_anchor_kernel[grid](xb, xo, anchor, H, K, *strides, D=D, BK=BK, num_warps=TUNING["warps"])
-        _keydiff_score_kernel[grid](xb, xo, anchor, y, H, K, *strides, D=D, BK=BK, num_warps=TUNING["warps"])
+        _keydiff_anchor_kernel[grid](xb, xo, anchor, H, K, *strides, D=D, BK=BK, ALIGNED=aligned, num_warps=TUNING["warps"])
+        _keydiff_score_kernel[grid](xb, xo, anchor, y, H, K, *strides, D=D, BK=BK, ALIGNED=aligned, num_warps=TUNING["warps"])
     return y
 
 

@@ -65,13 +65,14 @@ def make_fixture_db(
     with_gpu: bool = True,
     events_per_context: int = 3,
     sample_seconds: int = 120,
+    capacity_scale: float = 1.0,  # tier capacities x this (e.g. n_contexts / 50 for big fixtures)
 ) -> FixtureInfo:
     """Create (or extend) a populated evicctl database at `path` and return what it holds."""
     rng = random.Random(seed)
     path = Path(path)
     store = Store.open(path)
     try:
-        specs = _tier_specs(with_gpu)
+        specs = [{**t, "capacity_bytes": int(t["capacity_bytes"] * capacity_scale)} for t in _tier_specs(with_gpu)]
         rank_of = {s["name"]: i for i, s in enumerate(specs)}
         rows = [_context(rng, i, now) for i in range(n_contexts)]
         placements = _place(rng, rows, specs, now)

@@ -143,7 +143,8 @@ def test_show_json_shape(run_cli, fixture_db):
     result = run_cli("show", "ctx-00003", "--db", fixture_db.path, "-o", "json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert list(data) == ["context", "placement", "reason", "alpha", "profiles", "options", "events"]
+    assert list(data) == ["context", "placement", "reason", "alpha", "cost_model", "profiles", "options",
+                          "events"]
     assert data["context"]["id"] == "ctx-00003"
     assert set(data["placement"]) == {"tier", "codec", "stored_bytes", "checksum", "location", "since"}
     assert {"codec", "metric", "quality", "quality_sd", "n_queries", "measured_at"} <= set(data["profiles"][0])
@@ -225,6 +226,11 @@ def test_corrupt_database(run_cli, tmp_path):
     bad.write_bytes(os.urandom(8192))
     for args in (("ls",), ("tiers",), ("history",), ("show", "x"), ("pin", "x")):
         _one_error_line(run_cli(*args, "--db", bad), 1, "corrupt or not an evicctl database")
+
+
+def test_database_path_is_a_directory(run_cli, tmp_path):
+    _one_error_line(run_cli("ls", "--db", tmp_path), 1, "is a directory")
+    _one_error_line(run_cli("pin", "x", "--db", tmp_path), 1, "is a directory")
 
 
 def test_locked_database(run_cli, fixture_db):

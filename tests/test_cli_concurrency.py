@@ -74,7 +74,7 @@ READS = (
 def test_reads_in_process_while_a_writer_commits_thousands_of_events_per_second(run_cli, busy_db):
     runs = 0
     with BusyWriter(busy_db) as writer:
-        deadline = time.monotonic() + 4.0
+        deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             for args in READS:
                 result = run_cli(*args, "--db", busy_db)
@@ -93,7 +93,7 @@ def test_cli_processes_while_a_writer_commits(busy_db):
         procs = [
             subprocess.Popen([sys.executable, "-m", "evicctl.cli", *args, "--db", str(busy_db)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for args in READS * 2
+            for args in READS
         ]
         outputs = [p.communicate(timeout=120) for p in procs]
         rate = writer.rate_per_s

@@ -30,12 +30,13 @@ import numpy as np
 from evicctl.bench.replay import Policy, Simulator
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.codecs import get_codec
-from evicctl.manager.placer import DROPPED, NEW, PlacementProblem, place
+from evicctl.manager.placer import DROPPED, NEW, PlacementProblem, derivable_matrix, place
 
 FIXED_SWEEP = tuple(f"{s}@{r}" for s in ("keydiff", "knorm", "snapkv") for r in (0.25, 0.5, 0.75)) + ("int8", "int4")
 EXACT_MAX_CONTEXTS = 400  # the MILP per re-plan is for small instances
 HALF_LIFE_S = 300.0  # ManagerConfig.freq_half_life_s
-HEADROOM = 0.1  # a pressure re-plan frees this share of every tier, so admissions batch
+HEADROOM = 0.1  # a pressure re-plan frees this share of the admitting tier, so admissions batch
+SPILL_HEADROOM = 0.02  # and this share of a tier below it that the spill overflowed
 TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in requests)
 POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only")
 
@@ -116,12 +117,13 @@ class PlacerPolicy(Policy):
         solver: str = "greedy",
         half_life_s: float = HALF_LIFE_S,
         headroom: float = HEADROOM,
+        spill_headroom: float = SPILL_HEADROOM,
         tick_requests: int = TICK_REQUESTS,
         exact_time_limit_s: float = 20.0,
     ) -> None:
         self.name, self.alpha, self.solver = name, float(alpha), solver
         self.codec_names = codecs
-        self.half_life_s, self.headroom = half_life_s, headroom
+        self.half_life_s, self.headroom, self.spill_headroom = half_life_s, headroom, spill_headroom
         self.tick_requests = tick_requests
         self.exact_time_limit_s = exact_time_limit_s
         self.family = {"greedy": "evicpress", "exact": "exact"}[solver]
@@ -136,6 +138,8 @@ class PlacerPolicy(Policy):
         self.codecs = tuple(cat.codecs[k] for k in self.cidx)
         self.local = np.full(len(cat.codecs) + 1, -1)  # catalog codec -> policy codec; [-1] = -1
         self.local[self.cidx] = np.arange(len(self.cidx))
+        self.is_none = np.array([c == "none" for c in self.codecs])
+        self.derivable = derivable_matrix(self.codecs)
         # The manager's access rate (evicctl.manager.freq.DecayedRate), over context indices.
         self.lam = math.log(2.0) / self.half_life_s
         self.rate_value = [0.0] * cat.n_contexts
@@ -143,9 +147,17 @@ class PlacerPolicy(Policy):
         self.replans = self.pressure_replans = 0
         self.plan_s = 0.0
         self.gaps: list[float] = []
+        # A context's first admission is unprofiled (`none` only): the profiler measures it
+        # after the manager has stored it, as in the engine; later admissions use its profile.
+        self.profiled = np.zeros(cat.n_contexts, dtype=bool)
         # Each context's admission option: what the placer gives a new KV with room to spare.
-        everyone = np.arange(cat.n_contexts)
-        best = self._plan(self._problem(everyone, None, np.full(len(cat.tiers), 2.0**62), fresh=everyone))
+        everyone, room = np.arange(cat.n_contexts), np.full(len(cat.tiers), 2.0**62)
+        first = self._plan(self._problem(everyone, None, room, fresh=everyone))
+        self.profiled[:] = True
+        best = self._plan(self._problem(everyone, None, room, fresh=everyone))
+        self.profiled[:] = False
+        self.replans = 0
+        self.first_tier, self.first_codec = first[0].tolist(), first[1].tolist()
         self.best_tier, self.best_codec = best[0].tolist(), best[1].tolist()
 
     def touch(self, i: int, now: float) -> None:
@@ -158,17 +170,20 @@ class PlacerPolicy(Policy):
         return value * np.exp(-self.lam * np.maximum(0.0, now - at))
 
     def miss(self, i: int, now: float) -> None:
-        t, c = self.best_tier[i], self.best_codec[i]
-        if t < 0:
-            return  # recomputing it beats every stored option
-        if self.sim.fits(i, t, c):
-            self.sim.place(i, t, c)
-            return
-        self.pressure_replans += 1
-        if self.solver == "exact":
-            self._replan_all(now, new=i)
+        if self.profiled[i]:
+            t, c = self.best_tier[i], self.best_codec[i]
         else:
-            self._relieve(t, now, new=i)
+            t, c = self.first_tier[i], self.first_codec[i]
+        if t >= 0:  # else recomputing it beats every stored option
+            if self.sim.fits(i, t, c):
+                self.sim.place(i, t, c)
+            else:
+                self.pressure_replans += 1
+                if self.solver == "exact":
+                    self._replan_all(now, new=i)
+                else:
+                    self._relieve(t, now, new=i)
+        self.profiled[i] = True
 
     def tick(self, now: float) -> None:
         self._replan_all(now, rebalance=True)
@@ -193,7 +208,7 @@ class PlacerPolicy(Policy):
             if u == t and new is not None:
                 rows, fresh = np.append(rows, new), np.array([new])
             capacity = np.full(n_tiers, 2.0**62)
-            capacity[u] = sim.capacity[u] * (1.0 - self.headroom)
+            capacity[u] = sim.capacity[u] * (1.0 - (self.headroom if u == t else self.spill_headroom))
             self._apply(rows, self._plan(self._problem(rows, now, capacity, fresh=fresh)), check=False)
         sim.check()
 
@@ -248,6 +263,7 @@ class PlacerPolicy(Policy):
         if fresh is not None:
             is_new = np.isin(rows, fresh)
             current_t[is_new], current_c[is_new] = NEW, -1
+        profiled = np.broadcast_to(self.profiled[rows], (len(cidx), len(rows))) | self.is_none[:, None]
         return PlacementProblem(
             context_ids=cat.context_ids[rows],
             freq=np.ones(len(rows)) if now is None else self.rates(rows, now),
@@ -257,11 +273,13 @@ class PlacerPolicy(Policy):
             capacity_bytes=np.minimum(np.asarray(capacity, dtype=float), 2.0**62).astype(np.int64),
             stored_bytes=cat.stored_bytes[cidx][:, rows],
             quality=cat.estimate[cidx][:, rows],
+            profiled=profiled,
             ttft_s=cat.ttft_s[:, cidx][:, :, rows],
             miss_ttft_s=cat.miss_ttft_s[rows],
             alpha=self.alpha,
             current_tier=current_t,
             current_codec=np.where(current_t >= 0, current_c, -1),
+            derivable=self.derivable,
             rebalance=rebalance,
         )
 

@@ -85,6 +85,7 @@ class Codec:
         raise NotImplementedError
 
     def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        """The KV of a stored form, on `device` (default: where the stored tensors are)."""
         raise NotImplementedError
 
     def stored_bytes(
@@ -186,6 +187,11 @@ class PipelineCodec(Codec):
     # ------------------------------------------------------------ decode
 
     def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        """The KV of a stored form, on `device` (default: where the stored tensors are).
+
+        A form another codec wrote is decoded by that codec; a damaged one raises CorruptDataError."""
+        if stored.codec != self.name:
+            return decode(stored, device)
         try:
             return self._decode(stored, device)
         except (KeyError, ValueError, RuntimeError, TypeError, StopIteration) as exc:

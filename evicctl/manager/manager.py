@@ -38,6 +38,7 @@ DEFAULT_QUERY_TOKENS = 32  # before the engine reports a hit's prefill
 QUERY_EWMA = 0.1
 HEARTBEAT_EVERY_S = 0.5  # the CLI calls a manager dead after heartbeat_timeout_s (5 s)
 SAMPLE_EVERY_S = 1.0  # tier occupancy samples for the dashboard's history
+FREQ_REFRESH_S = 10.0  # every context's row gets its decayed freq rewritten this often
 PREFERRED_METRIC = "teacher-forced"  # the metric the placer trusts when several are recorded
 EVENT_KIND = {"admit": "admit", "compress": "compress", "demote": "evict", "promote": "move", "move": "move", "drop": "drop"}
 
@@ -152,12 +153,13 @@ class Manager:
         self._misses = 0
         self._dirty: set[str] = set()
         self._replan_needed = True
-        self._last_replan = self._last_heartbeat = self._last_sample = 0.0
+        self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._closed = False
-        # Test hook: called with a stage name between the steps of a move ("copied", "switched").
+        # Test hook: called with a stage name between the steps of a move ("copied", "switched",
+        # "admit-copied"); a test raises from it to simulate a crash there.
         self.fault: Callable[[str], None] | None = None
 
         self.tiers = list(tiers) if tiers is not None else [
@@ -518,6 +520,8 @@ class Manager:
             key = tier_key(ctx.id, move.to_codec)
             put = self._tier_by_name[move.to_tier].put(key, stored)
             new = (key, put.location, put.checksum, stored.nbytes)
+        if self.fault:
+            self.fault("admit-copied")
         with self._lock:
             self._batch.upsert("contexts", ctx.row(self._freq.rate(ctx.id, now)))
             self._switch(move, new, "policy", None)
@@ -559,7 +563,8 @@ class Manager:
         """Batch the dirty contexts, every tier and (each SAMPLE_EVERY_S) occupancy samples."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            if force or now - self._last_sample >= SAMPLE_EVERY_S:
+            if force or now - self._last_refresh >= FREQ_REFRESH_S:
+                self._last_refresh = now
                 dirty |= set(self._contexts)  # freq decays for everyone: refresh all rows now and then
             rates = self._freq.rates(list(dirty), now)
             for cid, rate in zip(dirty, rates, strict=True):
@@ -594,6 +599,8 @@ class Manager:
         """Rebuild the state a previous manager left in the store (see the module docstring)."""
         now = time.time()
         rows = {r["id"]: r for r in self._store.query("SELECT * FROM contexts")}
+        self._tier_hits = {r["name"]: r["hits"] for r in self._store.query("SELECT name, hits FROM tiers")}
+        self._misses = sum(r["misses"] for r in rows.values())
         placements = {r["context_id"]: r for r in self._store.query("SELECT * FROM placements")}
         shape = self._kv_shape
         shape_tuple = None if not shape else tuple(shape.get(k, 0) for k in

@@ -462,13 +462,18 @@ def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -
     if excess <= 0:
         return
     freed, loss, target = _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes)
-    steps = _hull_steps(freed, loss, p.freq[rows], excess)
+    steps, cutoff = _hull_steps(freed, loss, p.freq[rows], excess)
     if not steps:
         return
     seg_bytes = np.concatenate([b for _, _, b, _ in steps])
     seg_slope = np.concatenate([s for _, _, _, s in steps])
-    taken = np.zeros(len(seg_bytes), dtype=bool)
-    taken[_cheapest_covering(seg_slope, seg_bytes, excess)] = True
+    taken = seg_slope < cutoff
+    # Steps exactly at the cutoff (usually one) are taken in order until the tier fits.
+    short = excess - int(seg_bytes[taken].sum())
+    at = np.flatnonzero(seg_slope == cutoff)
+    if short > 0 and len(at):
+        cum = np.cumsum(seg_bytes[at])
+        taken[at[: int(np.searchsorted(cum, short)) + 1]] = True
     # A context's steps are taken in hull order; applying step blocks in emission order leaves
     # each context at its last taken step.
     start = 0
@@ -544,7 +549,7 @@ def _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes):
     return freed, loss, target
 
 
-def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int) -> list[tuple]:
+def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int) -> tuple[list[tuple], float]:
     """The first steps of each context's lower convex hull from (0, 0) over its (freed, loss)
     points ([K, n]; freed < 0 = no point), enough to free `need` bytes greedily.
 
@@ -554,7 +559,8 @@ def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int
     utility per byte (times freq) to rank steps across contexts. A context stops climbing once
     its last step costs more than the cutoff of the cheapest steps found so far that free
     `need`: its later steps cost more still, and the cutoff only falls as steps are found.
-    Returns one block per pass: (context, row of the point, bytes freed by the step, slope).
+    Returns (one block per pass: (context, row of the point, bytes freed by the step, slope),
+    the cutoff slope, inf if all the steps together free less than `need`).
     """
     n = freed.shape[1]
     idx = np.arange(n)
@@ -563,6 +569,7 @@ def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int
     cur_l = np.zeros(n, dtype=np.float32)
     cur_bytes = np.zeros(n, dtype=np.int64)
     steps: list[tuple] = []
+    cutoff = _Cutoff(need)
     with np.errstate(divide="ignore", invalid="ignore"):
         while len(idx):
             dx = x - cur_x
@@ -579,46 +586,89 @@ def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int
             col, _ = _first_argmax(np.negative(slope, out=slope), -best)
             ar = np.arange(len(idx))
             new_bytes = fb[col, ar]
+            step_bytes = new_bytes - cur_bytes
             utility_slope = best.astype(np.float64) * freq[idx]
-            steps.append((idx, col, new_bytes - cur_bytes, utility_slope))
+            steps.append((idx, col, step_bytes, utility_slope))
             cur_x, cur_l, cur_bytes = x[col, ar], lo[col, ar], new_bytes
-            climbing = np.flatnonzero(utility_slope < _cutoff(steps, need))
+            climbing = np.flatnonzero(utility_slope < cutoff.add(utility_slope, step_bytes))
             if len(climbing) < len(idx):
                 idx, fb, x, lo = idx[climbing], *(np.take(a, climbing, axis=1) for a in (fb, x, lo))
                 cur_x, cur_l, cur_bytes = cur_x[climbing], cur_l[climbing], cur_bytes[climbing]
-    return steps
+    return steps, cutoff.value
 
 
-def _cutoff(steps: list[tuple], need: int) -> float:
-    """Slope of the last step the greedy would take among `steps`; inf if they free too little."""
-    step_bytes = np.concatenate([b for _, _, b, _ in steps])
-    if step_bytes.sum() < need:
+class _Cutoff:
+    """The slope of the last step the greedy would take among the steps added so far (inf
+    until they free `need`). Steps costlier than the cutoff can never be taken, so only the
+    cheaper ones are kept: each update works on a shrinking set.
+
+    Between exact updates the value may be stale (too high): that only keeps a few more
+    contexts climbing. It is refreshed when the cheaper steps added since amount to 1% of
+    `need`, and `value` is exact whenever read.
+    """
+
+    def __init__(self, need: int) -> None:
+        self.need, self.total, self._pending = need, 0, 0
+        self._value = np.inf
+        self.slopes: list[np.ndarray] = []
+        self.sizes: list[np.ndarray] = []
+
+    def add(self, slope: np.ndarray, step_bytes: np.ndarray) -> float:
+        if np.isfinite(self._value):
+            cheaper = slope < self._value
+            if not cheaper.any():
+                return self._value
+            slope, step_bytes = slope[cheaper], step_bytes[cheaper]
+        self.slopes.append(slope)
+        self.sizes.append(step_bytes)
+        added = int(step_bytes.sum())
+        self.total += added
+        self._pending += added
+        if self.total >= self.need and (np.isinf(self._value) or self._pending > self.need // 100):
+            self._refresh()
+        return self._value
+
+    @property
+    def value(self) -> float:
+        if self._pending and self.total >= self.need:
+            self._refresh()
+        return self._value
+
+    def _refresh(self) -> None:
+        slopes, sizes = np.concatenate(self.slopes), np.concatenate(self.sizes)
+        self._value = _covering_slope(slopes, sizes, self.need)
+        live = slopes <= self._value
+        self.slopes, self.sizes = [slopes[live]], [sizes[live]]
+        self.total, self._pending = int(self.sizes[0].sum()), 0
+
+
+def _covering_slope(slope: np.ndarray, weight: np.ndarray, need: int) -> float:
+    """The smallest v with sum(weight[slope <= v]) >= need: the slope of the last step a
+    greedy taking steps cheapest first needs (inf if all of them are not enough).
+
+    A full sort of a few 100,000 steps costs more than the rest of the tier, so a strided
+    sample brackets v, two masked sums confirm the bracket, and only the steps inside it are
+    sorted (the whole set if the bracket misses, which a skewed sample can make happen).
+    """
+    if int(weight.sum()) < need:
         return np.inf
-    slope = np.concatenate([s for _, _, _, s in steps])
-    return float(slope[_cheapest_covering(slope, step_bytes, need)].max())
-
-
-def _cheapest_covering(slope: np.ndarray, weight: np.ndarray, need: int) -> np.ndarray:
-    """Indices of the fewest lowest-slope items whose weights sum to at least `need` (all if
-    they cannot): the prefix of a sort by slope, found by halving with argpartition (a full
-    sort of a few 100,000 steps costs more than the rest of the tier)."""
-    chosen = []
-    idx = np.arange(len(slope))
-    while len(idx) > 256:
-        half = len(idx) // 2
-        part = idx[np.argpartition(slope[idx], half)]
-        low = part[:half]
-        low_sum = int(weight[low].sum())
-        if low_sum >= need:
-            idx = low
-        else:
-            chosen.append(low)
-            need -= low_sum
-            idx = part[half:]
-    order = idx[np.argsort(slope[idx], kind="stable")]
+    if len(slope) > 8192:
+        stride = len(slope) // 2048
+        sample_order = np.argsort(slope[::stride])
+        sample_slope = slope[::stride][sample_order]
+        cum = np.cumsum(weight[::stride][sample_order]) * stride  # each sample stands for `stride` steps
+        at = int(np.searchsorted(cum, need))
+        for margin in (64, 256):  # sample positions either side of the estimate
+            lo = sample_slope[at - margin] if at - margin >= 0 else -np.inf
+            hi = sample_slope[at + margin] if at + margin < len(sample_slope) else np.inf
+            below = int(weight[slope < lo].sum())
+            inside = (slope >= lo) & (slope <= hi)
+            if below < need <= below + int(weight[inside].sum()):
+                slope, weight, need = slope[inside], weight[inside], need - below
+                break
+    order = np.argsort(slope, kind="stable")
     cum = np.cumsum(weight[order])
-    chosen.append(order[: min(int(np.searchsorted(cum, need)) + 1, len(order))])
-    return np.concatenate(chosen)
+    return float(slope[order[int(np.searchsorted(cum, need))]])
 
 
 def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.ndarray) -> Plan:

@@ -123,7 +123,8 @@ def quantize_keys_ref(
     # repeat the last token so that a partial group's min/max is its own
     x_pad = torch.cat((x, x[:, :, -1:].expand(1, heads, pad, dim)), dim=2) if pad else x
     grouped = x_pad.view(1, heads, groups, group, dim)
-    scale16, mn16 = _scale_min(*torch.aminmax(grouped, dim=3), bits)  # [1, H, Tg, D]
+    # amin + amax: torch.aminmax is ~40x slower on CPU (torch 2.13) for these reductions
+    scale16, mn16 = _scale_min(grouped.amin(dim=3), grouped.amax(dim=3), bits)  # [1, H, Tg, D]
     codes = _codes(grouped, scale16.unsqueeze(3), mn16.unsqueeze(3), bits)  # [1, H, Tg, G, D]
     codes = codes.view(1, heads, groups * group, dim)[:, :, :tokens]
     return _pack(codes, bits).contiguous(), scale16, mn16
@@ -161,7 +162,7 @@ def quantize_values_ref(
         raise ValueError(f"values need head_dim % group == 0; got {dim} % {group}")
     x = v.float()
     grouped = x.view(1, heads, tokens, dim // group, group)
-    scale16, mn16 = _scale_min(*torch.aminmax(grouped, dim=4), bits)  # [1, H, T, D/G]
+    scale16, mn16 = _scale_min(grouped.amin(dim=4), grouped.amax(dim=4), bits)  # [1, H, T, D/G]
     codes = _codes(grouped, scale16.unsqueeze(-1), mn16.unsqueeze(-1), bits)
     return _pack(codes.view(1, heads, tokens, dim), bits), scale16, mn16
 
@@ -207,7 +208,10 @@ def dequantize_values(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, d
 
 def gather_tokens_ref(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [1, H, T, D], idx [1, H, K] int64 -> [1, H, K, D] (the kept tokens of each head)."""
-    return x.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, x.shape[3]))
+    _, heads, tokens, dim = x.shape
+    # one row index_select over [H*T, D]: ~10x faster on CPU than gather with an expanded index
+    rows = (idx[0] + torch.arange(heads, device=idx.device)[:, None] * tokens).reshape(-1)
+    return x.reshape(heads * tokens, dim).index_select(0, rows).view(1, heads, idx.shape[2], dim)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

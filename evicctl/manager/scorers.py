@@ -45,8 +45,11 @@ def knorm(kv: KV, layer: int) -> torch.Tensor:
 def keydiff(kv: KV, layer: int) -> torch.Tensor:
     """[1, H, K]: minus the cosine of each key to the mean unit key of its head."""
     keys = kv.keys[layer].float()  # [1, H, K, D]
-    anchor = F.normalize(keys, p=2, dim=-1).mean(dim=2, keepdim=True)  # [1, H, 1, D]
-    return -F.cosine_similarity(keys, anchor, dim=-1)
+    # F.normalize / F.cosine_similarity spelled out: same values, ~10x faster on CPU
+    unit = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    anchor = unit.mean(dim=2, keepdim=True)  # [1, H, 1, D]
+    anchor = anchor / anchor.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return -(unit @ anchor.transpose(-1, -2)).squeeze(-1)
 
 
 def _window_queries(kv: KV, layer: int) -> torch.Tensor:
@@ -73,17 +76,19 @@ def snapkv(kv: KV, layer: int) -> torch.Tensor:
     heads, kept, dim = keys.shape
     q_heads, window = wq.shape[0], wq.shape[1]
     group = q_heads // heads
+    # query head h*group + r reads kv head h (HF repeat_kv order): fold the group into the
+    # query axis instead of repeating the keys
+    queries = wq.reshape(heads, group * window, dim)  # [H, G*W, D]
     key_pos = kv.positions[layer].to(keys.device)  # [H, K]
-    query_pos = torch.arange(kv.tokens - window, kv.tokens, device=keys.device)  # [W]
-    # query head j reads kv head j // group (HF repeat_kv order)
-    logits = wq @ keys.repeat_interleave(group, dim=0).transpose(1, 2) / math.sqrt(dim)  # [Hq, W, K]
-    future = key_pos.repeat_interleave(group, dim=0)[:, None, :] > query_pos[None, :, None]
-    attn = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+    query_pos = torch.arange(kv.tokens - window, kv.tokens, device=keys.device).repeat(group)  # [G*W]
+    logits = queries @ keys.transpose(1, 2) / math.sqrt(dim)  # [H, G*W, K]
+    future = key_pos[:, None, :] > query_pos[None, :, None]
+    attn = logits.masked_fill_(future, float("-inf")).softmax(dim=-1)
     in_window = key_pos >= kv.tokens - window  # [H, K]
     # zeroing the window's own keys before pooling equals kvpress's pooling of the
     # non-window part with zero padding (avg_pool1d counts the padding)
-    attn = attn.mean(dim=1).masked_fill(in_window.repeat_interleave(group, dim=0), 0.0)  # [Hq, K]
-    pooled = F.avg_pool1d(attn[:, None, :], SNAPKV_POOL, stride=1, padding=SNAPKV_POOL // 2)[:, 0]
+    attn = attn.view(heads, group, window, kept).mean(dim=2).masked_fill_(in_window[:, None], 0.0)  # [H, G, K]
+    pooled = F.avg_pool1d(attn.view(heads * group, 1, kept), SNAPKV_POOL, stride=1, padding=SNAPKV_POOL // 2)
     scores = pooled.view(heads, group, kept).mean(dim=1)  # [H, K]
     outside = scores.masked_fill(in_window, float("-inf"))
     top = outside.max().item() if bool((~in_window).any()) else 0.0

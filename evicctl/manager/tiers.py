@@ -327,7 +327,8 @@ class DiskTier(Tier):
         finally:
             os.close(fd)
 
-    def _write_atomic(self, final: Path, data: bytes) -> None:
+    def _write_temp(self, final: Path, data: bytes) -> Path:
+        """`data` in a durable temp file beside `final` (removed again if anything fails)."""
         tmp = self.path / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -335,11 +336,10 @@ class DiskTier(Tier):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._fsync_dir()
+        return tmp
 
     # ------------------------------------------------------------ interface
 
@@ -348,22 +348,35 @@ class DiskTier(Tier):
         data = serialize(context_id, stored)
         checksum = sha256_hex(data)
         final = self.file_for(context_id)
-        self._write_atomic(final, data)
-        seconds = time.perf_counter() - start
+        tmp = self._write_temp(final, data)
+        # rename and index switch together, so a concurrent get opens the file that
+        # matches the checksum it reads (old or new, never a mix)
         with self._lock:
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             self._entries[context_id] = _Entry(stored.nbytes, str(final), checksum)
+        self._fsync_dir()  # the rename itself is durable before put returns
+        seconds = time.perf_counter() - start
         self.observe("write", stored.nbytes, seconds)
         return PutResult(str(final), checksum, seconds)
 
-    def _read_verified(self, path: Path, checksum: str | None) -> torch.Tensor:
-        """The whole file as uint8 [N], checksum verified."""
+    @staticmethod
+    def _open(path: Path):
         try:
-            with path.open("rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                buf = torch.empty(size, dtype=torch.uint8)
-                got = f.readinto(memoryview(buf.numpy()))
+            return path.open("rb", buffering=0)
         except FileNotFoundError as exc:
             raise CorruptDataError(f"stored KV file {path} is missing") from exc
+
+    @staticmethod
+    def _read_verified(f, path: Path, checksum: str | None) -> torch.Tensor:
+        """The whole open file as uint8 [N], checksum verified."""
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            buf = torch.empty(size, dtype=torch.uint8)
+            got = f.readinto(memoryview(buf.numpy())) if size else 0
         if got != size:
             raise CorruptDataError(f"stored KV file {path} changed size while being read")
         if checksum is not None and sha256_hex(memoryview(buf.numpy())) != checksum:
@@ -371,9 +384,12 @@ class DiskTier(Tier):
         return buf
 
     def get(self, context_id: str) -> tuple[Stored, float]:
-        entry = self._entry(context_id)
         start = time.perf_counter()
-        stored = stored_from_buffer(self._read_verified(Path(entry.location), entry.checksum))
+        with self._lock:  # entry and open file belong together (see put)
+            entry = self._entry(context_id)
+            path = Path(entry.location)
+            f = self._open(path)
+        stored = stored_from_buffer(self._read_verified(f, path, entry.checksum))
         seconds = time.perf_counter() - start
         self.observe("read", stored.nbytes, seconds)
         return stored, seconds
@@ -381,8 +397,8 @@ class DiskTier(Tier):
     def delete(self, context_id: str) -> None:
         with self._lock:
             entry = self._entries.pop(context_id, None)
-        if entry is not None:
-            Path(entry.location).unlink(missing_ok=True)
+            if entry is not None:
+                Path(entry.location).unlink(missing_ok=True)
 
     def adopt(self, context_id: str, location: str, checksum: str | None, *, verify: bool = True) -> int:
         """Re-attach a file written before a restart; returns its Stored.nbytes.
@@ -392,21 +408,19 @@ class DiskTier(Tier):
         path = Path(location).expanduser().resolve()
         if path.parent != self.path:
             raise CorruptDataError(f"{location} is not in the disk tier's directory {self.path}")
-        if verify:
-            data = memoryview(self._read_verified(path, checksum).numpy())
-            (header_len,) = struct.unpack_from("<Q", data, 0)
-            header = bytes(data[8 : 8 + header_len])
-        else:
-            try:
-                with path.open("rb") as f:
+        f = self._open(path)
+        try:
+            if verify:
+                data = memoryview(self._read_verified(f, path, checksum).numpy())
+                (header_len,) = struct.unpack_from("<Q", data, 0)
+                header = bytes(data[8 : 8 + header_len])
+            else:
+                with f:
                     (header_len,) = struct.unpack("<Q", f.read(8))
                     header = f.read(header_len)
-            except (FileNotFoundError, struct.error) as exc:
-                raise CorruptDataError(f"stored KV file {path} is missing or truncated") from exc
-        try:
             nbytes = _payload_nbytes(header)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptDataError(f"stored KV file {path} has an unreadable header") from exc
+        except (struct.error, ValueError, KeyError, TypeError) as exc:
+            raise CorruptDataError(f"stored KV file {path} is truncated or has an unreadable header") from exc
         with self._lock:
             self._entries[context_id] = _Entry(nbytes, str(path), checksum)
         return nbytes

@@ -90,6 +90,10 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
             stored_bytes[codec_at[s.codec], i] = s.stored_bytes  # the real copy, not a prediction
 
     read_bps = np.array([max(float(t.read_bps), 1.0) for t in tiers])
+    # Tiers come fastest first; a probe that measured a faster tier slower than one below it
+    # (a cold page, a busy CPU) must not send contexts down: each tier is priced at least as
+    # fast as every tier after it.
+    read_bps = np.maximum.accumulate(read_bps[::-1])[::-1]
     decode_s = np.stack([cost_model.decode_s(o.family, stored_bytes[c]) for c, o in enumerate(codec_objs)])
     prefill_s = np.asarray(cost_model.prefill_s(np.full_like(kept, query_tokens), kept))
     ttft = stored_bytes[None] / read_bps[:, None, None] + (decode_s + prefill_s)[None]

@@ -32,7 +32,7 @@ APP_KEYS: tuple[Key, ...] = (
     Key("e", "e", "evict", "evict", "evict to a lower tier or drop (asks to confirm)", mutating=True),
     Key("r", "r", "recompress", "recompress", "recompress with another codec: codec picker (asks to confirm)",
         mutating=True),
-    Key("slash", "/", "filter", "filter", "filter: words match id, label, tenant; tier:gpu tenant:acme"),
+    Key("slash", "/", "filter", "filter", "filter: words in id/label/tenant; tier:gpu tenant:acme codec:int8 pinned"),
     Key("escape", "Esc", "clear", "clear", "clear the marks, then the filter", footer=False),
     Key("s", "s", "sort_next", "sort", "sort by the next column"),
     Key("S", "S", "sort_previous", "sort back", "sort by the previous column", footer=False),
@@ -40,7 +40,7 @@ APP_KEYS: tuple[Key, ...] = (
     Key("a", "a", "mark_all", "mark all", "mark every row on screen", footer=False),
     Key("z", "z", "pause", "pause", "pause / resume updates", scope="app"),
     Key("t", "t", "theme", "theme", "toggle light / dark theme", footer=False, scope="app"),
-    Key("question_mark", "?", "help", "help", "this help", scope="app"),
+    Key("question_mark", "?", "help", "help", "every key (this list)", scope="app"),
     Key("ctrl+p", "Ctrl+P", "command_palette", "palette", "command palette", footer=False, scope="app"),
     Key("q", "q", "quit", "quit", "quit", scope="app"),
 )

@@ -251,6 +251,11 @@ class DetailScreen(Screen[None]):
 
     def _show_options(self, detail: Any) -> None:
         table = self.query_one("#options", DataTable)
+        source = getattr(detail, "cost_model", None)
+        priced = {"manager": "TTFT: the manager's fitted cost model",
+                  "default": "TTFT: default cost coefficients (none fitted yet)"}.get(
+                      source, "TTFT: no cost model stored")
+        table.border_subtitle = f"utility = freq × ({detail.alpha:g} × quality − TTFT) · {priced}"
         cursor = table.cursor_row
         table.clear()
         profiles = profile_notes(detail.profiles)
@@ -311,5 +316,5 @@ def summary_text(detail: Any, now: float) -> Text:
     text.append(" · ")
     text.append(f"freq {row.freq:.3f}/s · hits {row.hits} · misses {row.misses}"
                 f" · last access {fmt.fmt_ago(row.last_access_at, now)}")
-    text.append(f" · α {detail.alpha:g} (U = freq × (α × quality − TTFT))", style="dim")
+    text.append(f" · α {detail.alpha:g}", style="dim")
     return text

@@ -157,6 +157,20 @@ def test_decode_to_device(kv: KV) -> None:
     assert out.device.type == "cpu"
 
 
+def test_a_codec_decodes_a_form_another_codec_wrote(kv: KV) -> None:
+    stored = get_codec("knorm@0.5+int4").encode(kv)
+    out = get_codec("none").decode(stored)
+    assert out.kept_tokens == 50 and torch.equal(out.keys[1], decode(stored).keys[1])
+
+
+def test_gather_tokens_picks_rows_per_head() -> None:
+    x = torch.arange(2 * 10 * 4, dtype=torch.float32).view(1, 2, 10, 4)
+    idx = torch.tensor([[[0, 3, 9], [1, 2, 8]]])
+    out = quant.gather_tokens(x, idx)
+    assert out.shape == (1, 2, 3, 4)
+    assert torch.equal(out[0, 0], x[0, 0, [0, 3, 9]]) and torch.equal(out[0, 1], x[0, 1, [1, 2, 8]])
+
+
 # ---------------------------------------------------------------- names
 
 

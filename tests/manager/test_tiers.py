@@ -174,6 +174,32 @@ def test_concurrent_use_is_safe(tmp_path: Path) -> None:
     assert not errors and sorted(tier.context_ids()) == ["c0", "c1", "c2", "c3"]
 
 
+def test_get_during_replacing_puts_serves_old_or_new_never_corrupt(tier) -> None:
+    old, new = make_stored("int8", seed=1), make_stored("int4", seed=2)
+    tier.put("x", old)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(12):
+                tier.put("x", new if i % 2 == 0 else old)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    while not stop.is_set() or reads == 0:
+        got, _ = tier.get("x")
+        assert same(got, old) or same(got, new)
+        reads += 1
+    thread.join()
+    assert not errors and reads > 0
+
+
 # ---------------------------------------------------------------- disk
 
 

@@ -1,0 +1,78 @@
+"""TTFT against quality for every policy: the figure the paper's argument rests on.
+
+Each `fixed` codec family is a curve over its ratios, our policy a curve over alpha,
+the other policies single points. matplotlib with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from evicctl.errors import UsageError
+
+_POINT_STYLE = {
+    "prefill": ("s", "black"),
+    "lru": ("D", "tab:gray"),
+    "lru-plain": ("d", "silver"),
+    "placement-only": ("^", "tab:green"),
+    "exact": ("*", "tab:purple"),
+}
+
+
+def _family_of_fixed(codec: str) -> str:
+    """keydiff@0.5 -> keydiff; int8 / int4 are one family 'int' (a curve over bits)."""
+    head = codec.split("@")[0].split("+")[0]
+    return "int8/int4" if head.startswith("int") else head
+
+
+def plot_runs(summaries: list[dict], path: Path | str, *, title: str = "") -> Path:
+    """Write the figure to `path` (PNG); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG; got {path.name!r} (use a .png name)")
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    curves: dict[str, list[dict]] = defaultdict(list)
+    for s in summaries:
+        if s["family"] == "fixed":
+            curves[f"fixed {_family_of_fixed(s['codec'])}"].append(s)
+        elif s["family"] == "evicpress":
+            curves["evicpress (alpha sweep)"].append(s)
+    for label, points in sorted(curves.items()):
+        points.sort(key=lambda s: s["quality_mean"])
+        ours = label.startswith("evicpress")
+        ax.plot(
+            [s["quality_mean"] for s in points],
+            [s["ttft_mean_s"] for s in points],
+            marker="o" if ours else ".",
+            linewidth=2.5 if ours else 1.2,
+            color="tab:red" if ours else None,
+            label=label,
+            zorder=3 if ours else 2,
+        )
+        for s in points:
+            tag = f"a={s['alpha']:g}" if ours else s["codec"].split("@")[-1]
+            ax.annotate(tag, (s["quality_mean"], s["ttft_mean_s"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for s in summaries:
+        style = _POINT_STYLE.get(s["family"]) or _POINT_STYLE.get(s["policy"])
+        if s["family"] in ("fixed", "evicpress") or style is None:
+            continue
+        if s["policy"] == "lru-plain":
+            style = _POINT_STYLE["lru-plain"]
+        ax.scatter([s["quality_mean"]], [s["ttft_mean_s"]], marker=style[0], color=style[1], s=60, label=s["policy"], zorder=4)
+    ax.set_xlabel("mean quality (fidelity to the full-KV answer)")
+    ax.set_ylabel("mean TTFT (s)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "TTFT vs quality per policy (lower right is better)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

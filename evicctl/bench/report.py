@@ -1,0 +1,105 @@
+"""Rendering a bench run: a rich table per run, the paper comparison, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _s(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def runs_table(doc: dict) -> Table:
+    tiers = list(doc["catalog"]["tiers"])
+    title = f"{doc['scenario']['name']}: {doc['catalog']['contexts']:,} contexts, {doc['trace']['requests']:,} requests ({doc['trace']['description']})"
+    table = Table(title=title)
+    for col in ("policy", "TTFT mean", "p50", "p99", "quality", *(f"hit {t}" for t in tiers), "miss", "moved", "loaded"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    lru = next((s for s in doc["runs"] if s["policy"] == "lru"), None)
+    for s in doc["runs"]:
+        name = s["policy"]
+        if lru is not None and s["ttft_mean_s"] > 0 and s["policy"] != "lru":
+            name += f" [dim]({lru['ttft_mean_s'] / s['ttft_mean_s']:.2f}x lru)[/]"
+        table.add_row(
+            name,
+            _s(s["ttft_mean_s"]),
+            _s(s["ttft_p50_s"]),
+            _s(s["ttft_p99_s"]),
+            f"{s['quality_mean']:.3f}",
+            *(f"{s['hit_rate'][t]:.1%}" for t in tiers),
+            f"{s['miss_rate'] + s['recompute_rate']:.1%}",
+            _bytes(s["bytes_moved"]),
+            _bytes(s["bytes_loaded"]),
+        )
+    return table
+
+
+def comparison_table(cmp: dict) -> Table:
+    table = Table(title="evicpress against the baselines (TTFT ratio, higher is better for us)")
+    for col in ("against", "at", "ours", "theirs", "ratio", "paper"):
+        table.add_column(col)
+    paper = cmp["paper"]
+    for f in cmp.get("vs_fixed", []):
+        table.add_row(
+            f["policy"], f"quality {f['quality']:.3f}", _s(f["ours_ttft_s"]), _s(f["ttft_s"]),
+            _ratio(f["ratio"]) if f["ratio"] is not None else "no match",
+            "{:.2f}-{:.2f}x".format(*paper["vs_fixed"]),
+        )
+    for base in ("lru", "prefill", "lru-plain"):
+        c = cmp.get(f"vs_{base}")
+        if c:
+            table.add_row(
+                base, f"<3% loss ({c['ours']}, q {c['ours_quality']:.3f})", _s(c["ours_ttft_s"]), _s(c["base_ttft_s"]),
+                _ratio(c["ratio"]), "{:.2f}-{:.2f}x".format(*paper[f"vs_{base}"]) if f"vs_{base}" in paper else "",
+            )
+    if cmp.get("placement_vs_lru") is not None:
+        table.add_row("lru", "placement-only (no compression)", "", "", _ratio(cmp["placement_vs_lru"]), "")
+    g = cmp.get("greedy_vs_exact")
+    if g and g.get("utility_gap_mean") is not None:
+        table.add_row(
+            "exact (MILP)", f"{g['problems']} re-plans", _s(g["greedy_ttft_s"]), _s(g["exact_ttft_s"]),
+            f"gap {g['utility_gap_mean']:.2%} mean, {g['utility_gap_max']:.2%} max", "not reported",
+        )
+    return table
+
+
+def print_report(doc: dict, console: Console) -> None:
+    console.print(runs_table(doc))
+    if doc.get("comparisons"):
+        console.print(comparison_table(doc["comparisons"]))
+    for note in doc.get("notes", []):
+        console.print(f"[dim]note: {note}[/]")
+
+
+def to_json(doc: dict) -> str:
+    return json.dumps(doc, indent=2, default=_default)
+
+
+def _default(x):
+    import numpy as np
+
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
