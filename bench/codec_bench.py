@@ -4,7 +4,8 @@ SmolLM2-135M-shaped KV (30 layers, 3 KV heads, head_dim 64, 9 query heads), fp32
 16-query snapkv window; 1k and 4k tokens. Throughput is in GB/s of *uncompressed* KV (the
 context's raw keys + values) per second, so codecs compare with each other and with the
 baseline, a ``clone()`` of every key and value tensor, measured in the same run. Each
-number is the median of --repeats runs after one warm-up.
+number is the best (minimum time) of --repeats runs after one warm-up: this 2-core machine
+is shared, and the minimum is the least disturbed by other processes.
 
     .venv/bin/python bench/codec_bench.py [--tokens 1024 4096] [--repeats 5] [--codecs ...]
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
@@ -35,20 +35,20 @@ def smollm2_kv(tokens: int, seed: int = 0) -> KV:
     return KV.full(keys, values, torch.randn(LAYERS, Q_HEADS, WINDOW, HEAD_DIM, generator=gen))
 
 
-def median_s(fn, repeats: int) -> float:
+def best_s(fn, repeats: int) -> float:
     fn()  # warm-up: allocator, lazy imports
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench(tokens: int, codecs: list[str], repeats: int) -> tuple[Table, dict]:
     kv = smollm2_kv(tokens)
     raw = kv.nbytes
-    copy_s = median_s(lambda: [t.clone() for t in (*kv.keys, *kv.values)], repeats)
+    copy_s = best_s(lambda: [t.clone() for t in (*kv.keys, *kv.values)], repeats)
     copy_gbps = raw / copy_s / 1e9
     table = Table(title=f"codecs on CPU, SmolLM2 KV, {tokens} tokens, fp32 ({raw / 1e6:.1f} MB raw); "
                   f"baseline copy {copy_gbps:.2f} GB/s")  # fmt: skip
@@ -58,8 +58,8 @@ def bench(tokens: int, codecs: list[str], repeats: int) -> tuple[Table, dict]:
     for name in codecs:
         codec = get_codec(name)
         stored = codec.encode(kv)
-        enc_s = median_s(lambda c=codec: c.encode(kv), repeats)
-        dec_s = median_s(lambda c=codec, s=stored: c.decode(s), repeats)
+        enc_s = best_s(lambda c=codec: c.encode(kv), repeats)
+        dec_s = best_s(lambda c=codec, s=stored: c.decode(s), repeats)
         enc_gbps, dec_gbps = raw / enc_s / 1e9, raw / dec_s / 1e9
         results["codecs"][name] = {"stored_bytes": stored.nbytes, "encode_s": enc_s, "decode_s": dec_s}
         table.add_row(

@@ -1,7 +1,7 @@
 """DiskTier read throughput vs ``dd`` of the same file, cold and warm page cache.
 
 For each SmolLM2-135M-shaped context (fp32, 30 layers, 3 KV heads, head_dim 64) in a few
-codecs, the file the DiskTier wrote is read three ways, each --repeats times (median):
+codecs, the file the DiskTier wrote is read three ways, each --repeats times (best time):
 
 - ``dd if=FILE of=/dev/null bs=4M`` (the baseline: the device / page cache alone);
 - a plain Python ``readinto`` of the file (what any loader pays at least);
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
-def median_s(fn, path: Path, cold: bool, repeats: int) -> float:
+def best_s(fn, path: Path, cold: bool, repeats: int) -> float:
     fn()  # warm-up (and, for warm runs, fills the cache)
     times = []
     for _ in range(repeats):
@@ -55,7 +54,7 @@ def median_s(fn, path: Path, cold: bool, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def dd(path: Path) -> None:
@@ -82,7 +81,7 @@ def main() -> None:
         start = time.perf_counter()
         hashlib.sha256(data).hexdigest()
         sha_gbps = len(data) / (time.perf_counter() - start) / 1e9
-        table = Table(title=f"DiskTier.get vs dd (GB/s of file bytes, median of {args.repeats}); "
+        table = Table(title=f"DiskTier.get vs dd (GB/s of file bytes, best of {args.repeats}); "
                       f"sha256 alone {sha_gbps:.2f} GB/s; dir {tmp}")  # fmt: skip
         for col in ("context", "file MB", "cache", "dd", "readinto", "DiskTier.get", "get / dd"):
             table.add_column(col, justify="left" if col in ("context", "cache") else "right")
@@ -93,9 +92,9 @@ def main() -> None:
                 path = Path(tier.put(ctx, get_codec(name).encode(kv)).location)
                 size = path.stat().st_size
                 for cold in (True, False):
-                    dd_s = median_s(lambda p=path: dd(p), path, cold, args.repeats)
-                    read_s = median_s(lambda p=path: readinto(p), path, cold, args.repeats)
-                    get_s = median_s(lambda c=ctx: tier.get(c), path, cold, args.repeats)
+                    dd_s = best_s(lambda p=path: dd(p), path, cold, args.repeats)
+                    read_s = best_s(lambda p=path: readinto(p), path, cold, args.repeats)
+                    get_s = best_s(lambda c=ctx: tier.get(c), path, cold, args.repeats)
                     table.add_row(
                         f"{tokens} tok {name}", f"{size / 1e6:.1f}", "cold" if cold else "warm",
                         f"{size / dd_s / 1e9:.2f}", f"{size / read_s / 1e9:.2f}",

@@ -29,8 +29,8 @@ from evicctl.manager.placer import NEW, PlacementProblem, place
 SMALL_CODECS = ("none", "int8", "int4", "snapkv@0.5", "knorm@0.5", "snapkv@0.25+int8")
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """(median wall s, median CPU s, last result) after one warm-up."""
+def timed(fn, repeats: int) -> tuple[float, float, float, object]:
+    """(median wall s, median CPU s, min CPU s, last result) after one warm-up."""
     result = fn()
     walls, cpus = [], []
     for _ in range(repeats):
@@ -38,7 +38,7 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
         result = fn()
         walls.append(time.perf_counter() - w)
         cpus.append(time.process_time() - c)
-    return statistics.median(walls), statistics.median(cpus), result
+    return statistics.median(walls), statistics.median(cpus), min(cpus), result
 
 
 def steady_state(problem: PlacementProblem, rng: np.random.Generator) -> PlacementProblem:
@@ -54,21 +54,21 @@ def steady_state(problem: PlacementProblem, rng: np.random.Generator) -> Placeme
 
 def time_table(args, rng) -> Table:
     table = Table(title=f"placer time, {args.contexts:,} contexts x {len(DEFAULT_CODECS)} codecs x 3 tiers")
-    for col in ("case", "wall ms (median)", "CPU ms", "moves", "feasible"):
+    for col in ("case", "wall ms (median)", "CPU ms (median)", "CPU ms (min)", "moves", "feasible"):
         table.add_column(col, justify="right" if col != "case" else "left")
     cold = random_problem(rng, args.contexts, capacity_fractions=(0.05, 0.3, 0.4))
     for name, problem in (("cold start (all new)", cold), ("steady re-plan (1% new)", steady_state(cold, rng))):
-        wall, cpu, plan = timed(lambda p=problem: place(p), args.repeats)
-        table.add_row(name, f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", f"{len(plan):,}", str(plan.feasible))
-    wall, cpu, plan = timed(lambda: place(cold).moves, 1)
-    table.add_row("cold start + Move objects", f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", f"{len(plan):,}", "")
+        wall, cpu, cpu_min, plan = timed(lambda p=problem: place(p), args.repeats)
+        table.add_row(name, f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", f"{cpu_min * 1e3:.1f}", f"{len(plan):,}", str(plan.feasible))
+    wall, cpu, cpu_min, plan = timed(lambda: place(cold).moves, 1)
+    table.add_row("cold start + Move objects", f"{wall * 1e3:.1f}", f"{cpu * 1e3:.1f}", f"{cpu_min * 1e3:.1f}", f"{len(plan):,}", "")
     return table, cold
 
 
 def baseline_table(args, rng) -> Table:
     problem = random_problem(rng, args.naive_contexts, capacity_fractions=(0.05, 0.3, 0.4))
-    fast_wall, fast_cpu, fast = timed(lambda: place(problem), args.repeats)
-    slow_wall, slow_cpu, slow = timed(lambda: naive_place(problem), 1)
+    fast_wall, fast_cpu, _, fast = timed(lambda: place(problem), args.repeats)
+    slow_wall, slow_cpu, _, slow = timed(lambda: naive_place(problem), 1)
     table = Table(title=f"vectorised vs one-move-at-a-time greedy, {args.naive_contexts:,} contexts (same run)")
     for col in ("solver", "wall ms", "CPU ms", "total utility"):
         table.add_column(col, justify="right" if col != "solver" else "left")
@@ -100,7 +100,8 @@ def gap_table(args, rng, big: PlacementProblem) -> Table:
     table.add_row("median gap", f"{np.median(gaps_pct):.2f} %")
     table.add_row("p95 gap", f"{np.percentile(gaps_pct, 95):.2f} %")
     table.add_row("max gap", f"{gaps_pct.max():.2f} %")
-    table.add_row("instances solved optimally by the greedy", f"{(gaps_pct < 1e-6).mean() * 100:.0f} %")
+    # HiGHS stops at a relative MIP gap of 1e-4: closer than that counts as optimal
+    table.add_row("greedy within 0.01 % of the optimum", f"{(gaps_pct < 1e-2).mean() * 100:.0f} %")
     table.add_row("greedy time (median)", f"{statistics.median(greedy_s) * 1e3:.2f} ms")
     table.add_row("MILP time (median)", f"{statistics.median(exact_s) * 1e3:.1f} ms")
     if args.bound:

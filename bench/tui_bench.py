@@ -143,7 +143,8 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="use this database instead of a fixture")
     parser.add_argument("--no-ui", action="store_true", help="skip the UI-thread part")
     args = parser.parse_args()
-    console = Console()
+    # piped: wide enough that the scenario names stay on one line
+    console = Console() if sys.stdout.isatty() else Console(width=110)
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db
         if db is None:

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from evicctl import cli_mutate, cli_read
-from evicctl.cli_common import DbOpt, EvicctlGroup, OutputOpt, db_path, lazy_attr, open_reader, validate_sort
+from evicctl.cli_common import (
+    DbOpt,
+    EvicctlGroup,
+    OutputOpt,
+    db_path,
+    lazy_attr,
+    open_reader,
+    validate_sort,
+)
 from evicctl.cli_output import OutputFormat, console, stdout_is_terminal
 from evicctl.errors import UsageError
 
@@ -120,12 +128,22 @@ def bench(
     seed: Annotated[int | None, typer.Option(help="Workload seed.")] = None,
     live: Annotated[bool, typer.Option("--live", help="Serve with the real engine and model instead of replaying costs.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write TTFT vs quality per policy to this PNG.", dir_okay=False)] = None,
+    sweep: Annotated[str | None, typer.Option(help="Robustness sweep: zipf, disk, capacity, drift or noise.")] = None,
+    capacity: Annotated[float | None, typer.Option(min=0.0, help="All tiers together, as a fraction of the workload's raw KV.")] = None,
+    drift: Annotated[float | None, typer.Option(min=0.0, help="Popularity drift over the run.")] = None,
+    profile_noise: Annotated[float | None, typer.Option(min=0.0, help="Noise added to the quality profiles the placer sees.")] = None,
+    disk_bps: Annotated[float | None, typer.Option(min=0.0, help="Disk read bandwidth override (bytes/s).")] = None,
+    alpha: Annotated[float | None, typer.Option(min=0.0, help="Seconds of TTFT one unit of quality is worth.")] = None,
+    warmup: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Fraction of requests not counted (warm-up).")] = None,
+    profiles: Annotated[Path | None, typer.Option(help="Quality profiles file (JSON) to replay with.", dir_okay=False)] = None,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Replay a workload under several policies and compare TTFT and quality."""
     run_bench = lazy_attr("evicctl.bench", "run_bench", "evicctl bench")
     options = _given(scenario=scenario, policies=tuple(policy) if policy else None, trace=trace, contexts=contexts,
-                     requests=requests, qps=qps, zipf=zipf, seed=seed, plot=plot)
+                     requests=requests, qps=qps, zipf=zipf, seed=seed, plot=plot, sweep=sweep, capacity=capacity,
+                     drift=drift, profile_noise=profile_noise, disk_bps=disk_bps, alpha=alpha, warmup=warmup,
+                     profiles=profiles)
     run_bench(live=live, output=output.value, **options)
 
 

@@ -14,7 +14,14 @@ from typer._click import exceptions as click_exc  # typer vendors click; its err
 from typer.core import TyperGroup
 
 from evicctl.cli_output import OutputFormat
-from evicctl.errors import EXIT_ERROR, EXIT_USAGE, EvicctlError, StoreError, UnknownNameError, UsageError
+from evicctl.errors import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    EvicctlError,
+    StoreError,
+    UnknownNameError,
+    UsageError,
+)
 
 DbOpt = Annotated[
     Path | None,

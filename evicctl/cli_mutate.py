@@ -13,7 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
-from evicctl.cli_common import DbOpt, NoWaitOpt, OutputOpt, TimeoutOpt, db_path, open_reader, validate_codec, validate_tier
+from evicctl.cli_common import (
+    DbOpt,
+    NoWaitOpt,
+    OutputOpt,
+    TimeoutOpt,
+    db_path,
+    open_reader,
+    validate_codec,
+    validate_tier,
+)
 from evicctl.cli_output import OutputFormat, print_json
 from evicctl.errors import EvicctlError, NoSuchContextError, UsageError
 

@@ -8,11 +8,11 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TextIO
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     jsonl = "jsonl"
@@ -113,7 +113,7 @@ def print_records(records: Iterable[dict], fields: Sequence[str], fmt: OutputFor
             out.write(json.dumps({f: r.get(f) for f in fields}, default=str) + "\n")
             n += 1
     else:
-        n = print_json_lines((json.dumps({f: r.get(f) for f in fields}, default=str) for r in records))
+        n = print_json_lines(json.dumps({f: r.get(f) for f in fields}, default=str) for r in records)
     return n
 
 
@@ -131,6 +131,24 @@ def print_json_lines(objects: Iterable[str], *, array: bool = True) -> int:
         out.write(("\n" if n == 0 else ",\n") + obj)
         n += 1
     out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def print_json_chunks(chunks: Iterable[list[str]], *, array: bool = True) -> int:
+    """Pre-rendered JSON objects, a chunk at a time: one write per chunk, not per object."""
+    out = sys.stdout
+    n = 0
+    sep = ",\n" if array else "\n"
+    if array:
+        out.write("[")
+    for chunk in chunks:
+        if not chunk:
+            continue
+        lead = "\n" if n == 0 else sep
+        out.write(lead + sep.join(chunk) if array else sep.join(chunk) + "\n")
+        n += len(chunk)
+    if array:
+        out.write("\n]\n" if n else "]\n")
     return n
 
 

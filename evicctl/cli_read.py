@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -19,6 +20,7 @@ from evicctl.cli_output import (
     fmt_ratio,
     print_csv_rows,
     print_json,
+    print_json_chunks,
     print_json_lines,
     print_records,
     print_table,
@@ -75,7 +77,12 @@ def ls(
     db: DbOpt = None,
 ) -> None:
     """List contexts with their placement, quality and utility."""
-    from evicctl.snapshot import CONTEXT_FIELDS, iter_contexts, read_contexts
+    from evicctl.snapshot import (
+        CONTEXT_FIELDS,
+        iter_contexts,
+        iter_contexts_json_chunks,
+        read_contexts,
+    )
 
     with open_reader(db) as store:
         if tier is not None:
@@ -90,8 +97,8 @@ def ls(
         elif output is OutputFormat.csv:
             print_csv_rows(iter_contexts(store, **query, limit=limit), CONTEXT_FIELDS)
         else:
-            lines = iter_contexts(store, **query, limit=limit, as_json=True)
-            print_json_lines(lines, array=output is OutputFormat.json)
+            chunks = iter_contexts_json_chunks(store, **query, limit=limit)
+            print_json_chunks(chunks, array=output is OutputFormat.json)
 
 
 def _context_dict(row) -> dict:
@@ -240,10 +247,8 @@ def gpu_records() -> list[dict]:
     except Exception:
         pass
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
     return out
 
 

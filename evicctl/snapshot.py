@@ -133,9 +133,9 @@ SORT_CHOICES = ("utility", "size", "hits", "age", "quality")  # the CLI contract
 # Quality of the placed codec: the placer's metric (a primary-key lookup in the join),
 # else the newest other metric; `none` is the reference, so exact.
 _QUALITY_SQL = (
-    "COALESCE(q.quality, (SELECT q2.quality FROM profiles q2 WHERE q2.context_id = c.id"
-    " AND q2.codec = p.codec ORDER BY q2.measured_at DESC LIMIT 1),"
-    " CASE WHEN p.codec = 'none' AND p.tier != 'dropped' THEN 1.0 END)"
+    "CASE WHEN p.codec = 'none' THEN (CASE WHEN p.tier != 'dropped' THEN 1.0 END)"
+    " ELSE COALESCE(q.quality, (SELECT q2.quality FROM profiles q2 WHERE q2.context_id = c.id"
+    " AND q2.codec = p.codec ORDER BY q2.measured_at DESC LIMIT 1)) END"
 )
 # (name, SQL) in ContextRow's field order: one definition for tuples, CSV and SQL-side JSON.
 _CONTEXT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -384,6 +384,20 @@ def iter_contexts(
                 yield from (r[: len(CONTEXT_FIELDS)] for r in rows)
 
 
+def iter_contexts_json_chunks(store: Store, *, chunk: int = 5000, **query):
+    """Like iter_contexts(as_json=True), a list of JSON object strings per chunk (fewer writes)."""
+    filt = ContextFilter.parse(tier=query.pop("tier", None), tenant=query.pop("tenant", None),
+                               search=query.pop("search", None))
+    tail, params = _context_query(filt, query.pop("sort", "utility"), query.pop("descending", True),
+                                  query.pop("limit", None), query.pop("offset", 0))
+    if query:
+        raise TypeError(f"unexpected arguments: {', '.join(query)}")
+    with store.read():
+        cur = store.conn.execute(_CONTEXT_SELECT_JSON + tail, params)
+        while rows := cur.fetchmany(chunk):
+            yield [r[0] for r in rows]
+
+
 def _rows_to_events(rows) -> tuple[EventRow, ...]:
     return tuple(EventRow(*r) for r in rows)
 
@@ -451,6 +465,7 @@ __all__ = [
     "ContextRow",
     "count_contexts",
     "iter_contexts",
+    "iter_contexts_json_chunks",
     "EventRow",
     "ManagerInfo",
     "OptionRow",

@@ -197,7 +197,8 @@ def _stored_bytes(codec: str, tokens: int, raw_bytes: int, shape: dict, placemen
         return int(placement.stored_bytes)
     c = _codec(codec)
     if c is not None and all(k in shape for k in ("layers", "kv_heads", "head_dim", "dtype_bytes")):
-        return int(c.stored_bytes(tokens, shape["layers"], shape["kv_heads"], shape["head_dim"], shape["dtype_bytes"]))
+        return int(c.stored_bytes(tokens, shape["layers"], shape["kv_heads"], shape["head_dim"], shape["dtype_bytes"],
+                                  window_numel=int(shape.get("window_numel", 0))))
     # Estimate from the raw size: kept fraction x bits per value (+ fp16 scale and min per
     # group of 32, i.e. 1 byte per 8 values) against 16-bit values.
     keep, bits = _keep_and_bits(codec)

@@ -38,7 +38,9 @@ MIGRATIONS: tuple[tuple[int, str, str | None], ...] = (
         # The CLI lists the events a command caused; retention deletes old samples by time.
         # Partial: policy events (the bulk) carry no command and cost the index nothing.
         "CREATE INDEX IF NOT EXISTS events_command ON events (command_id) WHERE command_id IS NOT NULL;\n"
-        "CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);\n",
+        "CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);\n"
+        # Covering: `ls` reads the placed codec's quality for every context from the index alone.
+        "CREATE INDEX IF NOT EXISTS profiles_quality ON profiles (context_id, codec, metric, quality);\n",
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -9,7 +9,6 @@ tensor's address), which works for separate allocations and for views of one sta
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import torch
 
@@ -17,44 +16,87 @@ _TABLES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _TABLES_MAX = 256
 
 
-def layer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(base tensor, int64 [L] element offsets on `device`, aligned) for tensors of one dtype.
+class Layers:
+    """L same-shaped tensors: a stacked [L, ...] tensor, or a list of separate ones.
+
+    Indexing and len() work as on a list; the stacked form never builds the L views."""
+
+    __slots__ = ("stacked", "items", "first", "count")
+
+    def __init__(self, stacked: torch.Tensor | None = None, items: list[torch.Tensor] | None = None) -> None:
+        self.stacked, self.items = stacked, items
+        self.first = stacked[0] if stacked is not None else items[0]
+        self.count = stacked.shape[0] if stacked is not None else len(items)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == 0:
+            return self.first
+        return self.stacked[i] if self.stacked is not None else self.items[i]
+
+
+def layer_table(layers, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(base tensor, int64 [L] element offsets on `device`, aligned) for `layers` (a Layers,
+    a stacked [L, ...] tensor or a list of tensors of one dtype).
 
     aligned: the base is 16-byte aligned and every offset is a multiple of 16 elements, so a
     kernel may promise the compiler aligned rows (16-byte vector accesses). The offsets table
     is cached by value, so a steady state with the same allocations makes no host-to-device
     copy.
     """
-    base = tensors[0]
-    size = base.element_size()
+    if isinstance(layers, torch.Tensor):
+        layers = Layers(stacked=layers)
+    elif not isinstance(layers, Layers):
+        layers = Layers(items=list(layers))
+    base = layers.first
     base_ptr = base.data_ptr()
-    deltas = [t.data_ptr() - base_ptr for t in tensors]
-    if any(d % size for d in deltas) or any(t.dtype != base.dtype for t in tensors):
-        raise ValueError("layer tensors must share a dtype and element alignment")
-    offsets = tuple(d // size for d in deltas)
-    key = (device, offsets)
+    if layers.stacked is not None:
+        step = layers.stacked.stride(0)
+        key = (device, "stacked", layers.count, step)
+        offsets = None
+    else:
+        size = base.element_size()
+        deltas = [t.data_ptr() - base_ptr for t in layers.items]
+        if any(d % size for d in deltas) or any(t.dtype != base.dtype for t in layers.items):
+            raise ValueError("layer tensors must share a dtype and element alignment")
+        offsets = tuple(d // size for d in deltas)
+        key = (device, offsets)
     table = _TABLES.get(key)
     if table is None:
+        if offsets is None:
+            offsets = tuple(range(0, layers.count * step, step)) if step else (0,) * layers.count
         table = torch.tensor(offsets, dtype=torch.int64).to(device)
         _TABLES[key] = table
         if len(_TABLES) > _TABLES_MAX:
             _TABLES.popitem(last=False)
-    aligned = base_ptr % 16 == 0 and all(o % 16 == 0 for o in offsets)
+    if offsets is None:
+        aligned = base_ptr % 16 == 0 and (layers.count == 1 or step % 16 == 0)
+    else:
+        aligned = base_ptr % 16 == 0 and all(o % 16 == 0 for o in offsets)
     return base, table, aligned
 
 
-def as_layers(x: torch.Tensor | Sequence[torch.Tensor], rank: int, what: str) -> list[torch.Tensor]:
-    """A stacked [L, *shape] tensor or a sequence of L tensors -> list of L tensors of `rank` dims."""
-    layers = list(x.unbind(0)) if isinstance(x, torch.Tensor) else list(x)
-    if not layers:
+def as_layers(x, rank: int, what: str) -> Layers:
+    """A stacked [L, *shape] tensor, a sequence of L tensors of `rank` dims, or a Layers -> Layers."""
+    if isinstance(x, Layers):
+        return x
+    if isinstance(x, torch.Tensor):
+        if x.dim() != rank + 1 or x.shape[0] == 0:
+            raise ValueError(f"{what}: expected a stacked [L, ...] tensor of {rank + 1} dims; got {tuple(x.shape)}")
+        return Layers(stacked=x)
+    items = list(x)
+    if not items:
         raise ValueError(f"{what}: no layers")
-    first = layers[0]
-    for t in layers:
-        if t.dim() != rank or t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
-            raise ValueError(f"{what}: every layer must be a {rank}-d tensor of one shape, dtype and device")
-        if t.stride() != first.stride():
-            raise ValueError(f"{what}: every layer must have the same strides")
-    return layers
+    first = items[0]
+    sig = (first.dim(), first.shape, first.dtype, first.device, first.stride())
+    if sig[0] != rank:
+        raise ValueError(f"{what}: every layer must be a {rank}-d tensor; got {tuple(first.shape)}")
+    for t in items[1:]:
+        if (t.dim(), t.shape, t.dtype, t.device, t.stride()) != sig:
+            raise ValueError(f"{what}: every layer must have one shape, dtype, device and strides")
+    return Layers(items=items)
 
 
 def kernel_device(*tensors: torch.Tensor, device: torch.device | str | None = None) -> torch.device:

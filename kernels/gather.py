@@ -39,7 +39,7 @@ def _gather_kernel(
     k = pid * BK + tl.arange(0, BK)
     km = k < K
     row_out = bh.to(tl.int64) * K + k
-    rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + row_out, mask=km, other=0)
+    rows = tl.load(i_ptr + layer_offset(i_offs, layer, False) + row_out, mask=km, other=0)
     d = tl.arange(0, D)
     x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=km[:, None])
@@ -68,12 +68,12 @@ def _gather_launch(layers: list[torch.Tensor], idx_layers: list[torch.Tensor], w
     if K == 0:
         return y
     xb, xo, ax = layer_table(layers, device)
-    ib, io, ai = layer_table(idx_layers, device)
-    yb, yo, ay = layer_table(list(y.unbind(0)), device)
+    ib, io, _ = layer_table(idx_layers, device)
+    yb, yo, ay = layer_table(y, device)
     BK = TUNING["block_k"]
     _gather_kernel[(triton.cdiv(K, BK), B * H, L)](
         xb, xo, ib, io, yb, yo, H, K, x.stride(0), x.stride(1), x.stride(2),
-        D=D, BK=BK, ALIGNED=ax and ai and ay, num_warps=TUNING["warps"],
+        D=D, BK=BK, ALIGNED=ax and ay, num_warps=TUNING["warps"],
     )
     return y
 

@@ -6,8 +6,8 @@ Same signatures and outputs as the torch reference in evicctl.manager.quant:
 - values [B, H, T, D]: per token, groups of G channels (D % G == 0); scale, mn [B, H, T, D/G].
 - mn, mx in fp32; scale = (mx - mn) / (2**bits - 1); both cast to fp16, a fp16 scale of 0
   replaced by 1;
-  codes = clamp(round_half_even((x - mn16) / scale16), 0, 2**bits - 1) in fp32 with an
-  IEEE division; uint8 [B, H, T, D] for int8, int4 packed two per byte along D
+  codes = clamp(round_half_even((x - mn16) / scale16), 0, 2**bits - 1) in fp32 with the
+  IEEE quotient (computed from the group's reciprocal and one fma correction); uint8 [B, H, T, D] for int8, int4 packed two per byte along D
   ([B, H, T, D/2], low nibble = even channel).
 - dequantize: codes * scale16 + mn16 in fp32 (a multiply then an add, no FMA, as torch eager
   rounds), cast to the requested dtype.
@@ -29,13 +29,16 @@ import triton.language as tl
 
 from . import _layers
 from ._jit import layer_offset
-from ._layers import as_layers, kernel_device, layer_table
+from ._layers import Layers, as_layers, kernel_device, layer_table
 
 # Launch shapes (the benchmark sweeps these; defaults chosen from its H200 run).
 TUNING: dict[str, int] = {
-    "keys_warps": 4,
-    "values_block_t": 32,
-    "values_warps": 4,
+    "keys_quant_warps": 1,
+    "keys_dequant_warps": 4,
+    "values_quant_block_t": 32,
+    "values_quant_warps": 1,
+    "values_dequant_block_t": 32,
+    "values_dequant_warps": 4,
 }
 
 _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
@@ -43,26 +46,39 @@ _FLOAT_OUT = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _round_half_even(y):
-    # torch.round rounds half to even; floor-based so that it is exact for |y| < 2**22
-    f = tl.floor(y)
-    d = y - f
-    odd = f - 2.0 * tl.floor(f * 0.5)
-    up = (d > 0.5) | ((d == 0.5) & (odd == 1.0))
-    return tl.where(up, f + 1.0, f)
+    # torch.round rounds half to even; adding and removing 1.5 * 2**23 leaves the fp32 adder's
+    # round-to-nearest-even to do it (exact for |y| < 2**22; two adds, works in the interpreter)
+    return (y + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _div_const(a, C: tl.constexpr):
+    """fl(a / C) for a constant C, by the reciprocal and one fma correction (see _codes)."""
+    recip: tl.constexpr = 1.0 / C  # Python's double, rounded to fp32 by the multiply's operand
+    r = tl.full(a.shape, recip, tl.float32)
+    q0 = a * r
+    return tl.fma(tl.fma(-q0, tl.full(a.shape, C, tl.float32), a), r, q0)
 
 
 @triton.jit
 def _scale_min(mn, mx, QMAX: tl.constexpr):
-    """fp32 group min/max -> (scale16, mn16) upcast to fp32, as the reference rounds them."""
-    scale = tl.math.div_rn(mx - mn, tl.full(mn.shape, QMAX, tl.float32)).to(tl.float16).to(tl.float32)
+    """fp32 group min/max -> (scale16, 1/scale16, mn16) as fp32, as the reference rounds them."""
+    scale = _div_const(mx - mn, QMAX).to(tl.float16).to(tl.float32)
     # a fp16 scale of 0 (mx == mn, or a range under fp16's smallest subnormal) becomes 1
     scale = tl.where(scale == 0.0, 1.0, scale)
-    return scale, mn.to(tl.float16).to(tl.float32)
+    recip = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+    return scale, recip, mn.to(tl.float16).to(tl.float32)
 
 
 @triton.jit
-def _codes(x, scale, mn, QMAX: tl.constexpr):
-    q = _round_half_even(tl.math.div_rn(x - mn, scale))
+def _codes(x, scale, recip, mn, QMAX: tl.constexpr):
+    """clamp(round_half_even((x - mn) / scale)) with the IEEE quotient, without a division:
+    q0 = a * (1/s) is within an ulp, and one fma correction (Markstein) gives the correctly
+    rounded a / s (checked against IEEE division on 2e8 samples, ties included)."""
+    a = x - mn
+    q0 = a * recip
+    q = tl.fma(tl.fma(-q0, scale, a), recip, q0)
+    q = _round_half_even(q)
     return tl.minimum(tl.maximum(q, 0.0), QMAX).to(tl.int32)
 
 
@@ -81,30 +97,29 @@ def _quant_keys_kernel(
     QMAX: tl.constexpr = 2**BITS - 1
     t = g * G + tl.arange(0, G)
     tm = t < T
+    # rows past the end of a partial last group re-read the last token (as the reference pads),
+    # so the group's min/max need no masking
+    tc = tl.minimum(t, T - 1)
     if HAS_IDX:  # token compaction: row t of the output is row idx[t] of the input
-        rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+        rows = tl.load(i_ptr + layer_offset(i_offs, layer, False) + bh.to(tl.int64) * T + tc)
     else:
-        rows = t.to(tl.int64)
+        rows = tc.to(tl.int64)
     x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
     d = tl.arange(0, D)
-    x = tl.load(x_base + rows[:, None] * sx_t + d[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
+    x = tl.load(x_base + rows[:, None] * sx_t + d[None, :]).to(tl.float32)
     row_out = bh.to(tl.int64) * T + t
     grp_out = (bh.to(tl.int64) * NG + g) * D
     if BITS == 8:
-        mn = tl.min(tl.where(tm[:, None], x, float("inf")), axis=0)
-        mx = tl.max(tl.where(tm[:, None], x, float("-inf")), axis=0)
-        s, m = _scale_min(mn, mx, QMAX)
-        q = _codes(x, s[None, :], m[None, :], QMAX)
+        s, r, m = _scale_min(tl.min(x, axis=0), tl.max(x, axis=0), QMAX)
+        q = _codes(x, s[None, :], r[None, :], m[None, :], QMAX)
         tl.store(c_ptr + layer_offset(c_offs, layer, ALIGNED) + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
     else:
         xe, xo = tl.split(tl.reshape(x, (G, D // 2, 2)))  # even, odd channels [G, D/2]
-        mne = tl.min(tl.where(tm[:, None], xe, float("inf")), axis=0)
-        mxe = tl.max(tl.where(tm[:, None], xe, float("-inf")), axis=0)
-        mno = tl.min(tl.where(tm[:, None], xo, float("inf")), axis=0)
-        mxo = tl.max(tl.where(tm[:, None], xo, float("-inf")), axis=0)
-        se, me = _scale_min(mne, mxe, QMAX)
-        so, mo = _scale_min(mno, mxo, QMAX)
-        packed = _codes(xe, se[None, :], me[None, :], QMAX) | (_codes(xo, so[None, :], mo[None, :], QMAX) << 4)
+        se, inv_e, me = _scale_min(tl.min(xe, axis=0), tl.max(xe, axis=0), QMAX)
+        so, inv_o, mo = _scale_min(tl.min(xo, axis=0), tl.max(xo, axis=0), QMAX)
+        packed = _codes(xe, se[None, :], inv_e[None, :], me[None, :], QMAX) | (
+            _codes(xo, so[None, :], inv_o[None, :], mo[None, :], QMAX) << 4
+        )
         dh = tl.arange(0, D // 2)
         c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * (D // 2) + dh[None, :], packed.to(tl.uint8), mask=tm[:, None])
@@ -166,7 +181,7 @@ def _quant_values_kernel(
     t = pid * BT + tl.arange(0, BT)
     tm = t < T
     if HAS_IDX:
-        rows = tl.load(i_ptr + layer_offset(i_offs, layer, ALIGNED) + bh.to(tl.int64) * T + t, mask=tm, other=0)
+        rows = tl.load(i_ptr + layer_offset(i_offs, layer, False) + bh.to(tl.int64) * T + t, mask=tm, other=0)
     else:
         rows = t.to(tl.int64)
     x_base = x_ptr + layer_offset(x_offs, layer, ALIGNED) + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
@@ -176,17 +191,17 @@ def _quant_values_kernel(
     j = tl.arange(0, NGD)
     if BITS == 8:
         xr = tl.reshape(x, (BT, NGD, G))
-        s, m = _scale_min(tl.min(xr, axis=2), tl.max(xr, axis=2), QMAX)  # [BT, NGD]
-        q = tl.reshape(_codes(xr, s[:, :, None], m[:, :, None], QMAX), (BT, D))
+        s, r, m = _scale_min(tl.min(xr, axis=2), tl.max(xr, axis=2), QMAX)  # [BT, NGD]
+        q = tl.reshape(_codes(xr, s[:, :, None], r[:, :, None], m[:, :, None], QMAX), (BT, D))
         c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
     else:
         xe, xo = tl.split(tl.reshape(x, (BT, NGD, G // 2, 2)))  # [BT, NGD, G/2] each
         mn = tl.minimum(tl.min(xe, axis=2), tl.min(xo, axis=2))
         mx = tl.maximum(tl.max(xe, axis=2), tl.max(xo, axis=2))
-        s, m = _scale_min(mn, mx, QMAX)
-        qe = _codes(xe, s[:, :, None], m[:, :, None], QMAX)
-        qo = _codes(xo, s[:, :, None], m[:, :, None], QMAX)
+        s, r, m = _scale_min(mn, mx, QMAX)
+        qe = _codes(xe, s[:, :, None], r[:, :, None], m[:, :, None], QMAX)
+        qo = _codes(xo, s[:, :, None], r[:, :, None], m[:, :, None], QMAX)
         packed = tl.reshape(qe | (qo << 4), (BT, D // 2))
         dh = tl.arange(0, D // 2)
         c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
@@ -286,16 +301,16 @@ def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
     if T == 0:
         return codes, scale, mn
     xb, xo, ax = layer_table(layers, device)
-    cb, co, ac = layer_table(list(codes.unbind(0)), device)
-    sb, so, as_ = layer_table(list(scale.unbind(0)), device)
-    mb, mo, am = layer_table(list(mn.unbind(0)), device)
-    ib, io, ai = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
-    aligned = ax and ac and as_ and am and ai
+    cb, co, ac = layer_table(codes, device)
+    sb, so, as_ = layer_table(scale, device)
+    mb, mo, am = layer_table(mn, device)
+    ib, io, _ = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
+    aligned = ax and ac and as_ and am  # (index rows are read without the hint)
     _quant_keys_kernel[(NG, B * H, L)](
         xb, xo, cb, co, sb, so, mb, mo, ib, io,
         H, T, NG, x.stride(0), x.stride(1), x.stride(2),
         BITS=bits, G=group, D=D, HAS_IDX=idx_layers is not None, ALIGNED=aligned,
-        num_warps=TUNING["keys_warps"],
+        num_warps=TUNING["keys_quant_warps"], enable_fp_fusion=False,
     )
     return codes, scale, mn
 
@@ -334,13 +349,11 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
-        out_layers = list(_layers.new_output((L, B, H, T, D), dtype, dev).unbind(0))
+        out_layers = Layers(stacked=_layers.new_output((L, B, H, T, D), dtype, dev))
     else:
-        for y in out_layers:
-            if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
-                raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
-        if any(y.stride() != out_layers[0].stride() for y in out_layers):
-            raise ValueError(f"{what}: every out layer must have the same strides")
+        y = out_layers[0]
+        if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
+            raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
     if T == 0:
         return out_layers
     cb, co, ac = layer_table(codes_l, dev)
@@ -353,7 +366,7 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
         cb, co, sb, so, mb, mo, yb, yo,
         H, T, NG, y.stride(0), y.stride(1), y.stride(2),
         BITS=bits, G=group, D=D, ALIGNED=aligned,
-        num_warps=TUNING["keys_warps"], enable_fp_fusion=False,
+        num_warps=TUNING["keys_dequant_warps"], enable_fp_fusion=False,
     )
     return out_layers
 
@@ -380,14 +393,15 @@ def dequantize_keys_layers(
 ):
     """Every layer in one launch: stacked [L, ...] tensors or sequences of L tensors.
 
-    Returns a list of L tensors [B, H, T, D] (views of one stacked tensor unless `out` is
-    given as a sequence of L tensors)."""
+    Returns one stacked [L, B, H, T, D] tensor (layer i is ``result[i]``), or `out` (a
+    stacked tensor or a sequence of L tensors, e.g. an engine's per-layer cache) filled."""
     what = "dequantize_keys_layers"
     cl, sl, ml = as_layers(codes, 4, what), as_layers(scale, 4, what), as_layers(mn, 4, what)
     if not len(cl) == len(sl) == len(ml):
         raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
     out_layers = None if out is None else as_layers(out, 4, what)
-    return _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+    res = _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+    return out if out is not None else res.stacked
 
 
 # ---------------------------------------------------------------- values
@@ -414,17 +428,17 @@ def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
     if T == 0:
         return codes, scale, mn
     xb, xo, ax = layer_table(layers, device)
-    cb, co, ac = layer_table(list(codes.unbind(0)), device)
-    sb, so, as_ = layer_table(list(scale.unbind(0)), device)
-    mb, mo, am = layer_table(list(mn.unbind(0)), device)
-    ib, io, ai = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
-    aligned = ax and ac and as_ and am and ai
-    BT = TUNING["values_block_t"]
+    cb, co, ac = layer_table(codes, device)
+    sb, so, as_ = layer_table(scale, device)
+    mb, mo, am = layer_table(mn, device)
+    ib, io, _ = layer_table(idx_layers, device) if idx_layers is not None else (xb, xo, True)
+    aligned = ax and ac and as_ and am  # (index rows are read without the hint)
+    BT = TUNING["values_quant_block_t"]
     _quant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
         xb, xo, cb, co, sb, so, mb, mo, ib, io,
         H, T, x.stride(0), x.stride(1), x.stride(2),
         BITS=bits, G=group, D=D, BT=BT, HAS_IDX=idx_layers is not None, ALIGNED=aligned,
-        num_warps=TUNING["values_warps"],
+        num_warps=TUNING["values_quant_warps"], enable_fp_fusion=False,
     )
     return codes, scale, mn
 
@@ -465,13 +479,11 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
-        out_layers = list(_layers.new_output((L, B, H, T, D), dtype, dev).unbind(0))
+        out_layers = Layers(stacked=_layers.new_output((L, B, H, T, D), dtype, dev))
     else:
-        for y in out_layers:
-            if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
-                raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
-        if any(y.stride() != out_layers[0].stride() for y in out_layers):
-            raise ValueError(f"{what}: every out layer must have the same strides")
+        y = out_layers[0]
+        if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
+            raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
     if T == 0:
         return out_layers
     cb, co, ac = layer_table(codes_l, dev)
@@ -480,12 +492,12 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
     yb, yo, ay = layer_table(out_layers, dev)
     aligned = ac and as_ and am and ay
     y = out_layers[0]
-    BT = TUNING["values_block_t"]
+    BT = TUNING["values_dequant_block_t"]
     _dequant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
         cb, co, sb, so, mb, mo, yb, yo,
         H, T, y.stride(0), y.stride(1), y.stride(2),
         BITS=bits, G=group, D=D, BT=BT, ALIGNED=aligned,
-        num_warps=TUNING["values_warps"], enable_fp_fusion=False,
+        num_warps=TUNING["values_dequant_warps"], enable_fp_fusion=False,
     )
     return out_layers
 
@@ -511,7 +523,8 @@ def dequantize_values_layers(
     if not len(cl) == len(sl) == len(ml):
         raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
     out_layers = None if out is None else as_layers(out, 4, what)
-    return _dequantize_values_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+    res = _dequantize_values_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+    return out if out is not None else res.stacked
 
 
 def __getattr__(name: str):

@@ -98,7 +98,7 @@ def test_cli_processes_while_a_writer_commits(busy_db):
         outputs = [p.communicate(timeout=120) for p in procs]
         rate = writer.rate_per_s
     assert not writer.errors
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err
     assert rate > 1000

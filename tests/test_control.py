@@ -91,9 +91,8 @@ def test_stale_heartbeat_names_pid_and_time(live_db):
         server = ControlServer(store, "9.9", {"heartbeat_timeout_s": 5.0})
         server.heartbeat()
         store.conn.execute("UPDATE manager SET heartbeat_at = heartbeat_at - 600")
-    with ControlClient(live_db) as client:
-        with pytest.raises(NoManagerError, match=r"last heartbeat .* by pid \d+"):
-            client.require_manager()
+    with ControlClient(live_db) as client, pytest.raises(NoManagerError, match=r"last heartbeat .* by pid \d+"):
+        client.require_manager()
 
 
 def test_stopped_manager_is_not_alive(live_db, manager_thread):

@@ -52,7 +52,8 @@ class Lru(Policy):
 
     def __init__(self, codec: str = "none", *, sane: bool = True, name: str | None = None) -> None:
         self.codec_name = get_codec(codec).name
-        self.sane = sane
+        self.sane = sane  # served: a hit slower than a recompute recomputes
+        self.skip_slow_tiers = sane  # placed: never on a tier that loads slower than a recompute
         self.name = name or ("lru" if sane else "lru-plain")
         if self.codec_name != "none":
             self.family, self.codec = "fixed", self.codec_name
@@ -62,7 +63,7 @@ class Lru(Policy):
         cat = sim.catalog
         self.c = cat.codec_index(self.codec_name)
         self.order = [OrderedDict() for _ in cat.tiers]  # per tier: context -> None, LRU first
-        if self.sane:  # tiers this context may live on: loading no slower than recomputing
+        if self.skip_slow_tiers:  # tiers this context may live on: loading no slower than recomputing
             self.ok = (cat.ttft_s[:, self.c, :] <= cat.miss_ttft_s[None, :]).T.tolist()  # [N][T]
         else:
             self.ok = [[True] * len(cat.tiers)] * cat.n_contexts

@@ -41,6 +41,7 @@ class Profiles:
     sd: np.ndarray  # [M, C] the estimate's posterior sd
     metric: str
     source: str
+    questions_per_context: int = 0  # as measured (the live mode re-draws the same contexts)
 
     @property
     def n_contexts(self) -> int:
@@ -74,6 +75,7 @@ def load_profiles(path: Path | str = DEFAULT_PROFILES) -> Profiles:
         context_ids=tuple(c["id"] for c in doc["contexts"]),
         tokens=[c["tokens"] for c in doc["contexts"]],
         metric=doc.get("metric", "?"),
+        questions_per_context=int(doc.get("questions_per_context", 0)),
         source=f"{path.name}: {doc.get('model', '?')}, {doc.get('metric', '?')}, "
         f"{len(doc['contexts'])} contexts x {doc.get('questions_per_context', '?')} questions",
     )
@@ -87,6 +89,7 @@ def profiles_from_scores(
     tokens: list[int],
     metric: str = "teacher-forced",
     source: str = "",
+    questions_per_context: int = 0,
 ) -> Profiles:
     """Split each context's per-question scores into profiling and test halves (see module)."""
     from evicctl.engine.shrinkage import Tally, codec_stats, estimate
@@ -113,6 +116,7 @@ def profiles_from_scores(
         sd=sd,
         metric=metric,
         source=source,
+        questions_per_context=questions_per_context,
     )
 
 

@@ -29,23 +29,24 @@ def _ratio(x: float | None) -> str:
 
 def runs_table(doc: dict) -> Table:
     tiers = list(doc["catalog"]["tiers"])
-    title = f"{doc['scenario']['name']}: {doc['catalog']['contexts']:,} contexts, {doc['trace']['requests']:,} requests ({doc['trace']['description']})"
+    trace = doc["trace"]
+    title = f"{doc['scenario']['name']}: {doc['catalog']['contexts']:,} contexts, {trace['requests']:,} requests ({trace['description']})"
     table = Table(title=title)
-    for col in ("policy", "TTFT mean", "p50", "p99", "quality", *(f"hit {t}" for t in tiers), "miss", "moved", "loaded"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+    columns = ("policy", "TTFT mean", "p50", "p99", "quality", *(f"hit {t}" for t in tiers), "miss", "vs lru", "moved", "loaded")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
     lru = next((s for s in doc["runs"] if s["policy"] == "lru"), None)
     for s in doc["runs"]:
-        name = s["policy"]
-        if lru is not None and s["ttft_mean_s"] > 0 and s["policy"] != "lru":
-            name += f" [dim]({lru['ttft_mean_s'] / s['ttft_mean_s']:.2f}x lru)[/]"
+        vs_lru = lru["ttft_mean_s"] / s["ttft_mean_s"] if lru is not None and s["ttft_mean_s"] > 0 else None
         table.add_row(
-            name,
+            s["policy"],
             _s(s["ttft_mean_s"]),
             _s(s["ttft_p50_s"]),
             _s(s["ttft_p99_s"]),
             f"{s['quality_mean']:.3f}",
             *(f"{s['hit_rate'][t]:.1%}" for t in tiers),
             f"{s['miss_rate'] + s['recompute_rate']:.1%}",
+            _ratio(vs_lru),
             _bytes(s["bytes_moved"]),
             _bytes(s["bytes_loaded"]),
         )
@@ -91,6 +92,40 @@ def print_report(doc: dict, console: Console) -> None:
 
 def to_json(doc: dict) -> str:
     return json.dumps(doc, indent=2, default=_default)
+
+
+def flat_rows(doc: dict) -> list[dict]:
+    """One flat row per run (hit_rate.cpu -> hit_rate_cpu), for line formats; a sweep's
+    runs carry their sweep value."""
+    out = []
+    points = doc.get("points") or [{"value": None, "runs": doc.get("runs", [])}]
+    for point in points:
+        for run in point["runs"]:
+            row = {} if point["value"] is None else {doc["sweep"]: point["value"]}
+            for k, v in run.items():
+                if isinstance(v, dict):
+                    row |= {f"{k}_{kk}": vv for kk, vv in v.items()}
+                else:
+                    row[k] = v
+            out.append(row)
+    return out
+
+
+def to_jsonl(doc: dict) -> str:
+    return "\n".join(json.dumps(row, default=_default) for row in flat_rows(doc))
+
+
+def to_csv(doc: dict) -> str:
+    import csv
+    import io
+
+    rows = flat_rows(doc)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().rstrip("\n")
 
 
 def _default(x):

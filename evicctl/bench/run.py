@@ -15,7 +15,7 @@ from evicctl.errors import UsageError
 # replay does not model queueing: TTFT is a request's own service time).
 DEFAULT_QPS = {"cpu-local": 0.5, "h200": 4.0}
 ALPHA_CURVE = (1 / 16, 1 / 4, 1, 4, 16)  # multiples of the scenario's alpha: our TTFT-quality curve
-OUTPUTS = ("table", "json")
+OUTPUTS = ("table", "json", "jsonl", "csv")
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,11 @@ def run_bench(**options) -> dict:
 
 
 def _emit(doc: dict, opts: BenchOptions, console) -> None:
-    from evicctl.bench.report import print_report, to_json
+    from evicctl.bench.report import print_report, to_csv, to_json, to_jsonl
 
-    if opts.output == "json":
-        print(to_json(doc), file=console.file)
+    if opts.output != "table":
+        render = {"json": to_json, "jsonl": to_jsonl, "csv": to_csv}[opts.output]
+        print(render(doc), file=console.file)
         return
     if opts.sweep:
         from evicctl.bench.robustness import print_sweep

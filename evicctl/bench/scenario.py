@@ -23,7 +23,7 @@ from pathlib import Path
 from evicctl.errors import UnknownNameError, UsageError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-SCENARIOS = ("cpu-local", "h200")
+SCENARIOS = ("cpu-local", "h200", "<costs>.json")
 DEFAULT_CAPACITY = 0.3  # all tiers together hold 30% of the workload's raw KV
 
 
@@ -127,7 +127,13 @@ def _replace(s: Scenario, **changes) -> Scenario:
 
 
 def load_scenario(name: str, *, data_dir: Path = DATA_DIR) -> Scenario:
-    """The named scenario from its data file (see the module docstring)."""
+    """The named scenario from its data file (see the module docstring), or a cost file of
+    the same format given by path (`--scenario my_costs.json`)."""
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"no scenario cost file at {path}")
+        return scenario_from_dict(json.loads(path.read_text()), name=path.stem, source_path=path)
     if name == "cpu-local":
         return _from_file(data_dir / "cpu_local_costs.json", name, "python -m evicctl.bench.calibrate")
     if name == "h200":

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PRIOR_DOF_PER_CONTEXT = 4  # a shipped prior was measured on ~8 questions per context
+
 
 @dataclass(frozen=True)
 class Tally:
@@ -88,12 +90,18 @@ class Estimate:
         return max(0.0, self.quality - z * self.sd)
 
 
-def codec_stats(tallies: Mapping[str, Tally], prior: CodecStats | None = None, prior_contexts: float = 4.0) -> CodecStats | None:
+def codec_stats(
+    tallies: Mapping[str, Tally],
+    prior: CodecStats | None = None,
+    prior_contexts: float | None = None,
+) -> CodecStats | None:
     """Method-of-moments hyperparameters from contexts' tallies, blended with a prior.
 
-    The prior counts as `prior_contexts` contexts of evidence for the mean and tau², and
-    as that many contexts' worth of degrees of freedom for sigma². None when there is
-    neither data nor prior."""
+    The prior counts as `prior_contexts` contexts of evidence (default: the contexts it was
+    measured on) for the mean and tau², and as PRIOR_DOF_PER_CONTEXT degrees of freedom per
+    context for sigma². None when there is neither data nor prior."""
+    if prior is not None and prior_contexts is None:
+        prior_contexts = float(prior.contexts)
     have = [t for t in tallies.values() if t.n > 0]
     if not have:
         return prior
@@ -101,14 +109,15 @@ def codec_stats(tallies: Mapping[str, Tally], prior: CodecStats | None = None, p
     k = len(have)
     dof = sum(t.m2_n - 1 for t in have if t.m2_n > 1)
     sigma2_data = sum(t.m2 for t in have if t.m2_n > 1) / dof if dof > 0 else None
-    sigma2 = _blend(sigma2_data, dof, prior.sigma2 if prior else None, prior_contexts * 4)
-    if sigma2 is None:
-        sigma2 = float(means.var()) if k > 1 else 0.0
+    sigma2 = _blend(sigma2_data, dof, prior.sigma2 if prior else None, (prior_contexts or 0) * PRIOR_DOF_PER_CONTEXT)
+    spread_known = sigma2 is not None
+    if sigma2 is None:  # no context has two measurements: tau² and sigma² are not separable
+        sigma2 = float(means.var(ddof=1)) if k > 1 else 0.0
     mean_noise = float(np.mean([sigma2 / t.n for t in have]))
-    tau2_data = max(0.0, float(means.var(ddof=1)) - mean_noise) if k > 1 else None
-    tau2 = _blend(tau2_data, k - 1, prior.tau2 if prior else None, prior_contexts) or 0.0
-    mean = _blend(float(means.mean()), k, prior.mean if prior else None, prior_contexts)
-    contexts = k + (int(prior_contexts) if prior else 0)
+    tau2_data = max(0.0, float(means.var(ddof=1)) - mean_noise) if k > 1 and spread_known else None
+    tau2 = _blend(tau2_data, k - 1, prior.tau2 if prior else None, prior_contexts or 0) or 0.0
+    mean = _blend(float(means.mean()), k, prior.mean if prior else None, prior_contexts or 0)
+    contexts = k + (int(prior_contexts or 0) if prior else 0)
     return CodecStats(float(mean), float(tau2), float(sigma2), contexts, (tau2 + mean_noise) / max(1, contexts))
 
 

@@ -81,6 +81,10 @@ class Codec:
     family: str = "none"  # none | drop | quant | drop+quant
     keep_fraction: float = 1.0  # nominal fraction of tokens kept
 
+    def kept(self, tokens: int) -> int:
+        """Tokens per head this codec keeps of a `tokens`-token context."""
+        return tokens
+
     def encode(self, kv: KV) -> Stored:
         raise NotImplementedError
 

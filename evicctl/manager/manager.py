@@ -207,6 +207,10 @@ class Manager:
             self._control.heartbeat(self.config_json())  # the latest cost model and KV shape
             self._control.stop()
             self._store.close()
+        for tier in self.tiers:
+            close = getattr(tier, "close", None)
+            if close is not None:
+                close()  # helper threads, connections; the data stays
 
     def __enter__(self) -> Manager:
         return self.start()

@@ -542,10 +542,14 @@ def _candidates(p, opts, rows, t, sizes, cur_codec, cur_bytes):
     freed[0], loss[0], target[0] = np.where(ok, cur_bytes, -1), cur_value - best_exit, exit_target
     here = _cols(opts.allowed[t], rows) + np.multiply(sizes >= cur_bytes, NOT_ALLOWED, dtype=np.float32)
     for k, members in enumerate(classes, start=1):
-        pick, best = _first_argmax(here[members])
-        ok = best > -1e29
-        freed[k] = np.where(ok, cur_bytes - sizes[members[0]], -1)
-        loss[k], target[k] = cur_value - best, members[pick] * n_tiers + t
+        if len(members) == 1:
+            best = here[members[0]]  # a view: no reduction to do
+            target[k] = members[0] * n_tiers + t
+        else:
+            pick, best = _first_argmax(here[members])
+            target[k] = members[pick] * n_tiers + t
+        np.subtract(cur_value, best, out=loss[k])
+        freed[k] = np.where(best > -1e29, cur_bytes - sizes[members[0]], -1)
     return freed, loss, target
 
 

@@ -19,8 +19,11 @@ Format (shared with the CUDA kernels in ``evicctl.kernels.quant``, same signatur
 Error bound per element: scale16 / 2, plus the fp16 rounding of mn and of scale * (2**bits-1)
 for elements clamped at the ends of their group's range.
 
-The public functions dispatch to ``evicctl.kernels.quant`` when given CUDA tensors and that
-module imports; on CPU they never try (no triton import on a CPU-only machine).
+The public functions dispatch to the ``evicctl.kernels`` function of the same name when
+given CUDA tensors and the kernels can run (triton and CUDA present); ``dequantize_layers``
+uses the kernels' all-layers form (one launch for every layer, reading pinned host memory
+in place). On CPU they never try, so nothing imports triton on a CPU-only machine. The
+``*_ref`` functions are the torch reference the kernels are tested against.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from evicctl.manager.codecs import Stored, from_safetensors_dict, to_safetensors
 EWMA_WEIGHT = 0.2  # weight of a new observation in the bandwidth average
 MIN_OBSERVED_BYTES = 256 << 10  # smaller transfers are dominated by fixed costs
 PROBE_BYTES = 4 << 20
+READ_CHUNK_BYTES = 8 << 20  # disk reads are hashed chunk by chunk, overlapping the next read
 TIER_BACKENDS = ("gpu", "cpu", "disk", "redis")
 # before any measurement (replaced by probe()): order-of-magnitude values for this kind of machine
 DEFAULT_BPS = {"cpu": (8e9, 4e9), "disk": (1e9, 3e8), "redis": (5e8, 3e8)}  # (read, write)
@@ -149,6 +150,9 @@ class Tier:
     def delete(self, context_id: str) -> None:
         """Remove a context; no-op if absent."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the tier holds open (threads, connections); its data stays."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.used_bytes}/{self.capacity_bytes} B>"
@@ -294,6 +298,7 @@ class DiskTier(Tier):
         super().__init__(name=name, rank=rank, capacity_bytes=capacity_bytes)
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._hash_pool = None  # one helper thread, started on the first get
         self._remove_stale_temps()
 
     # ------------------------------------------------------------ files
@@ -370,18 +375,47 @@ class DiskTier(Tier):
         except FileNotFoundError as exc:
             raise CorruptDataError(f"stored KV file {path} is missing") from exc
 
-    @staticmethod
-    def _read_verified(f, path: Path, checksum: str | None) -> torch.Tensor:
-        """The whole open file as uint8 [N], checksum verified."""
+    def _read_verified(self, f, path: Path, checksum: str | None) -> torch.Tensor:
+        """The whole open file as uint8 [N], checksum verified.
+
+        Read in chunks while a helper thread hashes the previous chunk (both release the
+        GIL), so a get costs about max(read, sha256) rather than their sum."""
+        digest = hashlib.sha256()
+        pending = None
         with f:
             size = os.fstat(f.fileno()).st_size
             buf = torch.empty(size, dtype=torch.uint8)
-            got = f.readinto(memoryview(buf.numpy())) if size else 0
+            view = memoryview(buf.numpy())
+            got = 0
+            while got < size:
+                n = f.readinto(view[got : got + READ_CHUNK_BYTES])
+                if not n:
+                    break
+                if pending is not None:
+                    pending.result()
+                pending = self._hasher().submit(digest.update, view[got : got + n])
+                got += n
+            if pending is not None:
+                pending.result()
         if got != size:
             raise CorruptDataError(f"stored KV file {path} changed size while being read")
-        if checksum is not None and sha256_hex(memoryview(buf.numpy())) != checksum:
+        if checksum is not None and digest.hexdigest() != checksum:
             raise CorruptDataError(f"stored KV file {path} fails its sha256 checksum")
         return buf
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._hash_pool = self._hash_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _hasher(self):
+        with self._lock:
+            if self._hash_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evicctl-sha256")
+            return self._hash_pool
 
     def get(self, context_id: str) -> tuple[Stored, float]:
         start = time.perf_counter()
@@ -459,6 +493,9 @@ class RedisTier(Tier):
             client = redis.Redis.from_url(url)
         self.url, self.prefix, self.client = url, prefix, client
 
+    def close(self) -> None:
+        self.client.close()
+
     def key_for(self, context_id: str) -> str:
         return self.prefix + context_id
 
@@ -467,10 +504,10 @@ class RedisTier(Tier):
         data = serialize(context_id, stored)
         checksum = sha256_hex(data)
         key = self.key_for(context_id)
-        self.client.hset(key, mapping={"data": data, "sha256": checksum})
-        seconds = time.perf_counter() - start
-        with self._lock:
+        with self._lock:  # the write and the index switch together (see get)
+            self.client.hset(key, mapping={"data": data, "sha256": checksum})
             self._entries[context_id] = _Entry(stored.nbytes, key, checksum)
+        seconds = time.perf_counter() - start
         self.observe("write", stored.nbytes, seconds)
         return PutResult(key, checksum, seconds)
 
@@ -484,9 +521,12 @@ class RedisTier(Tier):
             if entry is None:
                 raise KeyError(context_id)
             raise CorruptDataError(f"stored KV {key} is gone from {self.url}")
-        # our own checksum when we wrote (or adopted) it; else the writer's, from the hash
-        expected = entry.checksum if entry and entry.checksum else (remote_sum or b"").decode()
-        if sha256_hex(data) != expected:
+        with self._lock:
+            after = self._entries.get(context_id)
+        # our own checksum when we wrote (or adopted) it, before or after the fetch (a put of
+        # ours may have replaced it meanwhile); else the writer's, from the hash
+        expected = {e.checksum for e in (entry, after) if e is not None and e.checksum}
+        if sha256_hex(data) not in (expected or {(remote_sum or b"").decode()}):
             raise CorruptDataError(f"stored KV {key} fails its sha256 checksum")
         stored = deserialize(data)
         seconds = time.perf_counter() - start

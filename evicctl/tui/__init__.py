@@ -1,1 +1,1 @@
-
+"""`evicctl top`: the operator dashboard. Nothing here is imported by `import evicctl`."""

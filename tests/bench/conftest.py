@@ -82,6 +82,14 @@ def scenario():
 
 
 @pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    """The small scenario as a cost file (`--scenario path.json`)."""
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    return path
+
+
+@pytest.fixture
 def slow_disk_scenario():
     """A disk slower than recomputing: a sane policy must never load from it."""
     d = json.loads(json.dumps(SMALL))

@@ -14,7 +14,7 @@ from evicctl.bench.trace import zipf_trace
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.placer import DROPPED
 
-N, R = 120, 3000
+N, R = 120, 1500
 
 
 @pytest.fixture
@@ -87,16 +87,8 @@ def test_placement_only_keeps_every_copy_whole(catalog, trace):
 def test_no_policy_overfills_a_tier_and_the_books_balance(catalog, trace):
     for spec in ("lru", "lru-plain", "fixed:int8", "evicpress", "placement-only", "evicpress@0.1"):
         policy = make_policy(spec, alpha=2.0)
-        seen = {}
-
-        class Watch(type(policy)):
-            def setup(self, sim):
-                super().setup(sim)
-                seen["sim"] = sim
-
-        policy.__class__ = Watch
         replay(policy, catalog, trace)
-        sim: Simulator = seen["sim"]
+        sim: Simulator = policy.sim  # the state it left
         stored = sim.tier >= 0
         for t in range(len(catalog.tiers)):
             on_t = stored & (sim.tier == t)
@@ -112,8 +104,9 @@ def test_sane_policies_recompute_instead_of_slow_loads(slow_disk_scenario, profi
     miss = catalog.miss_ttft(trace.context, trace.query_tokens)
     for spec in ("lru", "fixed:int8", "evicpress"):
         r = run(spec, catalog, trace)
-        assert not (r.served_tier == disk).any(), spec  # never served from the slow disk
         assert (r.ttft_s <= miss + 1e-12).all(), spec
+        if spec != "evicpress":  # a whole or int8 copy loads from this disk slower than a prefill
+            assert not (r.served_tier == disk).any(), spec
     plain = run("lru-plain", catalog, trace)
     slow = plain.served_tier == disk
     assert slow.any() and (plain.ttft_s[slow] > miss[slow]).all()  # the strawman does load slowly
@@ -124,7 +117,7 @@ def test_recompute_marks_hits_slower_than_a_prefill(slow_disk_scenario, profiles
     catalog = build_catalog(slow_disk_scenario, profiles, N, seed=1)
     trace = zipf_trace(N, R, qps=1.0, zipf=0.8, seed=3, query_tokens=slow_disk_scenario.query_tokens)
     policy = Lru(sane=False)
-    policy.sane = True  # same placements as lru-plain, served sanely
+    policy.sane = True  # lru-plain's placements, served sanely
     r = replay(policy, catalog, trace)
     assert (r.served_tier == RECOMPUTE).any()
 

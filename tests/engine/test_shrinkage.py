@@ -53,7 +53,7 @@ def test_prior_dominates_with_one_context_and_fades():
     one = codec_stats({"a": Tally.of([0.9, 0.95])}, prior)
     assert 0.5 < one.mean < 0.7
     rng = np.random.default_rng(2)
-    lots = codec_stats({f"c{i}": Tally.of(rng.normal(0.9, 0.1, 4)) for i in range(200)}, prior)
+    lots = codec_stats({f"c{i}": Tally.of(rng.normal(0.9, 0.1, 4)) for i in range(400)}, prior)
     assert lots.mean == pytest.approx(0.9, abs=0.02)
 
 

@@ -20,6 +20,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 
 def assert_same(got, want, what: str = "") -> None:
     """Bit-exact on CUDA; within one bf16 step under the interpreter (it truncates to bf16)."""
+    got, want = got.cpu(), want.cpu()
     assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape, got.dtype, want.dtype)
     assert not torch.isnan(got).any(), f"{what}: NaN (unwritten output?)"
     if INTERPRET and got.dtype == torch.bfloat16:

@@ -1,4 +1,9 @@
-"""Triton quantize/dequantize kernels against the torch reference (evicctl.manager.quant)."""
+"""Triton quantize/dequantize kernels against the torch reference (evicctl.manager.quant).
+
+The reference runs on the CPU: there ``(mx - mn) / (2**bits - 1)`` is an IEEE division, as
+the format says, while PyTorch on CUDA multiplies by the reciprocal of a Python-scalar
+divisor, which moves a scale by one fp16 step in rare groups. The kernels divide exactly,
+so a context quantizes to the same bytes on either device."""
 
 from __future__ import annotations
 
@@ -24,13 +29,13 @@ def test_keys_match_reference(gen, bits, dtype, shape):
     heads, tokens, dim, group = shape
     k = kv_like((1, heads, tokens, dim), dtype, gen)
     got = kq.quantize_keys(k, bits, group)
-    want = ref.quantize_keys_ref(k, bits, group)
+    want = ref.quantize_keys_ref(k.cpu(), bits, group)
     for g, w, what in zip(got, want, ("codes", "scale", "mn"), strict=True):
         assert_same(g, w, what)
     # dequantize from the reference's codes into every output dtype
     for out_dtype in DTYPES:
         assert_same(
-            kq.dequantize_keys(*want, bits, group, out_dtype),
+            kq.dequantize_keys(*(w.to(DEVICE) for w in want), bits, group, out_dtype),
             ref.dequantize_keys_ref(*want, bits, group, out_dtype),
             f"dequantized {out_dtype}",
         )
@@ -43,12 +48,12 @@ def test_values_match_reference(gen, bits, dtype, shape):
     heads, tokens, dim, group = shape
     v = kv_like((1, heads, tokens, dim), dtype, gen, outliers=False)
     got = kq.quantize_values(v, bits, group)
-    want = ref.quantize_values_ref(v, bits, group)
+    want = ref.quantize_values_ref(v.cpu(), bits, group)
     for g, w, what in zip(got, want, ("codes", "scale", "mn"), strict=True):
         assert_same(g, w, what)
     for out_dtype in DTYPES:
         assert_same(
-            kq.dequantize_values(*want, bits, group, out_dtype),
+            kq.dequantize_values(*(w.to(DEVICE) for w in want), bits, group, out_dtype),
             ref.dequantize_values_ref(*want, bits, group, out_dtype),
             f"dequantized {out_dtype}",
         )
@@ -83,9 +88,9 @@ def test_layers_forms_equal_the_per_layer_calls(gen, bits):
         codes, scale, mn = kq.quantize_keys_layers(layers, bits, 32)
         vcodes, vscale, vmn = kq.quantize_values_layers(layers, bits, 32)
         for i, x in enumerate(separate):
-            for g, w in zip((codes[i], scale[i], mn[i]), ref.quantize_keys_ref(x, bits, 32), strict=True):
+            for g, w in zip((codes[i], scale[i], mn[i]), ref.quantize_keys_ref(x.cpu(), bits, 32), strict=True):
                 assert_same(g, w, f"keys layer {i}")
-            for g, w in zip((vcodes[i], vscale[i], vmn[i]), ref.quantize_values_ref(x, bits, 32), strict=True):
+            for g, w in zip((vcodes[i], vscale[i], vmn[i]), ref.quantize_values_ref(x.cpu(), bits, 32), strict=True):
                 assert_same(g, w, f"values layer {i}")
         keys = kq.dequantize_keys_layers(list(codes), list(scale), list(mn), bits, 32, torch.bfloat16)
         values = kq.dequantize_values_layers(vcodes, vscale, vmn, bits, 32, torch.bfloat16)
@@ -111,7 +116,7 @@ def test_dequantize_writes_only_its_slice_of_a_cache(gen, side):
 
 def test_quantize_into_poisoned_out(gen):
     k = kv_like((1, 2, 40, 64), torch.bfloat16, gen)
-    want = ref.quantize_keys_ref(k, 8, 32)
+    want = [w.to(DEVICE) for w in ref.quantize_keys_ref(k.cpu(), 8, 32)]
     for poison in (0x00, 0xFF):
         out = (
             torch.full(want[0].shape, poison, dtype=torch.uint8, device=DEVICE),
@@ -166,11 +171,17 @@ def test_bad_arguments_raise(gen):
         kq.dequantize_keys(codes, scale, mn, 8, 32, torch.bfloat16, out=torch.empty(1, 2, 41, 64, device=DEVICE))
 
 
-def test_reference_dispatches_to_the_kernels_on_cuda(gen):
-    """evicctl.manager.quant's public functions use these kernels for CUDA tensors."""
+def test_reference_entry_points_use_the_kernels_on_cuda(gen):
+    """evicctl.manager.quant's public functions give the kernels' bytes for CUDA tensors."""
     if not CUDA:
         pytest.skip("the reference dispatches only for CUDA tensors")
     k = kv_like((1, 2, 40, 64), torch.bfloat16, gen)
-    assert ref._cuda_kernels(k) is kq
-    for g, w in zip(ref.quantize_keys(k, 4), ref.quantize_keys_ref(k, 4), strict=True):
+    for g, w in zip(ref.quantize_keys(k, 4), kq.quantize_keys(k, 4), strict=True):
+        assert g.is_cuda
         assert_same(g, w)
+    parts = [kq.quantize_values(kv_like((1, 2, 40, 64), torch.bfloat16, gen), 8) for _ in range(3)]
+    host = [[p.cpu().pin_memory() for p in layer] for layer in parts]
+    got = ref.dequantize_layers("values", *([h[i] for h in host] for i in range(3)), 8, 32, torch.bfloat16, "cuda")
+    for layer, g in zip(parts, got, strict=True):
+        assert g.is_cuda
+        assert_same(g, ref.dequantize_values_ref(*(p.cpu() for p in layer), 8, 32, torch.bfloat16))

@@ -1,4 +1,4 @@
-"""The greedy placer on hand-made and random problems, against the heap greedy and the MILP."""
+"""The placer and its inputs: frequency, utility, the greedy against the heap greedy and the MILP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from evicctl.manager.exact import lagrangian_bound, naive_place, random_problem, solve_exact
+from evicctl.manager.freq import DecayedRate
 from evicctl.manager.placer import (
     DROPPED,
     NEW,
@@ -13,6 +14,7 @@ from evicctl.manager.placer import (
     derivable_matrix,
     place,
 )
+from evicctl.manager.utility import miss_utility, utility
 
 CODECS = ("none", "int8", "knorm@0.5")
 TIERS = ("cpu", "disk")
@@ -189,3 +191,34 @@ def test_new_marker_and_empty_problem():
                 ttft_s=np.zeros((2, 3, 0)))  # fmt: skip
     plan = place(p)
     assert len(plan) == 0 and plan.feasible
+
+
+def test_decayed_rate_halves_each_half_life_and_reads_vectorised():
+    rate = DecayedRate(half_life_s=10.0)
+    lam = np.log(2) / 10.0
+    assert rate.record("a", now=100.0) == pytest.approx(lam)
+    assert rate.rate("a", now=110.0) == pytest.approx(lam / 2)
+    rate.record("b", now=100.0)
+    rate.record("b", now=100.0)
+    assert rate.rates(["b", "a", "nobody"], now=120.0).tolist() == pytest.approx([2 * lam / 4, lam / 4, 0.0])
+    rate.forget("a")
+    assert rate.rate("a", now=120.0) == 0.0 and rate.rate("b", now=120.0) == pytest.approx(lam / 2)
+    rate.set("c", 0.5, at=120.0)
+    assert rate.rate("c", now=130.0) == pytest.approx(0.25)
+
+
+def test_decayed_rate_estimates_a_steady_access_rate():
+    rate = DecayedRate(half_life_s=60.0)
+    rng = np.random.default_rng(0)
+    now = 0.0
+    for gap in rng.exponential(1 / 2.0, 4000):  # Poisson accesses at 2 per second
+        now += gap
+        rate.record("ctx", now)
+    assert rate.rate("ctx", now) == pytest.approx(2.0, rel=0.3)
+
+
+def test_utility_formula_broadcasts():
+    freq = np.array([1.0, 0.5])
+    u = utility(freq[:, None], 2.0, np.array([[1.0, 0.9]]), np.array([[0.1, 0.05]]))
+    assert np.allclose(u, [[1.9, 1.75], [0.95, 0.875]])
+    assert miss_utility(2.0, 2.0, 1.5) == pytest.approx(1.0)

@@ -83,6 +83,11 @@ async def test_filter_by_tier_and_substring_then_clear(fixture_db):
         assert "filter tier:disk" in str(table.border_title)
         await pilot.press("slash", "ctrl+u", *"00005", "enter")
         await wait_for(pilot, lambda: table.order == ["ctx-00005"])
+        await pilot.press("slash", "ctrl+u", *"no-such-thing", "enter")
+        await wait_for(pilot, lambda: app.frame.query.filter.search == "no-such-thing")
+        assert table.total == 0 and table.order == [] and str(table.border_subtitle) == "0 contexts"
+        await pilot.press("u")  # nothing selected: nothing to act on
+        await wait_for(pilot, lambda: any("no context selected" in m for _, m, _ in notifications(app)))
         await pilot.press("escape")  # marks first (none), then the filter
         await wait_for(pilot, lambda: not app.frame.query.filter.active)
         assert table.total == len(fixture_db.context_ids)
