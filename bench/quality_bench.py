@@ -101,30 +101,54 @@ def part_a_table(records: list[dict], questions: int) -> Table:
     return table
 
 
-def study(records: list[dict]) -> tuple[Table, Table, dict]:
+def held_out_mae(records: list[dict], codec: str, k: int, mode: str) -> tuple[dict[str, float], float]:
+    """MAE against each context's last HELD_OUT questions of: its raw mean of the first k,
+    the pooled mean of the other contexts, and the shrinkage estimate.
+
+    mode "cold": every context has k questions (a fresh deployment without priors);
+    "priors": the other contexts are fully profiled (STUDY_QUESTIONS each), as the shipped
+    priors are, and only the context at hand has k."""
+    scores = {r["context"]: np.array(r["scores"][codec]) for r in records}
+    err: dict[str, list[float]] = {"raw": [], "pooled": [], "shrink": []}
+    weights = []
+    for c, s in scores.items():
+        held, own = s[-HELD_OUT:].mean(), Tally.of(s[:k])
+        others = {o: Tally.of(x[:k] if mode == "cold" else x) for o, x in scores.items() if o != c}
+        stats = codec_stats(others)
+        est = estimate(own, stats)
+        err["raw"].append(abs(own.mean - held))
+        err["pooled"].append(abs(stats.mean - held))
+        err["shrink"].append(abs(est.quality - held))
+        weights.append(est.weight)
+    return {key: float(np.mean(v)) for key, v in err.items()}, float(np.mean(weights))
+
+
+def study(records: list[dict]) -> list[Table]:
     """Held-out MAE by questions per context, leave-one-context-out pooled/shrinkage."""
-    mae = Table(title=f"Part B: held-out MAE (last {HELD_OUT} questions), {len(records)} contexts x {STUDY_QUESTIONS} questions")
-    for col in ("codec", "k", "raw mean", "pooled", "shrinkage", "shrink/pooled", "mean w"):
-        mae.add_column(col, justify="right" if col != "codec" else "left")
-    summary: dict = {}
-    for codec in STUDY_CODECS:
-        scores = {r["context"]: np.array(r["scores"][codec]) for r in records}
-        held = {c: s[-HELD_OUT:].mean() for c, s in scores.items()}
-        for k in range(1, STUDY_QUESTIONS - HELD_OUT + 1):
-            tallies = {c: Tally.of(s[:k]) for c, s in scores.items()}
-            err = {"raw": [], "pooled": [], "shrink": []}
-            weights = []
-            for c, t in tallies.items():
-                stats = codec_stats({o: x for o, x in tallies.items() if o != c})
-                est = estimate(t, stats)
-                err["raw"].append(abs(t.mean - held[c]))
-                err["pooled"].append(abs(stats.mean - held[c]))
-                err["shrink"].append(abs(est.quality - held[c]))
-                weights.append(est.weight)
-            m = {key: float(np.mean(v)) for key, v in err.items()}
-            summary.setdefault("all", []).append(m)
-            mae.add_row(codec, str(k), f"{m['raw']:.3f}", f"{m['pooled']:.3f}", f"{m['shrink']:.3f}",
-                        f"{m['shrink'] / m['pooled']:.2f}", f"{np.mean(weights):.2f}")
+    tables = []
+    ks = range(1, STUDY_QUESTIONS - HELD_OUT + 1)
+    for mode in ("cold", "priors"):
+        title = {"cold": "cold start: every context has k questions",
+                 "priors": "with priors: the other contexts fully profiled"}[mode]
+        per = Table(title=f"Held-out MAE (last {HELD_OUT} of {STUDY_QUESTIONS} questions), {len(records)} contexts, {title}")
+        for col in ("codec", "k", "raw mean", "pooled", "shrinkage", "shrink/pooled", "mean w"):
+            per.add_column(col, justify="right" if col != "codec" else "left")
+        avg = {k: {"raw": [], "pooled": [], "shrink": []} for k in ks}
+        for codec in STUDY_CODECS:
+            for k in ks:
+                m, w = held_out_mae(records, codec, k, mode)
+                for key in m:
+                    avg[k][key].append(m[key])
+                per.add_row(codec, str(k), f"{m['raw']:.3f}", f"{m['pooled']:.3f}", f"{m['shrink']:.3f}",
+                            f"{m['shrink'] / m['pooled']:.2f}", f"{w:.2f}")
+        summary = Table(title=f"Held-out MAE averaged over {len(STUDY_CODECS)} codecs, {title}")
+        for col in ("k questions", "raw mean", "pooled", "shrinkage", "shrinkage vs pooled", "shrinkage vs raw"):
+            summary.add_column(col, justify="right")
+        for k in ks:
+            m = {key: float(np.mean(v)) for key, v in avg[k].items()}
+            summary.add_row(str(k), f"{m['raw']:.4f}", f"{m['pooled']:.4f}", f"{m['shrink']:.4f}",
+                            f"{m['shrink'] / m['pooled']:.3f}x", f"{m['shrink'] / m['raw']:.3f}x")
+        tables += [per, summary]
     rel = Table(title="Single-question reliability (ICC) and questions needed for reliability 0.5")
     for col in ("codec", "tau2", "sigma2", "ICC", "questions for 0.5"):
         rel.add_column(col, justify="right" if col != "codec" else "left")
@@ -133,11 +157,7 @@ def study(records: list[dict]) -> tuple[Table, Table, dict]:
         icc = stats.tau2 / (stats.tau2 + stats.sigma2) if stats.tau2 + stats.sigma2 > 0 else 0.0
         need = stats.sigma2 / stats.tau2 if stats.tau2 > 0 else float("inf")
         rel.add_row(codec, f"{stats.tau2:.5f}", f"{stats.sigma2:.5f}", f"{icc:.3f}", f"{need:.1f}")
-    by_k = {}
-    for k in range(1, STUDY_QUESTIONS - HELD_OUT + 1):
-        rows = summary["all"][k - 1 :: STUDY_QUESTIONS - HELD_OUT]
-        by_k[k] = {key: float(np.mean([r[key] for r in rows])) for key in ("raw", "pooled", "shrink")}
-    return mae, rel, by_k
+    return [*tables, rel]
 
 
 def priors(records: list[dict]) -> dict[str, dict]:
@@ -212,15 +232,8 @@ def main() -> None:
     console.print(f"full-KV answers: mean token F1 vs gold {np.mean(f1):.3f} over {len(f1)} questions")
     study_records = [done[c] for c in study_ids]
     if len(study_records) >= 3:
-        mae, rel, by_k = study(study_records)
-        console.print(mae)
-        console.print(rel)
-        avg = Table(title="Held-out MAE averaged over the study codecs")
-        for col in ("k questions", "raw mean", "pooled", "shrinkage", "shrinkage vs pooled"):
-            avg.add_column(col, justify="right")
-        for k, m in by_k.items():
-            avg.add_row(str(k), f"{m['raw']:.4f}", f"{m['pooled']:.4f}", f"{m['shrink']:.4f}", f"{m['shrink'] / m['pooled']:.3f}x")
-        console.print(avg)
+        for table in study(study_records):
+            console.print(table)
     console.print("priors (evicctl/engine/priors.py):")
     console.print_json(json.dumps(priors(records)))
 

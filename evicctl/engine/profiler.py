@@ -26,7 +26,13 @@ import torch
 
 from evicctl.engine import hf, prompt
 from evicctl.engine.data import QA, Context
-from evicctl.engine.quality import METRICS, AnswerSimilarity, kl_quality, teacher_forced_logprobs, token_f1
+from evicctl.engine.quality import (
+    METRICS,
+    AnswerSimilarity,
+    kl_quality,
+    teacher_forced_logprobs,
+    token_f1,
+)
 from evicctl.engine.shrinkage import CodecStats, Estimate, Tally, codec_stats, estimate
 from evicctl.errors import UsageError
 from evicctl.manager.codecs import get_codec
