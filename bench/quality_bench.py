@@ -69,6 +69,7 @@ def measure_context(prof: Profiler, context, questions: int, study: bool) -> dic
         unit_s[codec] = (time.perf_counter() - t) / len(use)
     return {
         "context": context.id, "source": context.source, "tokens": kv.tokens, "study": study,
+        "device": str(prof.device) if prof.device.type != "cuda" else torch.cuda.get_device_name(prof.device),
         "scores": scores, "prefill_s": prefill_s, "reference_s": ref_s, "per_question_s": unit_s,
         "f1_none": [token_f1(r.text, r.qa.answers) for r in refs],
         "answers": [r.text for r in refs[:2]],
@@ -217,7 +218,8 @@ def main() -> None:
     ref = np.mean([s for r in records for s in r["reference_s"]])
     pre = np.mean([r["prefill_s"] for r in records])
     tf = np.mean([r["per_question_s"][c] for r in records for c in DEFAULT_CODECS])
-    cost = Table(title="Profiling cost on this CPU")
+    devices = sorted({r.get("device", "cpu") for r in records})
+    cost = Table(title=f"Profiling cost on {', '.join(devices)} (SmolLM2-135M, fp32)")
     for col in ("step", "seconds", "ratio to a reference answer"):
         cost.add_column(col, justify="right" if col != "step" else "left")
     cost.add_row("prefill of the context", f"{pre:.2f}", f"{pre / ref:.2f}")

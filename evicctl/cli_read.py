@@ -95,10 +95,12 @@ def ls(
             caption = f"{len(rows)} of {total} contexts" + (" (use --limit N for more)" if len(rows) < total else "")
             print_table(records, CONTEXT_COLUMNS, caption=caption)
         elif output is OutputFormat.csv:
-            print_csv_rows(iter_contexts(store, **query, limit=limit), CONTEXT_FIELDS)
+            # closing(): a reader that leaves early (`| head`) ends the read before the store closes
+            with contextlib.closing(iter_contexts(store, **query, limit=limit)) as rows:
+                print_csv_rows(rows, CONTEXT_FIELDS)
         else:
-            chunks = iter_contexts_json_chunks(store, **query, limit=limit)
-            print_json_chunks(chunks, array=output is OutputFormat.json)
+            with contextlib.closing(iter_contexts_json_chunks(store, **query, limit=limit)) as chunks:
+                print_json_chunks(chunks, array=output is OutputFormat.json)
 
 
 def _context_dict(row) -> dict:

@@ -456,11 +456,20 @@ def last_event_id(store: Store) -> int:
     return int(store.query("SELECT COALESCE(MAX(id), 0) AS n FROM events")[0]["n"])
 
 
-# read_context lives in its own module (options need the cost model); re-exported here.
-from evicctl.snapshot_detail import ContextDetail, OptionRow, ProfileRow, read_context  # noqa: E402
+_DETAIL_NAMES = ("ContextDetail", "OptionRow", "PlacementInfo", "ProfileRow", "read_context")
 
-__all__ = [
-    "ContextDetail",
+
+def __getattr__(name: str):
+    """read_context and its types live in snapshot_detail (options need the cost model);
+    loaded on first use so that `evicctl ls` does not pay for them."""
+    if name in _DETAIL_NAMES:
+        from evicctl import snapshot_detail
+
+        return getattr(snapshot_detail, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [  # plus the lazily loaded _DETAIL_NAMES
     "ContextFilter",
     "ContextRow",
     "count_contexts",
@@ -468,12 +477,9 @@ __all__ = [
     "iter_contexts_json_chunks",
     "EventRow",
     "ManagerInfo",
-    "OptionRow",
-    "ProfileRow",
     "Snapshot",
     "TierRow",
     "last_event_id",
-    "read_context",
     "read_context_row",
     "read_contexts",
     "read_events",

@@ -12,9 +12,7 @@ column names come only from the fixed whitelists below (the schema's own columns
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evicctl.errors import StoreError
+from evicctl.store_connect import (  # noqa: F401 (translate_error is part of this module's API)
+    NO_DB_HINT,
+    READER_BUSY_TIMEOUT_MS,
+    WRITER_BUSY_TIMEOUT_MS,
+    connect_readonly,
+    connect_writer,
+    translate_error,
+)
 
 if TYPE_CHECKING:  # sqlite_utils pulls in click and pluggy: ~0.25 s, loaded on first use
     import sqlite_utils
@@ -58,32 +64,6 @@ _UPSERT_ORDER = ("manager", "tiers", "contexts", "placements", "profiles")
 _PK_DEFAULTS = {"profiles": {"metric": "teacher-forced"}}
 REQUIRED_TABLES = ("manager", "tiers", "contexts", "placements", "profiles", "events", "commands", "samples")
 
-WRITER_BUSY_TIMEOUT_MS = 5000
-READER_BUSY_TIMEOUT_MS = 2000
-NO_DB_HINT = "start a manager (evicctl demo) or pass --db"
-
-
-def translate_error(exc: sqlite3.Error, path: Path | str) -> StoreError:
-    """Turn an sqlite3 error into one clear line naming the file and what to do."""
-    msg = str(exc)
-    low = msg.lower()
-    if "locked" in low or "busy" in low:
-        return StoreError(f"database {path} is locked by another process ({msg}); try again")
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return StoreError(f"database {path} is corrupt or not an evicctl database ({msg})")
-    if "readonly" in low or "read-only" in low:
-        return StoreError(f"cannot write database {path}: read-only or permission denied ({msg})")
-    if "unable to open" in low:
-        return StoreError(f"cannot open database {path}: {_access_problem(Path(path)) or msg}")
-    return StoreError(f"database error on {path}: {msg}")
-
-
-def _access_problem(path: Path) -> str | None:
-    try:
-        _exists(path, write=False)
-    except StoreError as exc:
-        return str(exc).rsplit(": ", 1)[-1]
-    return None
 
 
 def _split_statements(script: str) -> list[str]:
@@ -206,9 +186,9 @@ class Store:
         path = Path(path).expanduser()
         try:
             if readonly:
-                conn = _connect_readonly(path, busy_timeout_ms or READER_BUSY_TIMEOUT_MS)
+                conn = connect_readonly(path, busy_timeout_ms or READER_BUSY_TIMEOUT_MS)
             else:
-                conn = _connect_writer(path, create, busy_timeout_ms or WRITER_BUSY_TIMEOUT_MS)
+                conn = connect_writer(path, create, busy_timeout_ms or WRITER_BUSY_TIMEOUT_MS)
         except sqlite3.Error as exc:
             raise translate_error(exc, path) from exc
         store = cls(
@@ -465,72 +445,3 @@ class Store:
         )
 
 
-def _exists(path: Path, *, write: bool) -> bool:
-    """Whether the database file is there, raising one clear line if it cannot be used."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    except PermissionError:
-        raise StoreError(f"cannot open database {path}: permission denied on a directory above it") from None
-    except NotADirectoryError:
-        raise StoreError(f"cannot open database {path}: a parent is not a directory") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"cannot open database {path}: it is a directory")
-    if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
-        raise StoreError(f"cannot open database {path}{' for writing' if write else ''}: permission denied")
-    return True
-
-
-def _connect_writer(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.Connection:
-    if not _exists(path, write=True):
-        if not create:
-            raise StoreError(f"no database at {path}; {NO_DB_HINT}")
-        _create_private(path)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"database {path} could not switch to WAL mode (got {mode})")
-        # WAL + NORMAL: durable across process crashes, one fsync per checkpoint, not per commit.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _create_private(path: Path) -> None:
-    """Create the directory (0700) and an empty file (0600): whoever can write it steers the manager."""
-    parent = path.parent
-    try:
-        parent.mkdir(mode=0o700, parents=True)
-        os.chmod(parent, 0o700)  # mkdir's mode is masked by the umask; make it exact
-    except FileExistsError:
-        pass  # an existing directory keeps its mode: it may be shared (e.g. /tmp)
-    except PermissionError as exc:
-        raise StoreError(f"cannot create directory {parent}: permission denied") from exc
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except PermissionError as exc:
-        raise StoreError(f"cannot create database {path}: permission denied") from exc
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
-def _connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    if not _exists(path, write=False):
-        raise StoreError(f"no database at {path}; {NO_DB_HINT}")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA query_only = 1")
-    except BaseException:
-        conn.close()
-        raise
-    return conn

@@ -13,7 +13,8 @@ import evicctl
 
 PACKAGE = Path(evicctl.__file__).parent
 FORBIDDEN = ("textual", "typer", "triton", "sentence_transformers")
-CORE = ("evicctl", "evicctl.errors", "evicctl.config", "evicctl.store", "evicctl.snapshot", "evicctl.control",
+CORE = ("evicctl", "evicctl.errors", "evicctl.config", "evicctl.store", "evicctl.store_connect", "evicctl.snapshot",
+        "evicctl.snapshot_detail", "evicctl.control",
         "evicctl.timeparse", "evicctl.manager")
 
 

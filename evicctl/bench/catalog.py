@@ -116,6 +116,9 @@ def build_catalog(
     families = [get_codec(c).family for c in codecs]
     decode = np.stack([cost.decode_s(f, stored[k]) for k, f in enumerate(families)])  # [C, N]
     read_bps = np.array([t.read_bps for t in scenario.tiers])
+    # As the manager prices options (utility.price_problem): a tier is never priced slower
+    # than a tier below it.
+    read_bps = np.maximum.accumulate(read_bps[::-1])[::-1]
     q_mean = float(np.mean(scenario.query_tokens))
     ttft = predicted_ttft_s(stored[None], read_bps[:, None, None], decode[None], q_mean, kept[None], cost)
     miss = np.asarray(miss_ttft_s(tokens, q_mean, cost), dtype=float)

@@ -2,8 +2,9 @@
 
 - vs fixed, at equal quality: for each `fixed` point (one codec and ratio), our TTFT at the
   same mean quality, read off the Pareto front of our alpha sweep by linear interpolation
-  (paper: 1.43-3.77x). A fixed point above our best quality, or below our worst, has no
-  match and is reported as such, not extrapolated.
+  (paper: 1.43-3.77x). A fixed point above our best quality (by more than QUALITY_TIE) has
+  no match and is reported as such, not extrapolated; one below our worst is compared with
+  our worst (which is then better on both axes).
 - vs lru and vs prefill: our fastest point whose quality loss is under 3% (paper:
   1.22-1.56x vs lru, 1.29-2.19x vs prefill).
 - greedy vs exact: the mean and worst relative utility gap over the re-plans the exact
@@ -22,6 +23,7 @@ PAPER = {
     "vs_prefill": (1.29, 2.19),
 }
 QUALITY_LOSS = 0.03  # "under 3% quality drop"
+QUALITY_TIE = 0.001  # qualities this close count as equal (.9995 vs 1.0)
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -42,8 +44,9 @@ def ttft_at_quality(front: list[tuple[float, float]], quality: float) -> float |
         return None
     qs = np.array([q for q, _ in front])
     ts = np.array([t for _, t in front])
-    if quality > qs.max() + 1e-12:
+    if quality > qs.max() + QUALITY_TIE:
         return None
+    quality = min(quality, float(qs.max()))
     if quality <= qs.min():
         return float(ts[0])  # our lowest-quality point is already at least this good
     return float(np.interp(quality, qs, ts))

@@ -101,11 +101,15 @@ def _measured_contexts(tokenizer, profiles, n: int):
     measure_profiles drew them (same count, question minimum and seed)."""
     from evicctl.engine.data import load_contexts
 
-    want = list(profiles.context_ids)
-    drawn = load_contexts(tokenizer, len(want), hotpot_fraction=0.0,
-                          min_questions=max(2, profiles.questions_per_context), seed=0)
-    pool = {c.id: c for c in drawn}
-    found = [pool[c] for c in want if c in pool]
+    want = list(profiles.context_ids)[:n]
+    found = []
+    for count in dict.fromkeys((len(profiles.context_ids), 12, 16, 24, 32)):  # a partial file: its draw was larger
+        drawn = load_contexts(tokenizer, count, hotpot_fraction=0.0,
+                              min_questions=max(2, profiles.questions_per_context), seed=0)
+        pool = {c.id: c for c in drawn}
+        found = [pool[c] for c in want if c in pool]
+        if len(found) == len(want):
+            break
     if len(found) < n:
         raise UsageError(f"only {len(found)} of the measured contexts are in the installed data; use --contexts {len(found)}")
     return found[:n]

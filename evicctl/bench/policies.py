@@ -143,8 +143,12 @@ class PlacerPolicy(Policy):
         self.derivable = derivable_matrix(self.codecs)
         # The manager's access rate (evicctl.manager.freq.DecayedRate), over context indices.
         self.lam = math.log(2.0) / self.half_life_s
-        self.rate_value = [0.0] * cat.n_contexts
-        self.rate_at = [0.0] * cat.n_contexts
+        self.rate_value = np.zeros(cat.n_contexts)  # rate at rate_at, accesses/s
+        self.rate_at = np.zeros(cat.n_contexts)  # time of the last access, s
+        # The catalog's arrays restricted to this policy's codecs, once: [C', N], [T, C', N].
+        self.stored_bytes = np.ascontiguousarray(cat.stored_bytes[self.cidx])
+        self.quality = np.ascontiguousarray(cat.estimate[self.cidx])
+        self.ttft_s = np.ascontiguousarray(cat.ttft_s[:, self.cidx], dtype=np.float32)  # as the manager prices it
         self.replans = self.pressure_replans = 0
         self.plan_s = 0.0
         self.gaps: list[float] = []
@@ -162,12 +166,12 @@ class PlacerPolicy(Policy):
         self.best_tier, self.best_codec = best[0].tolist(), best[1].tolist()
 
     def touch(self, i: int, now: float) -> None:
-        decay = math.exp(-self.lam * max(0.0, now - self.rate_at[i]))
-        self.rate_value[i] = self.rate_value[i] * decay + self.lam
+        decay = math.exp(-self.lam * max(0.0, now - float(self.rate_at[i])))
+        self.rate_value[i] = float(self.rate_value[i]) * decay + self.lam
         self.rate_at[i] = now
 
     def rates(self, rows: np.ndarray, now: float) -> np.ndarray:
-        value, at = np.asarray(self.rate_value)[rows], np.asarray(self.rate_at)[rows]
+        value, at = self.rate_value[rows], self.rate_at[rows]
         return value * np.exp(-self.lam * np.maximum(0.0, now - at))
 
     def miss(self, i: int, now: float) -> None:
@@ -272,10 +276,10 @@ class PlacerPolicy(Policy):
             codecs=self.codecs,
             tiers=cat.tiers,
             capacity_bytes=np.minimum(np.asarray(capacity, dtype=float), 2.0**62).astype(np.int64),
-            stored_bytes=cat.stored_bytes[cidx][:, rows],
-            quality=cat.estimate[cidx][:, rows],
+            stored_bytes=self.stored_bytes.take(rows, axis=1),
+            quality=self.quality.take(rows, axis=1),
             profiled=profiled,
-            ttft_s=cat.ttft_s[:, cidx][:, :, rows],
+            ttft_s=self.ttft_s.take(rows, axis=2),
             miss_ttft_s=cat.miss_ttft_s[rows],
             alpha=self.alpha,
             current_tier=current_t,

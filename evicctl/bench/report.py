@@ -82,8 +82,19 @@ def comparison_table(cmp: dict) -> Table:
     return table
 
 
+def agreement_table(agreement: dict) -> Table:
+    table = Table(title="replay vs live on the same requests")
+    for col in ("policy", "live TTFT", "replay TTFT", "replay / live", "same outcome"):
+        table.add_column(col, justify="right")
+    for policy, a in agreement.items():
+        table.add_row(policy, _s(a["ttft_mean_live_s"]), _s(a["ttft_mean_replay_s"]), f"{a['ratio']:.2f}", f"{a['same_outcome']:.0%}")
+    return table
+
+
 def print_report(doc: dict, console: Console) -> None:
     console.print(runs_table(doc))
+    if doc.get("agreement"):
+        console.print(agreement_table(doc["agreement"]))
     if doc.get("comparisons"):
         console.print(comparison_table(doc["comparisons"]))
     for note in doc.get("notes", []):

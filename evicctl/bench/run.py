@@ -16,6 +16,7 @@ from evicctl.errors import UsageError
 DEFAULT_QPS = {"cpu-local": 0.5, "h200": 4.0}
 ALPHA_CURVE = (1 / 16, 1 / 4, 1, 4, 16)  # multiples of the scenario's alpha: our TTFT-quality curve
 OUTPUTS = ("table", "json", "jsonl", "csv")
+WIDE = 150
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def run_bench(**options) -> dict:
     from rich.console import Console
 
     console = options.pop("console", None) or Console()
+    if not console.is_terminal and console.width < WIDE:  # piped: do not wrap the tables at 80 columns
+        console = Console(file=console.file, width=WIDE)
     progress = options.pop("progress", None)
     opts = options_from(**options)
     err = Console(stderr=True)

@@ -183,6 +183,7 @@ def scenario_from_dict(d: dict, *, name: str | None = None, source_path: Path | 
 def _from_h200_measured(d: dict, path: Path) -> Scenario:
     """K's measured H200 file, laid over the design file's defaults for anything it lacks."""
     base = json.loads((DATA_DIR / "h200_design_costs.json").read_text())
-    merged = {**base, **{k: v for k, v in d.items() if k in base}}
+    merged = {**base, **d}  # the workload shape (context and query lengths, alpha) stays the design's
     merged["source"] = d.get("source", "measured on the lent H200")
+    merged["notes"] = f"{d.get('notes', '')} Workload shape from h200_design_costs.json.".strip()
     return scenario_from_dict(merged, name="h200", source_path=path)

@@ -34,7 +34,7 @@ from evicctl.engine.quality import (
     token_f1,
 )
 from evicctl.engine.shrinkage import CodecStats, Estimate, Tally, codec_stats, estimate
-from evicctl.errors import UsageError
+from evicctl.errors import NoSuchContextError, UsageError
 from evicctl.manager.codecs import get_codec
 from evicctl.manager.kv import KV
 
@@ -297,10 +297,13 @@ class Profiler:
             for ctx in context_ids:
                 est = estimate(self.tallies[codec].get(ctx, Tally()), stats)
                 f1 = self.f1.get((ctx, codec))
-                self.manager.record_profile(
-                    ctx, codec, est.quality, est.sd, est.n, self.settings.metric,
-                    raw_mean=est.raw_mean, f1=None if f1 is None else f1.mean,
-                )
+                try:
+                    self.manager.record_profile(
+                        ctx, codec, est.quality, est.sd, est.n, self.settings.metric,
+                        raw_mean=est.raw_mean, f1=None if f1 is None else f1.mean,
+                    )
+                except NoSuchContextError:  # forgotten by the manager meanwhile
+                    continue
                 if mark_profiled:
                     self.profiled[(ctx, codec)] = est.quality
                 sent += 1

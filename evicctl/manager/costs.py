@@ -28,8 +28,11 @@ import numpy as np
 
 # prefill_s = a + b*new + c*new*(new+cached); 1k tokens: 0.05 + 1.6 + 0.15 = 1.8 s
 DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.5e-7)
-# stored bytes decoded per second on this CPU (bench/codec_bench.py, SmolLM2 shape, fp32)
-DEFAULT_DECODE_BPS = {"none": 1e12, "drop": 1e12, "quant": 1.0e9, "drop+quant": 1.0e9}
+# stored bytes decoded per second on this 2-core CPU (bench/codec_bench.py, SmolLM2 shape,
+# fp32, 1 thread: int8 ~0.5 GB/s of stored bytes, int4 about half per stored byte; the
+# machine was shared, so these are conservative). `none` and drop codecs decode by handing
+# out the stored tensors (and a 2-byte position per kept token): no real work.
+DEFAULT_DECODE_BPS = {"none": 1e12, "drop": 1e12, "quant": 4e8, "drop+quant": 4e8}
 HISTORY = 256  # prefill observations kept for the fit
 MIN_FIT = 4  # observations (spanning all three features) before the three coefficients are fitted
 DECODE_EWMA = 0.2

@@ -135,3 +135,27 @@ def test_probe_measures_both_directions():
     assert time.perf_counter() - start < 2.0
     assert 1e9 < tier.write_bps < 1e12  # a PCIe/NVLink-C2C host link
     assert tier.read_bps > tier.write_bps  # device memory beats the host link
+
+
+def test_tree_checksum_load_verifies_on_many_threads(gen, tmp_path):
+    from evicctl.manager.gpu_tier import TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
+
+    stored = get_codec("none").encode(random_kv(gen, layers=8, tokens=4500))  # > 2 tree chunks
+    disk = DiskTier(tmp_path / "disk", capacity_bytes=1 << 30)
+    put = disk.put("c", stored)
+    with open(put.location, "rb") as f:
+        data = f.read()
+    assert len(data) > 2 * TREE_CHUNK_BYTES
+    checksum = tree_checksum(put.location)
+    assert checksum.startswith(TREE_PREFIX) and checksum == tree_checksum(data, workers=1)
+    tier = GpuTier(capacity_bytes=1 << 31)
+    tier.load_file("c", put.location, checksum)
+    assert_same_stored(tier.get("c")[0], stored)
+    with open(put.location, "r+b") as f:  # one flipped bit in the second chunk
+        f.seek(TREE_CHUNK_BYTES + 5)
+        byte = f.read(1)
+        f.seek(TREE_CHUNK_BYTES + 5)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(CorruptDataError):
+        tier.load_file("c2", put.location, checksum)
+    assert not tier.contains("c2")

@@ -1,0 +1,32 @@
+"""Live mode against the replay: the real model, engine and Manager serve a small workload;
+the replay of the same requests must predict its mean TTFT within 20% (issue 7)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from evicctl.bench import run_bench
+from evicctl.bench.profiles import DEFAULT_PROFILES
+from evicctl.errors import UsageError
+
+
+@pytest.mark.e2e
+def test_replay_predicts_live_ttft_within_20_percent():
+    out = io.StringIO()
+    doc = run_bench(live=True, contexts=4, requests=16, capacity=0.4, seed=1, progress=False,
+                    output="json", console=Console(file=out))
+    agreement = doc["agreement"]["evicpress (live)"]
+    live, replay = doc["runs"]
+    assert live["requests"] == replay["requests"] == 16
+    assert live["miss_rate"] > 0 and sum(live["hit_rate"].values()) > 0  # both kinds were served
+    assert agreement["ratio"] == pytest.approx(1.0, abs=0.2), agreement
+    assert agreement["same_outcome"] >= 0.8, agreement
+
+
+def test_live_refuses_policies_the_manager_does_not_run():
+    assert DEFAULT_PROFILES.name == "smollm2_profiles.json"
+    with pytest.raises(UsageError, match="live mode"):
+        run_bench(live=True, policies=["lru"], progress=False, console=Console(file=io.StringIO()))
