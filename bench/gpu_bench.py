@@ -270,6 +270,11 @@ def kernel_rows(tokens: int, copy_bps: float) -> list[dict]:
         lambda: [ks.keydiff_scores(k) for k in keys],
         note="two reads of the keys: the anchor needs every key first")
     pos = kv.positions
+    row("snapkv scores", 2 * nbytes(keys) + scores_b + nbytes(wq), nbytes(keys) + scores_b + nbytes(wq),
+        lambda: ks.snapkv_scores_layers(keys, wq, pos, tokens),
+        lambda: [sref.snapkv(kv, i) for i in range(LAYERS)],
+        lambda: [ks.snapkv_scores(keys[i], wq[i], pos[i], tokens) for i in range(LAYERS)],
+        note="two reads of the keys (softmax statistics, then probabilities) + torch pooling")
     row("snapkv scores (per layer)", 2 * nbytes(keys) + scores_b + nbytes(wq), nbytes(keys) + scores_b + nbytes(wq),
         lambda: [ks.snapkv_scores(keys[i], wq[i], pos[i], tokens) for i in range(LAYERS)],
         lambda: [sref.snapkv(kv, i) for i in range(LAYERS)],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def main() -> None:
     ap.add_argument("--contexts-file", type=Path, default=None, help="read contexts from --export-contexts output")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

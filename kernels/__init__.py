@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "keydiff_scores": "scorers",
     "keydiff_scores_layers": "scorers",
     "snapkv_scores": "scorers",
+    "snapkv_scores_layers": "scorers",
 }
 
 __all__ = ["available", "interpreting", *_EXPORTS]

@@ -27,7 +27,8 @@ import triton.language as tl
 from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
 
-TUNING: dict[str, int] = {"block_k": 32, "warps": 4, "snap_block_k": 64, "snap_rows": 64, "snap_warps": 4}
+# the fastest of bench/gpu_bench.py's sweep on the H200
+TUNING: dict[str, int] = {"block_k": 64, "warps": 1, "snap_block_k": 64, "snap_rows": 64, "snap_warps": 8}
 _FORCE_TF32 = False
 SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size, as evicctl.manager.scorers
 
@@ -94,15 +95,16 @@ def _keydiff_score_kernel(
 
 
 @triton.jit
-def _snap_logits(q_ptr, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
-                 R: tl.constexpr, W: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):
+def _snap_logits(q_base, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
+                 R: tl.constexpr, W: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, RB: tl.constexpr,
+                 BK: tl.constexpr, PRECISION: tl.constexpr):
     """Logits [RB, BK] of rows r0..r0+RB (row r: query head h*GROUP + r // W, window slot r % W)."""
     r = r0 + tl.arange(0, RB)
     rm = r < R
     qh = h * GROUP + r // W
     w = r % W
     d = tl.arange(0, D)
-    q = tl.load(q_ptr + qh.to(tl.int64)[:, None] * sq_h + w[:, None] * sq_w + d[None, :], mask=rm[:, None], other=0.0)
+    q = tl.load(q_base + qh.to(tl.int64)[:, None] * sq_h + w[:, None] * sq_w + d[None, :], mask=rm[:, None], other=0.0)
     if PRECISION == "native":
         logits = tl.dot(q.to(k_tile.dtype), tl.trans(k_tile))
     else:
@@ -114,58 +116,69 @@ def _snap_logits(q_ptr, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
 
 
 @triton.jit
-def _snap_stats_kernel(
-    k_ptr, sk_h, sk_t, p_ptr, sp_h, sp_t, q_ptr, sq_h, sq_w, m_ptr, s_ptr,
-    K, tokens, scale,
-    R: tl.constexpr, W: tl.constexpr, GROUP: tl.constexpr,
-    D: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
-):
-    # per (key block, kv head): each row's max logit and sum of exp over this block's keys
-    nb = tl.program_id(0)
-    h = tl.program_id(1)
-    NB = tl.num_programs(0)
+def _snap_tiles(k_ptr, k_offs, sk_h, sk_t, p_ptr, sp_l, sp_h, sp_t, q_ptr, sq_l, layer, h, nb, K, tokens,
+                D: tl.constexpr, BK: tl.constexpr, ALIGNED: tl.constexpr):
+    """This program's key tile [BK, D], their positions [BK] and its layer's query base."""
     k = nb * BK + tl.arange(0, BK)
     km = k < K
     d = tl.arange(0, D)
-    k_tile = tl.load(k_ptr + h.to(tl.int64) * sk_h + k.to(tl.int64)[:, None] * sk_t + d[None, :], mask=km[:, None], other=0.0)
-    kpos = tl.load(p_ptr + h.to(tl.int64) * sp_h + k.to(tl.int64) * sp_t, mask=km, other=tokens)
+    k_base = k_ptr + layer_offset(k_offs, layer, ALIGNED) + h.to(tl.int64) * sk_h
+    k_tile = tl.load(k_base + k.to(tl.int64)[:, None] * sk_t + d[None, :], mask=km[:, None], other=0.0)
+    p_base = p_ptr + layer.to(tl.int64) * sp_l + h.to(tl.int64) * sp_h
+    kpos = tl.load(p_base + k.to(tl.int64) * sp_t, mask=km, other=tokens)
+    return k, km, k_tile, kpos, q_ptr + layer.to(tl.int64) * sq_l
+
+
+@triton.jit
+def _snap_stats_kernel(
+    k_ptr, k_offs, sk_h, sk_t, p_ptr, sp_l, sp_h, sp_t, q_ptr, sq_l, sq_h, sq_w, m_ptr, s_ptr,
+    H, K, tokens, scale,
+    R: tl.constexpr, W: tl.constexpr, GROUP: tl.constexpr,
+    D: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
+):
+    # per (key block, kv head, layer): each row's max logit and sum of exp over this block's keys
+    nb = tl.program_id(0)
+    h = tl.program_id(1)
+    layer = tl.program_id(2)
+    NB = tl.num_programs(0)
+    k, km, k_tile, kpos, q_base = _snap_tiles(k_ptr, k_offs, sk_h, sk_t, p_ptr, sp_l, sp_h, sp_t, q_ptr, sq_l,
+                                              layer, h, nb, K, tokens, D, BK, ALIGNED)
     for r0 in tl.static_range(0, R, RB):
-        logits, rm = _snap_logits(q_ptr, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
+        logits, rm = _snap_logits(q_base, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
                                   R, W, GROUP, D, RB, BK, PRECISION)
         m = tl.max(logits, axis=1)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
         s = tl.sum(tl.exp(logits - m_safe[:, None]), axis=1)
         r = r0 + tl.arange(0, RB)
-        out = (h.to(tl.int64) * NB + nb) * R + r
+        out = ((layer.to(tl.int64) * H + h) * NB + nb) * R + r
         tl.store(m_ptr + out, m, mask=rm)
         tl.store(s_ptr + out, s, mask=rm)
 
 
 @triton.jit
 def _snap_scores_kernel(
-    k_ptr, sk_h, sk_t, p_ptr, sp_h, sp_t, q_ptr, sq_h, sq_w, m_ptr, s_ptr, a_ptr,
-    K, tokens, scale,
+    k_ptr, k_offs, sk_h, sk_t, p_ptr, sp_l, sp_h, sp_t, q_ptr, sq_l, sq_h, sq_w, m_ptr, s_ptr, a_ptr,
+    H, K, tokens, scale,
     R: tl.constexpr, W: tl.constexpr, GROUP: tl.constexpr,
-    D: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    D: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    # per (key block, kv head): sum over rows of softmax probabilities, / rows
+    # per (key block, kv head, layer): sum over rows of softmax probabilities, / rows
     nb = tl.program_id(0)
     h = tl.program_id(1)
-    k = nb * BK + tl.arange(0, BK)
-    km = k < K
-    d = tl.arange(0, D)
-    k_tile = tl.load(k_ptr + h.to(tl.int64) * sk_h + k.to(tl.int64)[:, None] * sk_t + d[None, :], mask=km[:, None], other=0.0)
-    kpos = tl.load(p_ptr + h.to(tl.int64) * sp_h + k.to(tl.int64) * sp_t, mask=km, other=tokens)
+    layer = tl.program_id(2)
+    k, km, k_tile, kpos, q_base = _snap_tiles(k_ptr, k_offs, sk_h, sk_t, p_ptr, sp_l, sp_h, sp_t, q_ptr, sq_l,
+                                              layer, h, nb, K, tokens, D, BK, ALIGNED)
+    lh = layer.to(tl.int64) * H + h
     acc = tl.zeros((BK,), dtype=tl.float32)
     for r0 in tl.static_range(0, R, RB):
-        logits, rm = _snap_logits(q_ptr, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
+        logits, rm = _snap_logits(q_base, sq_h, sq_w, k_tile, kpos, h, r0, tokens, scale,
                                   R, W, GROUP, D, RB, BK, PRECISION)
         r = r0 + tl.arange(0, RB)
-        m = tl.load(m_ptr + h.to(tl.int64) * R + r, mask=rm, other=0.0)
-        s = tl.load(s_ptr + h.to(tl.int64) * R + r, mask=rm, other=1.0)
+        m = tl.load(m_ptr + lh * R + r, mask=rm, other=0.0)
+        s = tl.load(s_ptr + lh * R + r, mask=rm, other=1.0)
         p = tl.exp(logits - m[:, None]) / s[:, None]
         acc += tl.sum(tl.where(logits == float("-inf"), 0.0, p), axis=0)
-    tl.store(a_ptr + h.to(tl.int64) * K + k, acc / R, mask=km)
+    tl.store(a_ptr + lh * K + k, acc / R, mask=km)
 
 
 def _check_keys(layers: list[torch.Tensor], what: str) -> None:
@@ -227,44 +240,61 @@ def snapkv_scores(k: torch.Tensor, window_queries: torch.Tensor, key_positions: 
     """k [1, H, K, D] (one layer), window_queries [Hq, W, D] (that layer's), key_positions
     [H, K] int64 (original positions of the kept keys), tokens (full context length)
     -> [1, H, K] fp32, as evicctl.manager.scorers.snapkv."""
-    what = "snapkv_scores"
     if k.dim() != 4 or k.shape[0] != 1:
-        raise ValueError(f"{what}: k must be [1, H, K, D]; got {tuple(k.shape)}")
-    _check_keys([k], what)
+        raise ValueError(f"snapkv_scores: k must be [1, H, K, D]; got {tuple(k.shape)}")
+    if window_queries.dim() != 3 or key_positions.dim() != 2:
+        raise ValueError(
+            f"snapkv_scores: window_queries must be [Hq, W, D] and key_positions [H, K]; got "
+            f"{tuple(window_queries.shape)}, {tuple(key_positions.shape)}"
+        )
+    return _snapkv_launch([k], window_queries[None], key_positions[None], tokens, "snapkv_scores")[0]
+
+
+def snapkv_scores_layers(ks, window_queries: torch.Tensor, positions: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Every layer in two launches: L x [1, H, K, D] keys (stacked or a sequence),
+    window_queries [L, Hq, W, D], positions [L, H, K] int64 (KV.positions) -> [L, 1, H, K]."""
+    return _snapkv_launch(as_layers(ks, 4, "snapkv_scores_layers"), window_queries, positions, tokens,
+                          "snapkv_scores_layers")
+
+
+def _snapkv_launch(layers, wq: torch.Tensor, positions: torch.Tensor, tokens: int, what: str) -> torch.Tensor:
+    _check_keys(layers, what)
+    k = layers[0]
+    if k.shape[0] != 1:
+        raise ValueError(f"{what}: keys must be [1, H, K, D]; got {tuple(k.shape)}")
     _, H, K, D = k.shape
-    wq = window_queries
-    if wq.dim() != 3 or wq.shape[2] != D or wq.shape[0] % H or wq.stride(-1) != 1:
-        raise ValueError(f"{what}: window_queries must be [Hq (multiple of {H}), W, {D}]; got {tuple(wq.shape)}")
-    if tuple(key_positions.shape) != (H, K) or key_positions.dtype != torch.int64:
-        raise ValueError(f"{what}: key_positions must be int64 [{H}, {K}]; got {tuple(key_positions.shape)}")
-    W = wq.shape[1]
+    L = len(layers)
+    if wq.dim() != 4 or wq.shape[0] != L or wq.shape[3] != D or wq.shape[1] % H or wq.stride(-1) != 1:
+        raise ValueError(f"{what}: window_queries must be [{L}, Hq (multiple of {H}), W, {D}]; got {tuple(wq.shape)}")
+    if tuple(positions.shape) != (L, H, K) or positions.dtype != torch.int64:
+        raise ValueError(f"{what}: key_positions must be int64 [{L}, {H}, {K}]; got {tuple(positions.shape)}")
+    W = wq.shape[2]
     if W == 0 or W > tokens:  # noqa: SIM300
         raise ValueError(f"{what}: window of {W} queries for a {tokens}-token context")
-    device = kernel_device(k, wq, key_positions)
+    device = kernel_device(k, wq, positions)
     if K == 0:
-        return torch.empty((1, H, 0), dtype=torch.float32, device=device)
-    group = wq.shape[0] // H
+        return torch.empty((L, 1, H, 0), dtype=torch.float32, device=device)
+    group = wq.shape[1] // H
     R = group * W
     BK, RB = TUNING["snap_block_k"], TUNING["snap_rows"]
     NB = triton.cdiv(K, BK)
     native = wq.dtype == k.dtype and k.dtype in (torch.float16, torch.bfloat16) and not _FORCE_TF32
-    precision = "native" if native else "tf32x3"
+    kb, ko, aligned = layer_table(layers, device)
+    m = new_output((L, H, NB, R), torch.float32, device)
+    s = new_output((L, H, NB, R), torch.float32, device)
+    args = (kb, ko, k.stride(1), k.stride(2), positions, *positions.stride(), wq, *wq.stride()[:3])
+    consts = dict(R=R, W=W, GROUP=group, D=D, RB=RB, BK=BK, PRECISION="native" if native else "tf32x3",
+                  ALIGNED=aligned, num_warps=TUNING["snap_warps"])
     scale = 1.0 / D**0.5
-    kx = k[0]
-    m = new_output((H, NB, R), torch.float32, device)
-    s = new_output((H, NB, R), torch.float32, device)
-    args = (kx, kx.stride(0), kx.stride(1), key_positions, key_positions.stride(0), key_positions.stride(1),
-            wq, wq.stride(0), wq.stride(1))
-    consts = dict(D=D, RB=RB, BK=BK, PRECISION=precision, num_warps=TUNING["snap_warps"])
-    _snap_stats_kernel[(NB, H)](*args, m, s, K, tokens, scale, R=R, W=W, GROUP=group, **consts)
+    _snap_stats_kernel[(NB, H, L)](*args, m, s, H, K, tokens, scale, **consts)
     # combine the blocks' softmax statistics (the first query sees at least one key: the sinks)
-    row_max = m.amax(dim=1)  # [H, R]
-    row_sum = (s * torch.exp(m - row_max[:, None, :])).sum(dim=1)
-    attn = new_output((H, K), torch.float32, device)
-    _snap_scores_kernel[(NB, H)](*args, row_max, row_sum, attn, K, tokens, scale, R=R, W=W, GROUP=group, **consts)
-    in_window = key_positions >= tokens - W
+    row_max = m.amax(dim=2)  # [L, H, R]
+    row_sum = (s * torch.exp(m - row_max[:, :, None, :])).sum(dim=2)
+    attn = new_output((L, H, K), torch.float32, device)
+    _snap_scores_kernel[(NB, H, L)](*args, row_max, row_sum, attn, H, K, tokens, scale, **consts)
+    in_window = positions >= tokens - W  # [L, H, K]
     attn = attn.masked_fill(in_window, 0.0)
-    pooled = F.avg_pool1d(attn[:, None, :], SNAPKV_POOL, stride=1, padding=SNAPKV_POOL // 2)[:, 0]
-    top = pooled.masked_fill(in_window, float("-inf")).amax()
+    pooled = F.avg_pool1d(attn.view(L * H, 1, K), SNAPKV_POOL, stride=1, padding=SNAPKV_POOL // 2).view(L, H, K)
+    top = pooled.masked_fill(in_window, float("-inf")).amax(dim=(1, 2), keepdim=True)  # per layer
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no key outside the window
-    return torch.where(in_window, top + 1.0, pooled)[None]
+    return torch.where(in_window, top + 1.0, pooled)[:, None]

@@ -66,6 +66,7 @@ def make_fixture_db(
     events_per_context: int = 3,
     sample_seconds: int = 120,
     capacity_scale: float = 1.0,  # tier capacities x this (e.g. n_contexts / 50 for big fixtures)
+    cost_model: dict | None = None,  # CostModel.to_dict() stored as the manager's: TTFTs independent of defaults
 ) -> FixtureInfo:
     """Create (or extend) a populated evicctl database at `path` and return what it holds."""
     rng = random.Random(seed)
@@ -77,7 +78,7 @@ def make_fixture_db(
         rows = [_context(rng, i, now) for i in range(n_contexts)]
         placements = _place(rng, rows, specs, now)
         with store.transaction() as conn:
-            _write_manager(conn, manager, now)
+            _write_manager(conn, manager, now, cost_model)
             _write_tiers(conn, specs, placements, rank_of, now)
             _write_contexts(conn, rows, placements)
             _write_profiles(conn, rng, rows, now)
@@ -138,11 +139,13 @@ def _place(rng: random.Random, rows: list[dict], specs: list[dict], now: float) 
     return out
 
 
-def _write_manager(conn, manager: str, now: float) -> None:
+def _write_manager(conn, manager: str, now: float, cost_model: dict | None = None) -> None:
     if manager == "none":
         return
     config = {"alpha": ALPHA, "codecs": list(CODECS), "query_tokens": QUERY_TOKENS, "kv_shape": KV_SHAPE,
               "heartbeat_timeout_s": 5.0, "tick_s": 0.05}
+    if cost_model is not None:
+        config["cost_model"] = cost_model
     heartbeat = now - 1.0 if manager != "stale" else now - 3600.0
     stopped = now - 1.0 if manager == "stopped" else None
     conn.execute(

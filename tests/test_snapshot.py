@@ -125,3 +125,16 @@ def test_read_events_paging_after_an_id(store, fixture_db):
     assert [e.id for e in latest] == [fixture_db.events - 1, fixture_db.events, fixture_db.events + 1]
     assert read_events(store, ids=(2, 5)) == (first[1], first[4])
     assert read_events(store, ids=()) == ()
+
+
+def test_context_detail_uses_the_managers_cost_model(tmp_path, make_fixture_db):
+    model = {"prefill_coef": [0.5, 0.0, 0.0], "decode_bps": {"quant": 1e6}, "history": []}
+    info = make_fixture_db(tmp_path / "cm.db", 10, cost_model=model)
+    with Store.open(info.path, readonly=True) as store:
+        detail = read_context(store, "ctx-00001", now=info.now)
+    assert detail.cost_model == "manager"
+    dropped = next(o for o in detail.options if o.tier == "dropped")
+    assert dropped.predicted_ttft_s == pytest.approx(0.5)  # a flat 0.5 s prefill, whatever the length
+    int8_disk = next(o for o in detail.options if o.codec == "int8" and o.tier == "disk")
+    # load from disk + decode at 1 MB/s + 0.5 s prefill of the query
+    assert int8_disk.predicted_ttft_s == pytest.approx(int8_disk.stored_bytes / 1.2e9 + int8_disk.stored_bytes / 1e6 + 0.5)

@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-noise", type=float)
     p.add_argument("--disk-bps", type=float)
     p.add_argument("--alpha", type=float)
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core, at most 2)")
     p.add_argument("--profiles", help="quality profiles JSON (default: the shipped SmolLM2 measurements)")
     return p
 

@@ -198,6 +198,7 @@ def _scenario(model, samples, capacity, opts):
                   "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                   "dtype_bytes": 4, "q_heads": cfg.num_attention_heads, "window": 16},
         "prefill_samples": samples,
+        "prefill_coef": None,  # fitted on this run's samples
         "context_tokens": {"distribution": "measured"},
         "capacity": capacity,
     }

@@ -55,8 +55,9 @@ def plot_runs(summaries: list[dict], path: Path | str, *, title: str = "") -> Pa
             label=label,
             zorder=3 if ours else 2,
         )
-        for s in points:
-            tag = f"a={s['alpha']:g}" if ours else s["codec"].split("@")[-1]
+        # ours: label the curve's ends only (its points crowd together at high quality)
+        for s in (points[0], points[-1]) if ours else points:
+            tag = f"alpha={s['alpha']:g}" if ours else s["codec"].split("@")[-1]
             ax.annotate(tag, (s["quality_mean"], s["ttft_mean_s"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     for s in summaries:
         style = _POINT_STYLE.get(s["family"]) or _POINT_STYLE.get(s["policy"])

@@ -8,11 +8,14 @@ and the books are the catalog's and the simulator's.
   a recompute is skipped (the context is dropped instead), and such a hit recomputes.
 - `lru-plain`: the same without the sanity rule (a strawman, reported for reference).
 - `fixed:<codec>`: `lru` with every context stored at one codec (kvpress-style).
-- `evicpress`: the manager's placer (evicctl.manager.placer.place): each new KV gets its
-  best-utility option; when a tier would overflow, the placer re-plans every stored context
-  (compress in place or demote, greedy by utility loss per byte); plus a periodic re-plan
-  that may promote (rebalance). Utility uses the manager's decayed access rate
-  (evicctl.manager.freq) and the profiles' estimates, never the truth.
+- `evicpress`: the manager's placer (evicctl.manager.placer.place). A new KV gets its
+  best-utility option (`none` at a context's first admission: as in the engine, its profile
+  is measured after the manager has stored it). When that would overflow a tier, the placer
+  relieves the tier (compress in place or demote, greedy by utility loss per byte), to
+  1 - HEADROOM of its capacity so that the next admissions batch. Every TICK_REQUESTS
+  requests it re-plans every stored context and may promote (rebalance), as the manager's
+  re-plan timer does. Utility uses the manager's decayed access rate (evicctl.manager.freq)
+  and the profiles' estimates, never the truth.
 - `evicpress@A`: the same with alpha = A seconds of TTFT per unit of quality.
 - `exact`: `evicpress` with every re-plan solved exactly (evicctl.manager.exact.solve_exact,
   a MILP; small instances), recording the greedy's utility on the same problem.
@@ -38,6 +41,8 @@ HALF_LIFE_S = 300.0  # ManagerConfig.freq_half_life_s
 HEADROOM = 0.1  # a pressure re-plan frees this share of the admitting tier, so admissions batch
 SPILL_HEADROOM = 0.02  # and this share of a tier below it that the spill overflowed
 TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in requests)
+REPROFILE_DROP = 0.3  # ProfilerSettings.reprofile_drop: online quality this far below the profile
+REPROFILE_HITS = 12  # compressed hits before it shows: 3 online samples at a 25% sample rate
 POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only")
 
 
@@ -149,6 +154,12 @@ class PlacerPolicy(Policy):
         self.stored_bytes = np.ascontiguousarray(cat.stored_bytes[self.cidx])
         self.quality = np.ascontiguousarray(cat.estimate[self.cidx])
         self.ttft_s = np.ascontiguousarray(cat.ttft_s[:, self.cidx], dtype=np.float32)  # as the manager prices it
+        # Re-profiling: the profiler scores sampled compressed hits online, and re-measures a
+        # context whose online quality falls REPROFILE_DROP below its profile; the estimate
+        # then becomes the truth. Only (context, codec) pairs that far off can trigger it.
+        over = (cat.truth[self.cidx] < self.quality - REPROFILE_DROP) & ~self.is_none[:, None]
+        self.watch = {(int(i), int(self.cidx[c])): 0 for c, i in zip(*np.nonzero(over), strict=True)}
+        self.reprofiles = 0
         self.replans = self.pressure_replans = 0
         self.plan_s = 0.0
         self.gaps: list[float] = []
@@ -174,6 +185,24 @@ class PlacerPolicy(Policy):
         value, at = self.rate_value[rows], self.rate_at[rows]
         return value * np.exp(-self.lam * np.maximum(0.0, now - at))
 
+    def hit(self, i: int, now: float) -> None:
+        if not self.watch:
+            return
+        key = (i, int(self.sim.codec[i]))
+        seen = self.watch.get(key)
+        if seen is None:
+            return
+        if seen + 1 < REPROFILE_HITS:
+            self.watch[key] = seen + 1
+            return
+        del self.watch[key]
+        c = int(self.local[key[1]])
+        self.quality[c, i] = self.sim.catalog.truth[key[1], i]
+        self.reprofiles += 1
+        row = np.array([i])  # its next admission uses the new profile
+        tier, codec = self._plan(self._problem(row, None, np.full(len(self.sim.capacity), 2.0**62), fresh=row))
+        self.best_tier[i], self.best_codec[i] = int(tier[0]), int(codec[0])
+
     def miss(self, i: int, now: float) -> None:
         if self.profiled[i]:
             t, c = self.best_tier[i], self.best_codec[i]
@@ -194,7 +223,8 @@ class PlacerPolicy(Policy):
         self._replan_all(now, rebalance=True)
 
     def stats(self) -> dict:
-        out = {"replans": self.replans, "pressure_replans": self.pressure_replans, "plan_s": round(self.plan_s, 3)}
+        out = {"replans": self.replans, "pressure_replans": self.pressure_replans, "plan_s": round(self.plan_s, 3),
+               "reprofiles": self.reprofiles}
         if self.gaps:
             gaps = np.array(self.gaps)
             out |= {"exact_gap_mean": float(gaps.mean()), "exact_gap_max": float(gaps.max()), "exact_problems": len(gaps)}
@@ -225,7 +255,9 @@ class PlacerPolicy(Policy):
             rows, fresh = np.append(rows, new), np.array([new])
         if len(rows) == 0:
             return
-        capacity = np.asarray(sim.capacity, dtype=float) * (1.0 - self.headroom)
+        free = np.full(len(sim.capacity), self.spill_headroom)
+        free[0] = self.headroom  # admissions land on the top tier
+        capacity = np.asarray(sim.capacity, dtype=float) * (1.0 - free)
         self._apply(rows, self._plan(self._problem(rows, now, capacity, fresh=fresh, rebalance=rebalance)))
 
     def _apply(self, rows: np.ndarray, decision: tuple[np.ndarray, np.ndarray], *, check: bool = True) -> None:

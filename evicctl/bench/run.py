@@ -40,6 +40,7 @@ class BenchOptions:
     alpha: float | None = None
     warmup: float = 0.1
     profiles: Path | None = None
+    jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -104,8 +105,8 @@ def policy_specs(opts: BenchOptions, alpha: float) -> list[str]:
 def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) -> dict:
     """Replay every selected policy on one catalog and trace; the JSON-ready document."""
     from evicctl.bench.compare import comparisons
+    from evicctl.bench.parallel import replay_policies
     from evicctl.bench.policies import EXACT_MAX_CONTEXTS, make_policy
-    from evicctl.bench.replay import replay
 
     scenario, catalog, trace, profiles = prepare(opts)
     specs = policy_specs(opts, scenario.alpha)
@@ -113,12 +114,12 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
     notes = []
     if not opts.policy and opts.contexts > EXACT_MAX_CONTEXTS:
         notes.append(f"exact (MILP per re-plan) left out above {EXACT_MAX_CONTEXTS} contexts; run --policy exact --policy evicpress --contexts 200 for the greedy-vs-exact gap")
-    summaries = []
     with _progress(console, show_progress) as bar:
-        for policy in policies:
-            task = bar.add_task(policy.name, total=len(trace))
-            result = replay(policy, catalog, trace, warmup=opts.warmup, progress=lambda n, t=task: bar.advance(t, n))
-            summaries.append(result.summary())
+        tasks = [bar.add_task(p.name, total=len(trace)) for p in policies]
+        summaries = replay_policies(
+            policies, catalog, trace, warmup=opts.warmup, jobs=_jobs(opts.jobs),
+            progress=lambda k, n: bar.advance(tasks[k], n),
+        )
     doc = {
         "scenario": scenario.to_json(),
         "catalog": catalog.to_json(),
@@ -130,6 +131,12 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
         "notes": notes,
     }
     return doc
+
+
+def _jobs(jobs: int) -> int:
+    import os
+
+    return jobs if jobs > 0 else max(1, min(2, len(os.sched_getaffinity(0))))
 
 
 def _progress(console, show: bool):

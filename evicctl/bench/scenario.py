@@ -68,13 +68,16 @@ class Scenario:
     alpha: float  # seconds of TTFT one unit of quality is worth (default of the evicpress policy)
     source: str  # where the numbers come from
     capacity: float = DEFAULT_CAPACITY
+    prefill_coef: tuple[float, float, float] | None = None  # as fitted where measured, else fitted here
     extra: dict = field(default_factory=dict)
 
     def cost_model(self):
-        """The manager's CostModel with coefficients fitted on the scenario's prefill samples."""
+        """The manager's CostModel: the file's fitted coefficients (the CostModel's own fit, where
+        the samples were measured), else a relative-error fit of its samples (fit_prefill)."""
         from evicctl.manager.costs import CostModel
 
-        return CostModel(prefill_coef=fit_prefill(self.prefill_samples), decode_bps=self.decode_bps)
+        coef = self.prefill_coef or fit_prefill(self.prefill_samples)
+        return CostModel(prefill_coef=coef, decode_bps=self.decode_bps)
 
     def with_tier_bps(self, name: str, read_bps: float) -> Scenario:
         if name not in {t.name for t in self.tiers}:
@@ -95,6 +98,7 @@ class Scenario:
             "model": self.model.__dict__,
             "tiers": [t.__dict__ for t in self.tiers],
             "prefill_samples": [list(s) for s in self.prefill_samples],
+            "prefill_coef": list(self.cost_model().coef),
             "decode_bps": self.decode_bps,
             "context_tokens": self.context_tokens,
             "alpha": self.alpha,
@@ -140,7 +144,7 @@ def load_scenario(name: str, *, data_dir: Path = DATA_DIR) -> Scenario:
         measured = data_dir / "h200_costs.json"
         if measured.is_file():
             try:
-                return _from_h200_measured(json.loads(measured.read_text()), measured)
+                return _from_h200_measured(json.loads(measured.read_text()), measured, data_dir)
             except (KeyError, TypeError, ValueError):
                 pass  # a file in a shape we do not read yet: fall back to the design figures
         return _from_file(data_dir / "h200_design_costs.json", name, "the h200_design_costs.json shipped with evicctl")
@@ -176,13 +180,15 @@ def scenario_from_dict(d: dict, *, name: str | None = None, source_path: Path | 
         alpha=float(d.get("alpha", 2.0)),
         source=source,
         capacity=float(d.get("capacity", DEFAULT_CAPACITY)),
+        prefill_coef=tuple(float(c) for c in d["prefill_coef"]) if d.get("prefill_coef") else None,
         extra={k: v for k, v in d.items() if k in ("measured_at", "notes", "capacity_gb")},
     )
 
 
-def _from_h200_measured(d: dict, path: Path) -> Scenario:
-    """K's measured H200 file, laid over the design file's defaults for anything it lacks."""
-    base = json.loads((DATA_DIR / "h200_design_costs.json").read_text())
+def _from_h200_measured(d: dict, path: Path, data_dir: Path) -> Scenario:
+    """The measured H200 file (bench/gpu_bench.py), laid over the design file for anything it
+    lacks (the workload shape: context and query lengths, alpha)."""
+    base = json.loads((data_dir / "h200_design_costs.json").read_text())
     merged = {**base, **d}  # the workload shape (context and query lengths, alpha) stays the design's
     merged["source"] = d.get("source", "measured on the lent H200")
     merged["notes"] = f"{d.get('notes', '')} Workload shape from h200_design_costs.json.".strip()

@@ -127,14 +127,34 @@ def test_bad_options(scenario_file, profiles_file):
         bench(scenario_file, Path("/nonexistent/profiles.json"))
 
 
-def test_shipped_h200_scenario_loads():
-    s = load_scenario("h200")
+def test_h200_design_scenario(tmp_path):
+    """Without a measured file, h200 is DESIGN §8's figures (a documented data file)."""
+    from evicctl.bench.scenario import DATA_DIR
+
+    (tmp_path / "h200_design_costs.json").write_text((DATA_DIR / "h200_design_costs.json").read_text())
+    s = load_scenario("h200", data_dir=tmp_path)
     assert [t.name for t in s.tiers] == ["gpu", "cpu", "disk"]
+    assert "h200_design_costs.json" in s.source
     cost = s.cost_model()
     # DESIGN §8: Llama-3.1-8B-shaped prefill 1k 0.034 s, 32k 1.37 s
     assert cost.prefill_s(1024) == pytest.approx(0.034, rel=0.1)
     assert cost.prefill_s(32768) == pytest.approx(1.37, rel=0.05)
     assert s.model.bytes_per_token == 128 << 10
+
+
+def test_h200_prefers_the_measured_file(tmp_path):
+    from evicctl.bench.scenario import DATA_DIR
+
+    (tmp_path / "h200_design_costs.json").write_text((DATA_DIR / "h200_design_costs.json").read_text())
+    measured = {"source": "bench/gpu_bench.py", "prefill_samples": [[1024, 0, 0.05], [8192, 0, 0.3], [32768, 0, 1.5]],
+                "prefill_coef": [0.03, 2e-5, 6e-10], "tiers": [{"name": "gpu", "read_bps": 2e12, "share": 100},
+                {"name": "cpu", "read_bps": 5e10, "share": 80}, {"name": "disk", "read_bps": 2e9, "share": 800}]}
+    (tmp_path / "h200_costs.json").write_text(json.dumps(measured))
+    s = load_scenario("h200", data_dir=tmp_path)
+    assert "h200_costs.json" in s.source
+    assert s.tiers[2].read_bps == 2e9
+    assert tuple(s.cost_model().coef) == (0.03, 2e-5, 6e-10)  # the measured fit, as is
+    assert s.context_tokens["distribution"] == "loguniform"  # the workload shape stays the design's
 
 
 def test_pareto_and_interpolation():
@@ -143,3 +163,33 @@ def test_pareto_and_interpolation():
     assert ttft_at_quality(front, 0.97) == pytest.approx(3.0)
     assert ttft_at_quality(front, 0.5) == 1.0  # our worst point is already better
     assert ttft_at_quality(front, 0.995) is None  # beyond our best quality: no match
+
+
+def test_sweep_reports_every_point(scenario_file, profiles_file):
+    out = io.StringIO()
+    doc = run_bench(scenario=str(scenario_file), profiles=profiles_file, sweep="capacity", contexts=60,
+                    requests=400, policies=["lru", "prefill", "fixed:int8", "evicpress", "evicpress@50"],
+                    progress=False, console=Console(file=out, width=200))
+    assert [p["value"] for p in doc["points"]] == [0.05, 0.1, 0.3, 1.0, 3.0, 12.0]
+    everything_fits = doc["summary"][-1]
+    assert everything_fits["vs_lru"] == pytest.approx(1.0, abs=0.05)  # nothing to win when it all fits
+    assert "robustness: capacity" in out.getvalue()
+    with pytest.raises(UnknownNameError, match="zipf"):
+        run_bench(scenario=str(scenario_file), profiles=profiles_file, sweep="moon", progress=False,
+                  console=Console(file=io.StringIO()))
+
+
+def test_importing_the_package_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, evicctl.bench; print(sorted(m for m in ('torch', 'matplotlib', 'rich', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_parallel_replay_matches_serial(scenario_file, profiles_file):
+    serial, _ = bench(scenario_file, profiles_file, policies=["lru", "evicpress", "fixed:int4"], jobs=1, output="json")
+    parallel, _ = bench(scenario_file, profiles_file, policies=["lru", "evicpress", "fixed:int4"], jobs=2, output="json")
+    strip = lambda runs: [{k: v for k, v in r.items() if k not in ("wall_s", "plan_s")} for r in runs]  # noqa: E731
+    assert strip(serial["runs"]) == strip(parallel["runs"])

@@ -206,3 +206,17 @@ def test_summary_statistics(catalog, trace):
     assert math.isclose(sum(s["hit_rate"].values()) + s["miss_rate"] + s["recompute_rate"], 1.0)
     assert s["ttft_p50_s"] <= s["ttft_p99_s"]
     assert s["ttft_mean_s"] == pytest.approx(float(r.ttft_s.mean()))
+
+
+def test_reprofiling_corrects_an_overestimate(scenario, profiles, trace):
+    """Noise makes some estimates far too high; served hits reveal them and the profile is
+    re-measured (the estimate becomes the truth), as the profiler does online."""
+    catalog = build_catalog(scenario, profiles, N, seed=1, noise_sd=0.4)
+    policy = make_policy("evicpress@0.05", alpha=2.0)  # low alpha: compresses, so lossy hits happen
+    replay(policy, catalog, trace)
+    assert policy.reprofiles > 0
+    corrected = sum(
+        1 for i in range(N) for c in range(len(catalog.codecs))
+        if catalog.truth[c, i] < catalog.estimate[c, i] - 0.3 and policy.quality[policy.local[c], i] == catalog.truth[c, i]
+    )
+    assert corrected == policy.reprofiles

@@ -69,6 +69,18 @@ def test_snapkv(gen, monkeypatch, precision, dtype, shape):
     assert rel_err(got, want) < 1e-4, rel_err(got, want)
 
 
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+def test_snapkv_every_layer_in_one_launch(gen, monkeypatch, dtype):
+    monkeypatch.setattr(ks, "_FORCE_TF32", not CUDA or dtype == torch.float32)
+    tokens = 3000 if CUDA else 150
+    keys = [kv_like((1, 4, tokens, 64), dtype, gen) for _ in range(3)]
+    wq = kv_like((3, 8, 16, 64), dtype, gen)
+    kv = full_kv(keys, wq)
+    got = ks.snapkv_scores_layers(keys, wq, kv.positions, tokens)
+    assert got.shape == (3, 1, 4, tokens) and not torch.isnan(got).any()
+    assert rel_err(got, torch.stack([ref.snapkv(kv, i) for i in range(3)])) < 1e-4
+
+
 def test_snapkv_of_a_dropped_kv(gen):
     """Kept keys carry their original positions: the causal mask and the window use them."""
     tokens, kept = 200, 90
