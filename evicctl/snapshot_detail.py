@@ -7,14 +7,13 @@ explains the placement with the figures the placer used.
 
 from __future__ import annotations
 
-import math
-import re
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from evicctl.config import DEFAULT_CODECS
+from evicctl.errors import UnknownNameError
+from evicctl.manager.codec_names import CodecParts, parse_codec_name, scaled_bytes
 from evicctl.store import Store
 
 DEFAULT_ALPHA = 2.0  # ManagerConfig.alpha
@@ -157,54 +156,31 @@ def _is_chosen(placement: PlacementInfo | None, codec: str, tier: str) -> bool:
 
 
 # ---- codec sizes -------------------------------------------------------------------
-_CODEC_RE = re.compile(r"^(?:(?P<scorer>[a-z]+)@(?P<ratio>0?\.\d+|[01](?:\.\d+)?))?\+?(?P<quant>int8|int4)?$")
-
-
-def _codec(name: str):
-    """The registry's codec, only where it is already loaded: importing it pulls in torch
-    (seconds of CPU for `evicctl show`); the name alone gives the size estimate below."""
-    codecs = sys.modules.get("evicctl.manager.codecs")
-    if codecs is None:
-        return None
+def _parts(codec: str) -> CodecParts:
+    """The codec's parts (torch-free); an unknown name in old profiles must not break `show`,
+    so it is priced as the uncompressed KV."""
     try:
-        return codecs.get_codec(name)
-    except Exception:  # an unknown codec in old profiles must not break `show`
-        return None
-
-
-def _keep_and_bits(name: str) -> tuple[float, int | None]:
-    """(fraction of tokens kept, quantization bits or None) parsed from a codec name."""
-    if name == "none":
-        return 1.0, None
-    m = _CODEC_RE.match(name)
-    if not m:
-        return 1.0, None
-    keep = 1.0 - float(m["ratio"]) if m["ratio"] else 1.0
-    bits = {"int8": 8, "int4": 4}.get(m["quant"] or "")
-    return keep, bits
+        return parse_codec_name(codec)
+    except UnknownNameError:
+        return CodecParts()
 
 
 def _kept_tokens(codec: str, tokens: int) -> int:
-    c = _codec(codec)
-    keep = getattr(c, "keep_fraction", None) if c is not None else None
-    if keep is None:
-        keep = _keep_and_bits(codec)[0]
-    return max(0, round(tokens * keep))
+    return _parts(codec).kept(tokens)
 
 
 def _stored_bytes(codec: str, tokens: int, raw_bytes: int, shape: dict, placement) -> int:
+    """The placement's own bytes where it is held in this codec; else exact from the KV shape
+    the manager recorded, or scaled from the raw size without one (as the manager does)."""
     if placement is not None and placement.codec == codec and placement.tier != DROPPED:
         return int(placement.stored_bytes)
-    c = _codec(codec)
-    if c is not None and all(k in shape for k in ("layers", "kv_heads", "head_dim", "dtype_bytes")):
-        return int(c.stored_bytes(tokens, shape["layers"], shape["kv_heads"], shape["head_dim"], shape["dtype_bytes"],
-                                  window_numel=int(shape.get("window_numel", 0))))
-    # Estimate from the raw size: kept fraction x bits per value (+ fp16 scale and min per
-    # group of 32, i.e. 1 byte per 8 values) against 16-bit values.
-    keep, bits = _keep_and_bits(codec)
-    dtype_bytes = int(shape.get("dtype_bytes", 2))
-    per_value = 1.0 if bits is None else (bits / 8 + 4 / 32) / dtype_bytes
-    return int(math.ceil(raw_bytes * keep * per_value))
+    parts = _parts(codec)
+    if all(k in shape for k in ("layers", "kv_heads", "head_dim", "dtype_bytes")):
+        return parts.stored_bytes(
+            tokens, int(shape["layers"]), int(shape["kv_heads"]), int(shape["head_dim"]), int(shape["dtype_bytes"]),
+            window_numel=int(shape.get("window_numel", 0)),
+        )
+    return scaled_bytes(parts.name, tokens, raw_bytes)
 
 
 # ---- cost model --------------------------------------------------------------------
@@ -219,24 +195,12 @@ def _cost_model(data: dict | None) -> tuple[Any, str | None]:
     return CostModel(), "default"
 
 
-def _family(codec: str) -> str:
-    c = _codec(codec)
-    if c is not None and getattr(c, "family", None):
-        return c.family
-    keep, bits = _keep_and_bits(codec)
-    if codec == "none":
-        return "none"
-    return {(True, False): "drop", (False, True): "quant", (True, True): "drop+quant"}.get(
-        (keep < 1.0, bits is not None), "none"
-    )
-
-
 def _ttft_s(codec, stored_bytes, read_bps, query_tokens, kept_tokens, cost_model) -> float | None:
     if cost_model is None or not read_bps:
         return None
     from evicctl.manager.costs import predicted_ttft_s
 
-    decode_bps = cost_model.decode_bps(_family(codec))
+    decode_bps = cost_model.decode_bps(_parts(codec).family)
     decode_s = stored_bytes / decode_bps if decode_bps else 0.0
     return float(predicted_ttft_s(stored_bytes, read_bps, decode_s, query_tokens, kept_tokens, cost_model))
 

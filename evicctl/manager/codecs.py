@@ -1,8 +1,9 @@
 """Codecs: one compression configuration each, as a pure pair encode(kv) -> Stored, decode.
 
-Names (DESIGN §3): ``none``; quantization ``int8`` / ``int4`` (group-wise, quant.py);
-token dropping ``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's
-tokens removed, 0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
+Names (DESIGN §3; parsed, validated and sized in codec_names.py, which needs no torch):
+``none``; quantization ``int8`` / ``int4`` (group-wise, quant.py); token dropping
+``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's tokens removed,
+0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
 
 Stored layout (flat, so safetensors saves it as is):
 - ``k.{i}`` / ``v.{i}``: layer i's keys / values [1, H, K, D] in the KV's dtype, or when
@@ -26,7 +27,6 @@ KV drops nothing more: the result of encoding with ``int8`` is then effectively
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -34,25 +34,18 @@ import torch
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import CorruptDataError, UnknownNameError
 from evicctl.manager import quant
+from evicctl.manager.codec_names import (
+    FAMILIES,
+    POS16_MAX_TOKENS,
+    QUANTIZERS,
+    VALID_FORMS,
+    CodecParts,
+    codec_family,
+    parse_codec_name,
+    validate_codec_name,
+)
 from evicctl.manager.kv import KV
-from evicctl.manager.scorers import SCORERS, drop_tokens, kept_count
-
-QUANTIZERS: dict[str, int] = {"int8": 8, "int4": 4}  # name -> bits
-FAMILIES = ("none", "drop", "quant", "drop+quant")
-_POS16_MAX_TOKENS = 32768  # positions < 32768 fit int16
-_SCORER_NAMES = "|".join(SCORERS)
-_QUANT_NAMES = "|".join(QUANTIZERS)
-_NAME_RE = re.compile(
-    rf"^(?:(?P<scorer>{_SCORER_NAMES})@(?P<ratio>[0-9]*\.?[0-9]+))?"
-    rf"(?:(?(scorer)\+)(?P<quant>{_QUANT_NAMES}))?$"
-)
-VALID_FORMS: tuple[str, ...] = (
-    "none",
-    *QUANTIZERS,
-    *(f"{s}@R" for s in SCORERS),
-    *(f"<scorer>@R+{q}" for q in QUANTIZERS),
-    "R = fraction of tokens removed, 0 < R < 1 (e.g. snapkv@0.5+int8)",
-)
+from evicctl.manager.scorers import SCORERS, drop_tokens
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,34 +109,20 @@ class PipelineCodec(Codec):
     """Optional token dropping, then optional quantization; ``none`` when neither."""
 
     def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None) -> None:
-        self.scorer, self.ratio, self.bits = scorer, ratio, bits
-        drop = f"{scorer}@{ratio!r}" if scorer else ""
-        q = f"int{bits}" if bits else ""
-        self.name = "+".join(p for p in (drop, q) if p) or "none"
-        self.family = {(False, False): "none", (True, False): "drop", (False, True): "quant"}.get(
-            (bool(scorer), bool(bits)), "drop+quant"
-        )
-        self.keep_fraction = 1.0 - ratio if scorer else 1.0
+        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits)
+        self.scorer, self.ratio, self.bits = scorer, self.parts.ratio, bits
+        self.name, self.family = self.parts.name, self.parts.family
+        self.keep_fraction = self.parts.keep_fraction
 
     # ------------------------------------------------------------ sizes
 
     def kept(self, tokens: int) -> int:
-        return kept_count(tokens, self.ratio) if self.scorer else tokens
+        return self.parts.kept(tokens)
 
     def stored_bytes(
         self, tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, *, window_numel: int = 0
     ) -> int:
-        kept = self.kept(tokens)
-        cells = kv_heads * kept * head_dim  # elements of one layer's keys
-        if self.bits:
-            codes = cells * self.bits // 8
-            key_side = 2 * 2 * kv_heads * quant.key_groups(kept) * head_dim  # scale + mn, fp16
-            value_side = 2 * 2 * kv_heads * kept * (head_dim // quant.value_group(head_dim))
-            per_layer = 2 * codes + key_side + value_side
-        else:
-            per_layer = 2 * cells * dtype_bytes
-        pos = layers * kv_heads * kept * _pos_dtype(tokens).itemsize if kept < tokens else 0
-        return layers * per_layer + pos + 2 * window_numel
+        return self.parts.stored_bytes(tokens, layers, kv_heads, head_dim, dtype_bytes, window_numel=window_numel)
 
     # ------------------------------------------------------------ encode
 
@@ -233,7 +212,7 @@ def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[li
 
 
 def _pos_dtype(tokens: int) -> torch.dtype:
-    return torch.int16 if tokens <= _POS16_MAX_TOKENS else torch.int32
+    return torch.int16 if tokens <= POS16_MAX_TOKENS else torch.int32
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -246,31 +225,16 @@ def _dtype(name: str) -> torch.dtype:
 # ---------------------------------------------------------------- registry and names
 
 
-def _parse(name: str) -> PipelineCodec:
-    if name == "none":
-        return PipelineCodec()
-    m = _NAME_RE.match(name)
-    if m is None or not (m["scorer"] or m["quant"]):
-        raise UnknownNameError("codec", name, VALID_FORMS)
-    ratio = float(m["ratio"]) if m["ratio"] else 0.0
-    if m["scorer"] and not 0.0 < ratio < 1.0:
-        raise UnknownNameError("codec", name, VALID_FORMS)
-    return PipelineCodec(m["scorer"], ratio, QUANTIZERS[m["quant"]] if m["quant"] else None)
-
-
 @functools.lru_cache(maxsize=256)
+def _codec(parts: CodecParts) -> PipelineCodec:
+    return PipelineCodec(parts.scorer, parts.ratio, parts.bits)
+
+
 def get_codec(name: str) -> Codec:
     """The codec called `name` (``none``, ``int4``, ``keydiff@0.4``, ``knorm@0.5+int8``, ...).
 
     Raises UnknownNameError (a UsageError) listing the valid forms."""
-    if not isinstance(name, str):
-        raise UnknownNameError("codec", repr(name), VALID_FORMS)
-    return _parse(name.strip())
-
-
-def validate_codec_name(name: str) -> str:
-    """The canonical spelling of a codec name (``knorm@0.50`` -> ``knorm@0.5``); raises UnknownNameError."""
-    return get_codec(name).name
+    return _codec(parse_codec_name(name))
 
 
 def codec_names() -> tuple[str, ...]:
@@ -284,20 +248,16 @@ def example_codec_names(ratio: float = 0.5) -> tuple[str, ...]:
     return ("none", *QUANTIZERS, *drops, *(f"{d}+{q}" for d in drops for q in QUANTIZERS))
 
 
-def codec_family(name: str) -> str:
-    return get_codec(name).family
-
-
 def combined_name(current: str, target: str) -> str:
     """The effective codec of encoding a KV held in `current` with `target`.
 
     Dropped tokens stay dropped, and the harder drop wins (same scorer family or not, the
     tokens already gone are gone); quantization is the target's."""
-    cur, tgt = _parse(validate_codec_name(current)), _parse(validate_codec_name(target))
+    cur, tgt = parse_codec_name(current), parse_codec_name(target)
     scorer, ratio = tgt.scorer, tgt.ratio
     if cur.scorer and (not tgt.scorer or cur.ratio >= tgt.ratio):
         scorer, ratio = cur.scorer, cur.ratio
-    return PipelineCodec(scorer, ratio, tgt.bits).name
+    return CodecParts(scorer, ratio, tgt.bits).name
 
 
 def decode(stored: Stored, device: torch.device | str | None = None) -> KV:

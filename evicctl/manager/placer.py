@@ -60,7 +60,10 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
     """Each context starts where it is if that is still allowed, else at its best allowed option."""
     n_tiers = len(p.tiers)
     opt = opts.current.copy()
-    redo = (opt < 0) | ~_option_ok(p, opts, opt)
+    redo = opt < 0
+    placed = np.flatnonzero(~redo)
+    if len(placed):
+        redo[placed] = ~_option_ok(p, opts, opt[placed], placed)
     if p.rebalance:
         redo |= p.current_tier >= 0
     rows = np.flatnonzero(redo)
@@ -87,11 +90,12 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
     return opt, rows[~found]
 
 
-def _option_ok(p: PlacementProblem, opts: Options, opt: np.ndarray) -> np.ndarray:
+def _option_ok(p: PlacementProblem, opts: Options, opt: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Whether context rows[k] may stay at flat option opt[k]."""
     n_tiers, n_stored = len(p.tiers), p.n_options - 1
     c, t = np.divmod(np.clip(opt, 0, n_stored - 1), n_tiers)
-    stored_ok = opts.option_ok(c, t, np.arange(len(opt)))
-    return np.where(opt == n_stored, opts.drop_ok, (opt >= 0) & stored_ok)
+    stored_ok = opts.option_ok(c, t, rows)
+    return np.where(opt == n_stored, opts.drop_ok[rows], (opt >= 0) & stored_ok)
 
 
 def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -> None:
@@ -179,9 +183,14 @@ def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
         if lower
         else 0,
     )
-    freed = [np.where(best_exit > -1e29, cur_bytes, -1)]
-    loss = [cur_value - best_exit]
-    target = [exit_target]
+    n_rows = 1 + len(opts.size_classes)
+    freed = np.empty((n_rows, n), dtype=np.int64)
+    loss = np.empty((n_rows, n), dtype=np.float32)
+    target = np.empty((n_rows, n), dtype=np.int64)
+    freed[0] = np.where(best_exit > -1e29, cur_bytes, -1)
+    np.subtract(cur_value, best_exit, out=loss[0])
+    target[0] = exit_target
+    k = 1
     here = opts.allowed_at(t, rows)  # [C, n]
     for members in opts.size_classes:
         size = _cols(p.stored_bytes[members[0]], rows)  # the same for every member
@@ -189,16 +198,17 @@ def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
         if not smaller.any():
             continue
         if len(members) == 1:
-            best, to = here[members[0]], np.full(n, members[0] * n_tiers + t)
+            best = here[members[0]]
+            target[k] = members[0] * n_tiers + t
         else:
             pick, best = _first_argmax(here[members])
-            to = members[pick] * n_tiers + t
+            np.add(members[pick] * n_tiers, t, out=target[k])
         usable = smaller & (best > -1e29)
         if usable.any():
-            freed.append(np.where(usable, cur_bytes - size, -1))
-            loss.append(cur_value - best)
-            target.append(to)
-    return np.stack(freed), np.stack(loss), np.stack(target)
+            freed[k] = np.where(usable, cur_bytes - size, -1)
+            np.subtract(cur_value, best, out=loss[k])
+            k += 1
+    return freed[:k], loss[:k], target[:k]
 
 
 def _best_no_larger(p, opts, t, rows, cur_bytes) -> tuple[np.ndarray, np.ndarray]:

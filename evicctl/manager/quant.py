@@ -28,12 +28,14 @@ in place). On CPU they never try, so nothing imports triton on a CPU-only machin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-DEFAULT_GROUP = 32
+# group sizes are shared with the torch-free size arithmetic (stored_bytes from a codec name)
+from evicctl.manager.codec_names import DEFAULT_GROUP, key_groups
+from evicctl.manager.codec_names import value_group as value_group  # re-exported: codecs, kernels
+
 _SUPPORTED_BITS = (8, 4)
 _kernel_cache: dict[str, Callable | None] = {}
 
@@ -98,17 +100,6 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _unpack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return unpack_int4(codes) if bits == 4 else codes
-
-
-def key_groups(tokens: int, group: int = DEFAULT_GROUP) -> int:
-    """Number of token groups of a key tensor of `tokens` tokens."""
-    return math.ceil(tokens / group)
-
-
-def value_group(head_dim: int, group: int = DEFAULT_GROUP) -> int:
-    """Channel group the value codec uses for `head_dim`: `group` if it divides head_dim,
-    else gcd(head_dim, group) (e.g. 16 for head_dim 80) so every group is whole."""
-    return math.gcd(head_dim, group)
 
 
 # ---------------------------------------------------------------- keys: per channel

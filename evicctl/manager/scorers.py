@@ -27,11 +27,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+# kept_count and the protected tokens are shared with the torch-free size arithmetic
+from evicctl.manager.codec_names import SINK_TOKENS, WINDOW_TOKENS, kept_count
 from evicctl.manager.kv import KV
 from evicctl.manager.quant import gather_tokens
 
-SINK_TOKENS = 4
-WINDOW_TOKENS = 16
 SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size
 
 Scorer = Callable[[KV, int], torch.Tensor]
@@ -96,11 +96,6 @@ def snapkv(kv: KV, layer: int) -> torch.Tensor:
 
 
 SCORERS: dict[str, Scorer] = {"knorm": knorm, "keydiff": keydiff, "snapkv": snapkv}
-
-
-def kept_count(tokens: int, ratio: float) -> int:
-    """Tokens a context of `tokens` keeps per head when the fraction `ratio` is removed."""
-    return min(tokens, max(int(tokens * (1 - ratio)), SINK_TOKENS + WINDOW_TOKENS))
 
 
 def protected(positions: torch.Tensor, tokens: int) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""Carrying out a plan's moves, crash-safe: copy, switch, delete.
+
+A move is executed copy first (the new copy is written beside the old one, under its own tier
+key), then the context's placement row is switched (one transaction with its event), then the
+old copy is deleted. A crash at any point leaves one valid copy that the store points at
+(plus, at worst, an orphan file that the next start deletes: see `restart`).
+
+The executor works on its Manager's state: `_contexts` and `_batch` under `_lock`, the tiers by
+name, `_flush()` to write the batch, `heartbeat_if_due()` between copies (a long plan must not
+look like a dead manager), and the `fault` test hook.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from evicctl.errors import CorruptDataError
+from evicctl.manager.kv import KV
+from evicctl.manager.placer_types import DROPPED_TIER, Move, Plan
+from evicctl.manager.state import EVENT_KIND, ContextState, tier_key
+
+log = logging.getLogger(__name__)
+
+# What step 1 of a move produced: (tier key, location, checksum, stored bytes); key "drop" for a drop.
+Copy = tuple[str, str | None, str | None, int]
+DROP_COPY: Copy = ("drop", None, None, 0)
+NOT_ADMISSIONS = ("compress", "demote", "promote", "move", "drop")
+
+
+class MoveExecutor:
+    """Executes plans (and admissions) for one Manager; see the module docstring."""
+
+    def __init__(self, manager) -> None:
+        self.m = manager
+
+    def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
+        """Carry out a plan's moves (copy, switch rows, delete old copies); returns event ids.
+        Admissions are skipped: they carry their KV, and `admit` does them."""
+        m = self.m
+        with m._exec_lock:
+            copies = []
+            for move in plan.iter_moves(NOT_ADMISSIONS):
+                copy = self._copy(move)
+                if copy is not None:
+                    copies.append((move, copy))
+                m.heartbeat_if_due()
+            self._fault("copied")
+            old_copies = []
+            with m._lock:
+                for move, copy in copies:
+                    old = self._switch(move, copy, actor, command_id)
+                    if old is not None:
+                        old_copies.append(old)
+            event_ids = m._flush()
+            self._fault("switched")
+            for tier, key in old_copies:
+                tier.delete(key)
+            return event_ids
+
+    def admit(self, ctx: ContextState, kv: KV, plan: Plan, now: float) -> None:
+        """Store a new context's KV as the plan says (the caller holds `_exec_lock`)."""
+        from evicctl.manager.codecs import get_codec
+
+        m = self.m
+        move = plan.move_of(ctx.id)
+        if move.to_codec is None:
+            new = DROP_COPY
+        else:
+            stored = get_codec(move.to_codec).encode(kv)
+            key = tier_key(ctx.id, move.to_codec)
+            put = m._tier_by_name[move.to_tier].put(key, stored)
+            new = (key, put.location, put.checksum, stored.nbytes)
+        self._fault("admit-copied")
+        with m._lock:
+            m._batch.upsert("contexts", ctx.row(m._freq.rate(ctx.id, now)))
+            self._switch(move, new, "policy", None)
+        m._flush()
+
+    def lose(self, context_id: str, key: str | None, why: str, *, reason: str = "lost") -> None:
+        """A copy failed its checksum or vanished: never served; the context becomes dropped."""
+        m = self.m
+        with m._lock:
+            ctx = m._contexts.get(context_id)
+            if ctx is None or ctx.key != key or not ctx.stored:
+                return
+            tier = m._tier_by_name.get(ctx.tier)
+            m._batch.event(
+                context_id=context_id, kind="lost", from_tier=ctx.tier, to_tier=DROPPED_TIER,
+                from_codec=ctx.codec, bytes=ctx.stored_bytes, reason=reason, utility_before=ctx.utility,
+            )  # fmt: skip
+            log.warning("context %s lost: %s", context_id, why)
+            ctx.set_dropped(time.time())
+            m._batch.upsert("placements", ctx.placement_row())
+        if tier is not None and key is not None:
+            tier.delete(key)
+        if not m.running:
+            m._flush()
+
+    def _fault(self, stage: str) -> None:
+        if self.m.fault:
+            self.m.fault(stage)
+
+    def _copy(self, move: Move) -> Copy | None:
+        """Step 1 of a move: the new copy, written beside the old one. None if the source is
+        unreadable (the context is then lost: an event, a miss next time)."""
+        from evicctl.manager.codecs import get_codec
+
+        m = self.m
+        with m._lock:
+            ctx = m._contexts.get(move.context_id)
+            if ctx is None or not ctx.stored or ctx.tier != move.from_tier or ctx.codec != move.from_codec:
+                return None  # changed since it was planned; the next plan sees the new state
+            src, key = m._tier_by_name[ctx.tier], ctx.key
+        if move.to_codec is None:
+            return DROP_COPY
+        try:
+            stored, _ = src.get(key)
+            if move.to_codec != move.from_codec:
+                stored = get_codec(move.to_codec).encode(get_codec(move.from_codec).decode(stored, "cpu"))
+            new_key = tier_key(move.context_id, move.to_codec)
+            put = m._tier_by_name[move.to_tier].put(new_key, stored)
+        except KeyError:
+            return None
+        except CorruptDataError as exc:
+            self.lose(move.context_id, key, str(exc))
+            return None
+        return (new_key, put.location, put.checksum, stored.nbytes)
+
+    def _switch(self, move: Move, copy: Copy, actor: str, command_id: int | None):
+        """Step 2 (under _lock): point the context at its new copy; batch the row and event.
+        Returns the old copy (tier, key) to delete once the batch is written."""
+        m = self.m
+        ctx = m._contexts[move.context_id]
+        old = (m._tier_by_name[ctx.tier], ctx.key) if ctx.stored else None
+        new_key, location, checksum, nbytes = copy
+        now = time.time()
+        if move.to_codec is None:
+            ctx.set_dropped(now)
+        else:
+            ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = move.to_tier, move.to_codec, new_key, nbytes
+            ctx.location, ctx.checksum, ctx.since = location, checksum, now
+        ctx.utility = move.utility_after
+        m._batch.upsert("placements", ctx.placement_row())
+        m._batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})
+        m._batch.event(
+            ts=now, context_id=ctx.id, kind=EVENT_KIND.get(move.kind, "move"), from_tier=move.from_tier,
+            to_tier=move.to_tier, from_codec=move.from_codec, to_codec=move.to_codec, bytes=nbytes,
+            utility_before=move.utility_before, utility_after=move.utility_after, reason=move.reason,
+            actor=actor, command_id=command_id,
+        )  # fmt: skip
+        return old

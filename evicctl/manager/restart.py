@@ -1,0 +1,106 @@
+"""Restart: rebuild a Manager's state from what the previous one left in the store.
+
+With the same database and cache directory, disk-tier copies are adopted (their checksums
+verified), memory-tier ones are reported gone (an event each; the context is dropped and
+recomputed on its next use), pins and profiles come back from the store, and files no
+placement points at (a crashed move's half, a lost copy) are deleted.
+
+`recover` fills the Manager's `_contexts`, `_tier_hits`, `_misses`, `_freq`, `_dirty` and
+`orphans_deleted`, batches its events in `_batch` and flushes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from evicctl.errors import CorruptDataError
+from evicctl.manager.placer_types import DROPPED_TIER
+from evicctl.manager.state import ContextState, tier_key
+from evicctl.manager.utility import codec_sizes
+
+log = logging.getLogger(__name__)
+
+SHAPE_KEYS = ("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel")
+
+
+def recover(m, previous_heartbeat_at: float) -> None:
+    """Rebuild the state a previous manager left in the store (see the module docstring)."""
+    now = time.time()
+    store = m._store
+    rows = {r["id"]: r for r in store.query("SELECT * FROM contexts")}
+    m._tier_hits = {r["name"]: r["hits"] for r in store.query("SELECT name, hits FROM tiers")}
+    m._misses = sum(r["misses"] for r in rows.values())
+    placements = {r["context_id"]: r for r in store.query("SELECT * FROM placements")}
+    shape = tuple(m._kv_shape.get(k, 0) for k in SHAPE_KEYS) if m._kv_shape else None
+    for cid, r in rows.items():
+        ctx = ContextState(
+            cid, r["tokens"], r["raw_bytes"], tenant=r["tenant"], label=r["label"], created_at=r["created_at"],
+            last_access_at=r["last_access_at"], hits=r["hits"], misses=r["misses"], shape=shape,
+            pin_tier=r["pin_tier"], pin_codec=r["pin_codec"], quality_floor=r["quality_floor"],
+            utility=r["utility"],
+        )  # fmt: skip
+        ctx.sizes = codec_sizes(m.codec_names, ctx.tokens, shape, ctx.raw_bytes)
+        m._contexts[cid] = ctx
+        # freq was written as the decayed rate at (about) the last heartbeat
+        m._freq.set(cid, r["freq"], min(previous_heartbeat_at, now))
+    for r in store.query("SELECT * FROM profiles ORDER BY measured_at"):
+        ctx = m._contexts.get(r["context_id"])
+        if ctx is not None:
+            ctx.keep_profile(r["codec"], r["quality"], r["quality_sd"], r["metric"])
+    adopted: set[str] = set()
+    for cid, ctx in m._contexts.items():
+        location = _adopt(m, ctx, placements.get(cid), now)
+        if location:
+            adopted.add(location)
+        m._dirty.add(cid)
+    m.orphans_deleted = delete_orphans(m.tiers, adopted)
+    m._flush()
+
+
+def _adopt(m, ctx: ContextState, row, now: float) -> str | None:
+    """Re-attach a context's copy from its placement row; returns its location if adopted."""
+    batch = m._batch
+    if row is None or row["tier"] == DROPPED_TIER:
+        ctx.since = row["since"] if row else now
+        batch.upsert("placements", ctx.placement_row())
+        return None
+    tier = m._tier_by_name.get(row["tier"])
+    key = tier_key(ctx.id, row["codec"])
+    gone = {"context_id": ctx.id, "from_tier": row["tier"], "to_tier": DROPPED_TIER,
+            "from_codec": row["codec"], "bytes": row["stored_bytes"], "utility_before": ctx.utility}  # fmt: skip
+    if tier is None or not hasattr(tier, "adopt"):
+        # Memory tiers do not survive a restart; a tier no longer configured is gone too.
+        batch.event(kind="drop", reason="recovery", **gone)
+    else:
+        try:
+            nbytes = tier.adopt(key, row["location"], row["checksum"], verify=True)
+        except CorruptDataError as exc:
+            log.warning("context %s lost at restart: %s", ctx.id, exc)
+            batch.event(kind="lost", reason="lost", **gone)
+        else:
+            ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = row["tier"], row["codec"], key, nbytes
+            ctx.checksum, ctx.location, ctx.since = row["checksum"], row["location"], row["since"]
+            if row["codec"] not in ctx.sizes:
+                ctx.sizes[row["codec"]] = nbytes
+            batch.event(kind="recovery", reason="recovery", context_id=ctx.id, to_tier=row["tier"],
+                        to_codec=row["codec"], bytes=nbytes)  # fmt: skip
+            return row["location"]
+    ctx.since = now
+    batch.upsert("placements", ctx.placement_row())
+    return None
+
+
+def delete_orphans(tiers, adopted: set[str]) -> int:
+    """Delete files in disk tiers that no placement points at; returns how many."""
+    deleted = 0
+    for tier in tiers:
+        if not hasattr(tier, "files"):
+            continue
+        for path in tier.files():
+            if str(path) not in adopted:
+                path.unlink(missing_ok=True)
+                deleted += 1
+    if deleted:
+        log.info("deleted %d orphan file(s)", deleted)
+    return deleted
