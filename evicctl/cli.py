@@ -20,7 +20,6 @@ from evicctl.cli_common import (
     db_path,
     lazy_attr,
     open_reader,
-    validate_sort,
 )
 from evicctl.cli_output import OutputFormat, console, stdout_is_terminal
 from evicctl.errors import UsageError
@@ -62,13 +61,15 @@ def top(
     interval: Annotated[float, typer.Option(help=f"Seconds between refreshes (minimum {MIN_INTERVAL_S}).")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit (works without a terminal).")] = False,
     readonly: Annotated[bool, typer.Option("--readonly", help="Hide and refuse the pin/evict/recompress actions.")] = False,
-    sort: Annotated[str, typer.Option(help="Initial sort of the contexts table (utility|size|hits|age|quality ...).")] = "utility",
+    sort: Annotated[str, typer.Option(help="Initial sort of the contexts table (utility|size|hits|age|quality ...); -KEY descending, +KEY ascending.")] = "utility",
     db: DbOpt = None,
 ) -> None:
     """The live dashboard: tiers, contexts, events and the manager's state."""
     if interval < MIN_INTERVAL_S:
         raise UsageError(f"--interval must be at least {MIN_INTERVAL_S} s; got {interval:g}")
-    validate_sort(sort)
+    # the dashboard's own parser, so every spelling it accepts (-hits, +age, stored) is valid here
+    parse_sort = lazy_attr("evicctl.tui.query", "parse_sort", "evicctl top")
+    parse_sort(sort)
     path = db_path(db)
     open_reader(path).close()  # a missing or unreadable database is one clear line, here
     if once:

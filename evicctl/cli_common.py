@@ -72,24 +72,12 @@ def validate_tier(store, name: str, *, extra: tuple[str, ...] = ()) -> str:
 
 
 def validate_codec(name: str) -> str:
-    """The codec registry decides; until it is importable, the default menu does."""
-    try:
-        from evicctl.manager.codecs import validate_codec_name
-    except ImportError:
-        from evicctl.config import DEFAULT_CODECS
+    """The canonical spelling of a codec name, or UnknownNameError listing the valid forms.
 
-        if name not in DEFAULT_CODECS:
-            raise UnknownNameError("codec", name, DEFAULT_CODECS) from None
-        return name
-    try:
-        checked = validate_codec_name(name)
-    except UsageError:
-        raise
-    except (KeyError, ValueError) as exc:  # a registry that raises plain errors still gives one line
-        raise UsageError(f"unknown codec {name!r}: {exc}") from None
-    if checked is False:
-        raise UsageError(f"unknown codec {name!r}")
-    return checked if isinstance(checked, str) else name
+    Torch-free: the name is parsed, no codec is built (importing the codecs costs seconds)."""
+    from evicctl.manager.codec_names import validate_codec_name
+
+    return validate_codec_name(name)
 
 
 def validate_sort(sort: str) -> str:
