@@ -61,3 +61,25 @@ def test_cli_module_imports_without_opening_a_database(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_codec_names_and_cli_codec_validation_do_not_import_torch(tmp_path):
+    """`evicctl pin --codec` and `evicctl show` parse and size codec names without torch (~2 s)."""
+    code = textwrap.dedent("""
+        import sys
+        from evicctl.manager import codec_names
+        assert 'torch' not in sys.modules, 'importing codec_names loaded torch'
+        assert codec_names.validate_codec_name('knorm@0.50+int8') == 'knorm@0.5+int8'
+        assert codec_names.stored_bytes('snapkv@0.5+int4', 1024, 30, 3, 64, 2) > 0
+        from evicctl.cli_common import validate_codec
+        assert validate_codec('int4') == 'int4'
+        try:
+            validate_codec('zip')
+        except KeyError:
+            pass
+        import evicctl.snapshot_detail
+        loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')
+        assert not loaded, f'loaded {loaded[:3]}'
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr

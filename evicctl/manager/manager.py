@@ -6,13 +6,9 @@ re-plans (on tier pressure, new profiles, and every `replan_s`) and writes state
 `_lock` guards the in-memory placement state and is never held during tier I/O; `_exec_lock`
 lets one thread at a time plan and move data.
 
-A move is executed copy first, then the placement row is switched (one transaction with its
-event), then the old copy is deleted: a crash at any point leaves one valid copy that the
-store points at (plus, at worst, an orphan file that the next start deletes).
-
-Restart: with the same database and cache directory, disk-tier copies are adopted (their
-checksums verified), memory-tier ones are reported gone, pins come back from the store, and
-files no placement points at are deleted.
+Moves are executed crash-safe by `moves.MoveExecutor` (copy, switch, delete); a restart
+adopts what the previous manager left (`restart.recover`); online quality measurements flag
+contexts whose profiles no longer hold (`reprofile.OnlineQuality`).
 """
 
 from __future__ import annotations
@@ -22,109 +18,43 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from evicctl import __version__
 from evicctl.config import ManagerConfig
 from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameError, UsageError
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
-from evicctl.manager.placer import DROPPED_TIER, PlacementProblem, Plan, place
+from evicctl.manager.moves import MoveExecutor
+from evicctl.manager.placer import PlacementProblem, Plan, place
+from evicctl.manager.reprofile import OnlineQuality
+from evicctl.manager.restart import recover
+from evicctl.manager.state import PREFERRED_METRIC, ContextState, Lookup, Placement, tier_key
 from evicctl.manager.utility import codec_sizes, price_problem
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_TOKENS = 32  # before the engine reports a hit's prefill
 QUERY_EWMA = 0.1
-HEARTBEAT_EVERY_S = 0.5  # the CLI calls a manager dead after heartbeat_timeout_s (5 s)
+# The manager row's heartbeat is rewritten at most this often; readers (CLI, dashboard) call a
+# manager dead when its heartbeat is older than config.heartbeat_timeout_s, which must leave
+# room for HEARTBEATS_PER_TIMEOUT heartbeats (ticks, and long plans, heartbeat as they go).
+HEARTBEAT_EVERY_S = 0.5
+HEARTBEATS_PER_TIMEOUT = 4
 SAMPLE_EVERY_S = 1.0  # tier occupancy samples for the dashboard's history
 FREQ_REFRESH_S = 10.0  # every context's row gets its decayed freq rewritten this often
-PREFERRED_METRIC = "teacher-forced"  # the metric the placer trusts when several are recorded
-EVENT_KIND = {"admit": "admit", "compress": "compress", "demote": "evict", "promote": "move", "move": "move", "drop": "drop"}
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a context is: a tier and codec, or tier "dropped" (recomputed on next use)."""
-
-    context_id: str
-    tier: str
-    codec: str
-    stored_bytes: int
-    checksum: str | None = None
-    location: str | None = None
-    since: float = 0.0
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """A hit: the KV on the compute device and what it cost to get it there."""
-
-    kv: KV
-    tier: str
-    codec: str
-    stored_bytes: int
-    load_s: float  # reading the stored form from its tier
-    decode_s: float  # decoding (and copying) it to the compute device
-    freq: float = 0.0  # the context's access rate after this lookup, 1/s
-
-
-@dataclass
-class ContextState:
-    """One known context (mutable; guarded by Manager._lock)."""
-
-    id: str
-    tokens: int
-    raw_bytes: int
-    tenant: str = "default"
-    label: str | None = None
-    created_at: float = 0.0
-    last_access_at: float = 0.0
-    hits: int = 0
-    misses: int = 0
-    shape: tuple[int, int, int, int, int] | None = None  # layers, kv_heads, head_dim, dtype_bytes, window_numel
-    tier: str = DROPPED_TIER
-    codec: str = "none"
-    key: str | None = None  # the id its copy has in its tier
-    stored_bytes: int = 0
-    checksum: str | None = None
-    location: str | None = None
-    since: float = 0.0
-    pin_tier: str | None = None
-    pin_codec: str | None = None
-    quality_floor: float | None = None
-    min_tier: int = 0  # after an operator evict: tiers above stay excluded until the next hit
-    profiles: dict[str, tuple[float, float | None, str]] = field(default_factory=dict)  # codec -> (q, sd, metric)
-    miss_s: float | None = None  # measured prefill of the whole context
-    utility: float | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def stored(self) -> bool:
-        return self.tier != DROPPED_TIER
-
-    def placement(self) -> Placement:
-        return Placement(self.id, self.tier, self.codec, self.stored_bytes, self.checksum, self.location, self.since)
-
-    def row(self, freq: float) -> dict:
-        return {
-            "id": self.id, "label": self.label, "tenant": self.tenant, "tokens": self.tokens,
-            "raw_bytes": self.raw_bytes, "created_at": self.created_at, "last_access_at": self.last_access_at,
-            "hits": self.hits, "misses": self.misses, "freq": freq, "utility": self.utility,
-            "pin_tier": self.pin_tier, "pin_codec": self.pin_codec, "quality_floor": self.quality_floor,
-        }  # fmt: skip
-
-    def placement_row(self) -> dict:
-        return {
-            "context_id": self.id, "tier": self.tier, "codec": self.codec, "stored_bytes": self.stored_bytes,
-            "checksum": self.checksum, "location": self.location, "since": self.since,
-        }  # fmt: skip
-
-
-def tier_key(context_id: str, codec: str) -> str:
-    """The id a copy has inside its tier: one per codec, so a recompress on the same tier
-    writes a new copy beside the old one instead of over it (copy first, then switch)."""
-    return f"{context_id}.{codec.replace('@', '-').replace('+', '_')}"
+def heartbeat_every_s(config: ManagerConfig) -> float:
+    """How often the manager heartbeats under `config`; UsageError if readers would see gaps."""
+    timeout_s = config.heartbeat_timeout_s
+    if not timeout_s > 0:
+        raise UsageError(f"heartbeat_timeout_s must be > 0; got {timeout_s}")
+    if config.tick_s * HEARTBEATS_PER_TIMEOUT > timeout_s:
+        raise UsageError(
+            f"heartbeat_timeout_s ({timeout_s} s) must be at least {HEARTBEATS_PER_TIMEOUT} ticks "
+            f"(tick_s {config.tick_s} s): the control loop heartbeats once per tick at most"
+        )
+    return min(HEARTBEAT_EVERY_S, timeout_s / HEARTBEATS_PER_TIMEOUT)
 
 
 class Manager:
@@ -139,6 +69,7 @@ class Manager:
         from evicctl.store import Store
 
         self.config = config = config or ManagerConfig()
+        self._heartbeat_every_s = heartbeat_every_s(config)
         self.codec_names = tuple(validate_codec_name(c) for c in config.codecs)
         if "none" not in self.codec_names:
             self.codec_names = ("none", *self.codec_names)  # a fresh context can always be kept whole
@@ -146,6 +77,7 @@ class Manager:
         self._exec_lock = threading.RLock()
         self._contexts: dict[str, ContextState] = {}
         self._freq = DecayedRate(config.freq_half_life_s)
+        self._online = OnlineQuality(config.reprofile_drop)
         self._tenant_floors = dict(config.tenant_quality_floors)
         self._query_tokens = float(DEFAULT_QUERY_TOKENS)
         self._kv_shape: dict | None = None
@@ -158,9 +90,11 @@ class Manager:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._closed = False
+        self.orphans_deleted = 0
         # Test hook: called with a stage name between the steps of a move ("copied", "switched",
         # "admit-copied"); a test raises from it to simulate a crash there.
         self.fault: Callable[[str], None] | None = None
+        self._moves = MoveExecutor(self)
 
         self.tiers = list(tiers) if tiers is not None else [
             make_tier(cfg, rank, cache_dir=config.cache_dir) for rank, cfg in enumerate(config.tiers)
@@ -178,7 +112,7 @@ class Manager:
         self._kv_shape = prev_config.get("kv_shape")
         self._control = ControlServer(self._store, __version__, self.config_json())
         self._commands = CommandHandler(self)
-        self._recover(previous[0]["heartbeat_at"] if previous else time.time())
+        recover(self, previous[0]["heartbeat_at"] if previous else time.time())
         self._control.heartbeat(self.config_json())
         self._last_heartbeat = time.time()
 
@@ -250,7 +184,7 @@ class Manager:
                     return ctx.placement()
                 ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
             plan = self._plan(admit=context_id)
-            self._apply_admission(ctx, kv, plan, now)
+            self._moves.admit(ctx, kv, plan, now)
             pressure = self._over_capacity()
         if pressure:
             self._replan_needed = True
@@ -280,18 +214,12 @@ class Manager:
             except KeyError:
                 continue
             except CorruptDataError as exc:
-                self._lose(context_id, key, str(exc))
-                with self._lock:
-                    self._count_miss(ctx, now)
-                return None
+                return self._lost_on_read(ctx, key, exc, now)
             start = time.perf_counter()
             try:
                 kv = get_codec(codec).decode(stored, device or self.config.device)
             except CorruptDataError as exc:
-                self._lose(context_id, key, str(exc))
-                with self._lock:
-                    self._count_miss(ctx, now)
-                return None
+                return self._lost_on_read(ctx, key, exc, now)
             decode_s = time.perf_counter() - start
             self.cost_model.observe_decode(get_codec(codec).family, nbytes, decode_s)
             with self._lock:
@@ -308,18 +236,11 @@ class Manager:
                        n_queries: int, metric: str = PREFERRED_METRIC, raw_mean: float | None = None,
                        f1: float | None = None) -> None:  # fmt: skip
         """Store a codec's measured quality for a context; the placer uses it from the next plan."""
-        from evicctl.manager.codecs import validate_codec_name
-
-        codec = validate_codec_name(codec)
-        if not 0.0 <= quality <= 1.0:
-            raise UsageError(f"quality must be in [0, 1]; got {quality}")
+        codec = self._checked_quality(codec, quality)
         with self._lock:
-            ctx = self._contexts.get(context_id)
-            if ctx is None:
-                raise NoSuchContextError(context_id)
-            have = ctx.profiles.get(codec)
-            if have is None or metric == PREFERRED_METRIC or have[2] != PREFERRED_METRIC:
-                ctx.profiles[codec] = (float(quality), None if quality_sd is None else float(quality_sd), metric)
+            ctx = self.context(context_id)
+            ctx.keep_profile(codec, quality, quality_sd, metric)
+            self._online.profiled(context_id, codec)  # a fresh profile: the online check starts over
             self._batch.upsert("profiles", {
                 "context_id": context_id, "codec": codec, "metric": metric, "quality": float(quality),
                 "quality_sd": quality_sd, "raw_mean": raw_mean, "f1": f1, "n_queries": int(n_queries),
@@ -328,6 +249,44 @@ class Manager:
             self._replan_needed = True
         if not self.running:
             self._flush()
+
+    def record_online_quality(self, context_id: str, codec: str, quality: float) -> bool:
+        """One served answer's measured quality in [0, 1] (the profiling metric), with the codec
+        its KV was served at. Returns needs_reprofile(context_id) after it.
+
+        When the context's running mean for that codec falls below the codec's stored profile
+        by more than config.reprofile_drop, the profile is stale: an event (kind "reprofile",
+        reason "quality-drop") is written and the context is a re-profiling candidate until
+        record_profile brings a new profile of that codec.
+        """
+        codec = self._checked_quality(codec, quality)
+        with self._lock:
+            ctx = self.context(context_id)
+            profile = ctx.profiles.get(codec)
+            profile_quality = 1.0 if codec == "none" else (profile[0] if profile else None)  # none is the reference
+            shortfall = self._online.record(context_id, codec, float(quality), profile_quality)
+            if shortfall is not None:
+                log.info("context %s: online quality of %s is %.2f below its profile; re-profile it",
+                         context_id, codec, shortfall)  # fmt: skip
+                self._batch.event(context_id=context_id, kind="reprofile", reason="quality-drop",
+                                  from_tier=ctx.tier, from_codec=codec, utility_before=ctx.utility)  # fmt: skip
+            needs = self._online.needs_reprofile(context_id)
+        if shortfall is not None and not self.running:
+            self._flush()
+        return needs
+
+    def needs_reprofile(self, context_id: str) -> bool:
+        """Whether online quality says one of the context's profiles no longer holds."""
+        with self._lock:
+            self.context(context_id)
+            return self._online.needs_reprofile(context_id)
+
+    def reprofile_candidates(self) -> list[str]:
+        """Contexts that need re-profiling, the costliest first (access rate times the drop)."""
+        with self._lock:
+            ids = [cid for cid in self._contexts if self._online.needs_reprofile(cid)]
+            rates = self._freq.rates(ids, time.time())
+            return self._online.candidates(dict(zip(ids, rates.tolist(), strict=True)))
 
     def report_prefill(self, new_tokens: int, cached_tokens: int, seconds: float) -> None:
         """A prefill the engine timed: refines the cost model (and, for hits, the query size)."""
@@ -357,14 +316,23 @@ class Manager:
             "query_tokens": round(self._query_tokens, 2),
             "kv_shape": self._kv_shape,
             "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
+            "heartbeat_every_s": self._heartbeat_every_s,
             "tick_s": self.config.tick_s,
             "replan_s": self.config.replan_s,
             "quality_floor": self.config.quality_floor,
             "tenant_quality_floors": self._tenant_floors,
+            "reprofile_drop": self.config.reprofile_drop,
             "tiers": [{"name": t.name, "backend": t.backend, "rank": t.rank, "capacity_bytes": t.capacity_bytes}
                       for t in self.tiers],  # fmt: skip
             "device": self.config.device,
         }
+
+    def _checked_quality(self, codec: str, quality: float) -> str:
+        from evicctl.manager.codecs import validate_codec_name
+
+        if not 0.0 <= quality <= 1.0:
+            raise UsageError(f"quality must be in [0, 1]; got {quality}")
+        return validate_codec_name(codec)
 
     # ------------------------------------------------------------------ the control loop
 
@@ -374,9 +342,7 @@ class Manager:
         with self._exec_lock:
             if self._closed and self._thread is None:
                 return
-            if now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
-                self._control.heartbeat(self.config_json())
-                self._last_heartbeat = now
+            self.heartbeat_if_due(now)
             self._control.poll(self._commands)
             timer = now - self._last_replan >= self.config.replan_s
             if timer or self._replan_needed or self._over_capacity():
@@ -386,10 +352,17 @@ class Manager:
             self._write_state(now)
             self._flush()
 
+    def heartbeat_if_due(self, now: float | None = None) -> None:
+        """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old."""
+        now = time.time() if now is None else now
+        if now - self._last_heartbeat >= self._heartbeat_every_s and not self._closed:
+            self._control.heartbeat(self.config_json())
+            self._last_heartbeat = now
+
     def _over_capacity(self) -> bool:
         return any(t.used_bytes > t.capacity_bytes for t in self.tiers)
 
-    # ------------------------------------------------------------------ planning
+    # ------------------------------------------------------------------ planning and moves
 
     def _plan(self, *, admit: str | None = None, rebalance: bool = False,
               overrides: dict[str, dict] | None = None) -> Plan:  # fmt: skip
@@ -419,81 +392,9 @@ class Manager:
                 overrides=overrides,
             )
 
-    # ------------------------------------------------------------------ executing plans
-
     def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
         """Carry out a plan's moves (copy, switch rows, delete old copies); returns event ids."""
-        with self._exec_lock:
-            copies = []
-            for move in plan:
-                if move.kind == "admit":
-                    continue  # admissions carry their KV: store() does them
-                copy = self._copy(move)
-                if copy is not None:
-                    copies.append((move, copy))
-            if self.fault:
-                self.fault("copied")
-            old_copies = []
-            with self._lock:
-                for move, copy in copies:
-                    old = self._switch(move, copy, actor, command_id)
-                    if old is not None:
-                        old_copies.append(old)
-            event_ids = self._flush()
-            if self.fault:
-                self.fault("switched")
-            for tier, key in old_copies:
-                tier.delete(key)
-            return event_ids
-
-    def _copy(self, move):
-        """Step 1 of a move: the new copy, written beside the old one. None if the source is
-        unreadable (the context is then lost: an event, a miss next time)."""
-        from evicctl.manager.codecs import get_codec
-
-        with self._lock:
-            ctx = self._contexts.get(move.context_id)
-            if ctx is None or not ctx.stored or ctx.tier != move.from_tier or ctx.codec != move.from_codec:
-                return None  # changed since it was planned; the next plan sees the new state
-            src, key = self._tier_by_name[ctx.tier], ctx.key
-        if move.to_codec is None:
-            return ("drop", None, None, 0)
-        try:
-            stored, _ = src.get(key)
-            if move.to_codec != move.from_codec:
-                stored = get_codec(move.to_codec).encode(get_codec(move.from_codec).decode(stored, "cpu"))
-            new_key = tier_key(move.context_id, move.to_codec)
-            put = self._tier_by_name[move.to_tier].put(new_key, stored)
-        except KeyError:
-            return None
-        except CorruptDataError as exc:
-            self._lose(move.context_id, key, str(exc))
-            return None
-        return (new_key, put.location, put.checksum, stored.nbytes)
-
-    def _switch(self, move, copy, actor: str, command_id: int | None):
-        """Step 2 (under _lock): point the context at its new copy; batch the row and event.
-        Returns the old copy (tier, key) to delete once the batch is written."""
-        ctx = self._contexts[move.context_id]
-        old = (self._tier_by_name[ctx.tier], ctx.key) if ctx.stored else None
-        new_key, location, checksum, nbytes = copy
-        now = time.time()
-        if move.to_codec is None:
-            ctx.tier, ctx.key, ctx.stored_bytes, ctx.location, ctx.checksum = DROPPED_TIER, None, 0, None, None
-        else:
-            ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = move.to_tier, move.to_codec, new_key, nbytes
-            ctx.location, ctx.checksum = location, checksum
-        ctx.since = now
-        ctx.utility = move.utility_after
-        self._batch.upsert("placements", ctx.placement_row())
-        self._batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})
-        self._batch.event(
-            ts=now, context_id=ctx.id, kind=EVENT_KIND.get(move.kind, "move"), from_tier=move.from_tier,
-            to_tier=move.to_tier, from_codec=move.from_codec, to_codec=move.to_codec, bytes=nbytes,
-            utility_before=move.utility_before, utility_after=move.utility_after, reason=move.reason,
-            actor=actor, command_id=command_id,
-        )  # fmt: skip
-        return old
+        return self._moves.execute(plan, actor=actor, command_id=command_id)
 
     def _admit_state(self, ctx, context_id, kv: KV, label, tenant, prefill_s, now) -> ContextState:
         """Create (or refresh a dropped) context's state for admission. Under _lock."""
@@ -507,31 +408,17 @@ class Manager:
         ctx.label = label if label is not None else ctx.label
         ctx.tenant = tenant
         ctx.last_access_at = now
-        ctx.sizes = codec_sizes(self.codec_names, kv.tokens, shape, ctx.raw_bytes)
+        ctx.set_sizes(codec_sizes(self.codec_names, kv.tokens, shape, ctx.raw_bytes))
         if prefill_s is not None and prefill_s > 0:
             ctx.miss_s = float(prefill_s)
         self._freq.record(context_id, now)
         return ctx
 
-    def _apply_admission(self, ctx: ContextState, kv: KV, plan: Plan, now: float) -> None:
-        from evicctl.manager.codecs import get_codec
-
-        move = next(m for m in plan if m.context_id == ctx.id)
-        if move.to_codec is None:
-            new = ("drop", None, None, 0)
-        else:
-            stored = get_codec(move.to_codec).encode(kv)
-            key = tier_key(ctx.id, move.to_codec)
-            put = self._tier_by_name[move.to_tier].put(key, stored)
-            new = (key, put.location, put.checksum, stored.nbytes)
-        if self.fault:
-            self.fault("admit-copied")
+    def _lost_on_read(self, ctx: ContextState, key: str | None, exc: Exception, now: float) -> None:
+        """A copy failed its checksum or would not decode: never served, and a miss now."""
+        self._moves.lose(ctx.id, key, str(exc))
         with self._lock:
-            self._batch.upsert("contexts", ctx.row(self._freq.rate(ctx.id, now)))
-            self._switch(move, new, "policy", None)
-        self._flush()
-
-    # ------------------------------------------------------------------ losses and misses
+            self._count_miss(ctx, now)
 
     def _count_miss(self, ctx: ContextState, now: float) -> None:
         """Under _lock."""
@@ -540,26 +427,6 @@ class Manager:
         ctx.last_access_at = now
         self._misses += 1
         self._dirty.add(ctx.id)
-
-    def _lose(self, context_id: str, key: str | None, why: str, *, reason: str = "lost") -> None:
-        """A copy failed its checksum or vanished: never served; the context becomes dropped."""
-        with self._lock:
-            ctx = self._contexts.get(context_id)
-            if ctx is None or ctx.key != key or not ctx.stored:
-                return
-            tier = self._tier_by_name.get(ctx.tier)
-            self._batch.event(
-                context_id=context_id, kind="lost", from_tier=ctx.tier, to_tier=DROPPED_TIER,
-                from_codec=ctx.codec, bytes=ctx.stored_bytes, reason=reason, utility_before=ctx.utility,
-            )  # fmt: skip
-            log.warning("context %s lost: %s", context_id, why)
-            ctx.tier, ctx.key, ctx.stored_bytes, ctx.location, ctx.checksum = DROPPED_TIER, None, 0, None, None
-            ctx.since = time.time()
-            self._batch.upsert("placements", ctx.placement_row())
-        if tier is not None and key is not None:
-            tier.delete(key)
-        if not self.running:
-            self._flush()
 
     # ------------------------------------------------------------------ state writes
 
@@ -596,89 +463,6 @@ class Manager:
         if len(batch) == 0:
             return []
         return self._store.flush(batch)
-
-    # ------------------------------------------------------------------ restart
-
-    def _recover(self, previous_heartbeat_at: float) -> None:
-        """Rebuild the state a previous manager left in the store (see the module docstring)."""
-        now = time.time()
-        rows = {r["id"]: r for r in self._store.query("SELECT * FROM contexts")}
-        self._tier_hits = {r["name"]: r["hits"] for r in self._store.query("SELECT name, hits FROM tiers")}
-        self._misses = sum(r["misses"] for r in rows.values())
-        placements = {r["context_id"]: r for r in self._store.query("SELECT * FROM placements")}
-        shape = self._kv_shape
-        shape_tuple = None if not shape else tuple(shape.get(k, 0) for k in
-                                                   ("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel"))  # fmt: skip
-        for cid, r in rows.items():
-            ctx = ContextState(
-                cid, r["tokens"], r["raw_bytes"], tenant=r["tenant"], label=r["label"], created_at=r["created_at"],
-                last_access_at=r["last_access_at"], hits=r["hits"], misses=r["misses"], shape=shape_tuple,
-                pin_tier=r["pin_tier"], pin_codec=r["pin_codec"], quality_floor=r["quality_floor"],
-                utility=r["utility"],
-            )  # fmt: skip
-            ctx.sizes = codec_sizes(self.codec_names, ctx.tokens, shape_tuple, ctx.raw_bytes)
-            self._contexts[cid] = ctx
-            # freq was written as the decayed rate at (about) the last heartbeat
-            self._freq.set(cid, r["freq"], min(previous_heartbeat_at, now))
-        for r in self._store.query("SELECT * FROM profiles ORDER BY measured_at"):
-            ctx = self._contexts.get(r["context_id"])
-            have = ctx.profiles.get(r["codec"]) if ctx else None
-            if ctx is not None and (have is None or r["metric"] == PREFERRED_METRIC or have[2] != PREFERRED_METRIC):
-                ctx.profiles[r["codec"]] = (r["quality"], r["quality_sd"], r["metric"])
-        adopted: set[str] = set()
-        for cid, ctx in self._contexts.items():
-            location = self._adopt(ctx, placements.get(cid), now)
-            if location:
-                adopted.add(location)
-            self._dirty.add(cid)
-        self._delete_orphans(adopted)
-        self._flush()
-
-    def _adopt(self, ctx: ContextState, row, now: float) -> str | None:
-        """Re-attach a context's copy from its placement row; returns its location if adopted."""
-        if row is None or row["tier"] == DROPPED_TIER:
-            ctx.since = row["since"] if row else now
-            self._batch.upsert("placements", ctx.placement_row())
-            return None
-        tier = self._tier_by_name.get(row["tier"])
-        key = tier_key(ctx.id, row["codec"])
-        gone = {"context_id": ctx.id, "from_tier": row["tier"], "to_tier": DROPPED_TIER,
-                "from_codec": row["codec"], "bytes": row["stored_bytes"], "utility_before": ctx.utility}  # fmt: skip
-        if tier is None or not hasattr(tier, "adopt"):
-            # Memory tiers do not survive a restart; a tier no longer configured is gone too.
-            self._batch.event(kind="drop", reason="recovery", **gone)
-        else:
-            try:
-                nbytes = tier.adopt(key, row["location"], row["checksum"], verify=True)
-            except CorruptDataError as exc:
-                log.warning("context %s lost at restart: %s", ctx.id, exc)
-                self._batch.event(kind="lost", reason="lost", **gone)
-            else:
-                ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = row["tier"], row["codec"], key, nbytes
-                ctx.checksum, ctx.location, ctx.since = row["checksum"], row["location"], row["since"]
-                if row["codec"] not in ctx.sizes:
-                    ctx.sizes[row["codec"]] = nbytes
-                self._batch.event(kind="recovery", reason="recovery", context_id=ctx.id, to_tier=row["tier"],
-                                  to_codec=row["codec"], bytes=nbytes)  # fmt: skip
-                return row["location"]
-        ctx.since = now
-        self._batch.upsert("placements", ctx.placement_row())
-        return None
-
-    def _delete_orphans(self, adopted: set[str]) -> int:
-        """Files in a disk tier that no placement points at: a move's half, or a lost copy."""
-        deleted = 0
-        for tier in self.tiers:
-            if not hasattr(tier, "files"):
-                continue
-            for path in tier.files():
-                if str(path) not in adopted:
-                    path.unlink(missing_ok=True)
-                    deleted += 1
-        if deleted:
-            log.info("deleted %d orphan file(s)", deleted)
-        self.orphans_deleted = deleted
-        return deleted
 
     # ------------------------------------------------------------------ helpers for commands
 
@@ -717,4 +501,4 @@ class Manager:
         return self._flush()
 
 
-__all__ = ["ContextState", "Lookup", "Manager", "Placement", "tier_key"]
+__all__ = ["ContextState", "Lookup", "Manager", "Placement", "heartbeat_every_s", "tier_key"]

@@ -40,7 +40,7 @@ def recover(m, previous_heartbeat_at: float) -> None:
             pin_tier=r["pin_tier"], pin_codec=r["pin_codec"], quality_floor=r["quality_floor"],
             utility=r["utility"],
         )  # fmt: skip
-        ctx.sizes = codec_sizes(m.codec_names, ctx.tokens, shape, ctx.raw_bytes)
+        ctx.set_sizes(codec_sizes(m.codec_names, ctx.tokens, shape, ctx.raw_bytes))
         m._contexts[cid] = ctx
         # freq was written as the decayed rate at (about) the last heartbeat
         m._freq.set(cid, r["freq"], min(previous_heartbeat_at, now))
@@ -82,7 +82,7 @@ def _adopt(m, ctx: ContextState, row, now: float) -> str | None:
             ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = row["tier"], row["codec"], key, nbytes
             ctx.checksum, ctx.location, ctx.since = row["checksum"], row["location"], row["since"]
             if row["codec"] not in ctx.sizes:
-                ctx.sizes[row["codec"]] = nbytes
+                ctx.add_size(row["codec"], nbytes)
             batch.event(kind="recovery", reason="recovery", context_id=ctx.id, to_tier=row["tier"],
                         to_codec=row["codec"], bytes=nbytes)  # fmt: skip
             return row["location"]

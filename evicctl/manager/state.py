@@ -66,7 +66,12 @@ class ContextState:
     profiles: dict[str, tuple[float, float | None, str]] = field(default_factory=dict)  # codec -> (q, sd, metric)
     miss_s: float | None = None  # measured prefill of the whole context
     utility: float | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # codec -> predicted stored bytes
+    # The placer's per-codec rows of this context, kept by utility.option_rows between plans
+    # (a plan prices every context: rebuilding them each time cost ~35 us a context).
+    # `version` moves whenever sizes or profiles change; set them through the methods below.
+    version: int = 0
+    row_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def stored(self) -> bool:
@@ -80,6 +85,16 @@ class ContextState:
         have = self.profiles.get(codec)
         if have is None or metric == PREFERRED_METRIC or have[2] != PREFERRED_METRIC:
             self.profiles[codec] = (float(quality), None if sd is None else float(sd), metric)
+            self.version += 1
+
+    def set_sizes(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.version += 1
+
+    def add_size(self, codec: str, nbytes: int) -> None:
+        """The size of a copy at a codec the size table lacks (one no longer offered)."""
+        self.sizes[codec] = nbytes
+        self.version += 1
 
     def set_dropped(self, now: float) -> None:
         self.tier, self.key, self.stored_bytes, self.location, self.checksum = DROPPED_TIER, None, 0, None, None

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
-from evicctl.manager import tiers as tiers_mod
+from evicctl.manager import disk_tier
 from evicctl.manager.codecs import Stored, decode, get_codec
 from evicctl.manager.kv import KV
 from evicctl.manager.tiers import CpuTier, DiskTier, RedisTier, make_tier
@@ -247,7 +248,7 @@ def test_disk_never_leaves_temp_files(tmp_path: Path, monkeypatch) -> None:
     def failing_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tiers_mod.os, "fsync", failing_fsync)
+    monkeypatch.setattr(disk_tier.os, "fsync", failing_fsync)
     with pytest.raises(OSError):
         tier.put("a", make_stored("none", seed=9))
     monkeypatch.undo()
@@ -364,6 +365,28 @@ def test_make_tier_cpu_and_disk(tmp_path: Path) -> None:
     assert 0.45 * free < disk.capacity_bytes < 0.55 * free
     default = make_tier(TierConfig("disk", capacity_bytes=1 << 20), rank=1, cache_dir=tmp_path / "cache")
     assert default.path == (tmp_path / "cache" / "disk").resolve() and default.path.is_dir()
+
+
+def test_backends_load_on_first_use_and_redis_only_when_built(tmp_path: Path) -> None:
+    """tiers.py re-exports the backends of disk_tier.py / redis_tier.py; no module imports redis."""
+    from evicctl.manager import redis_tier
+
+    assert DiskTier is disk_tier.DiskTier and RedisTier is redis_tier.RedisTier
+    code = (
+        "import sys\n"
+        "import evicctl.manager.tiers as t, evicctl.manager.redis_tier\n"
+        "from evicctl.manager.tiers import RedisTier, DiskTier, stored_from_buffer\n"
+        "assert RedisTier.backend == 'redis' and DiskTier.backend == 'disk'\n"
+        "assert 'redis' not in sys.modules, 'importing the tiers loaded the redis client'\n"
+        "try:\n"
+        "    t.no_such_tier\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_tier' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_make_tier_rejects_bad_configs() -> None:

@@ -17,6 +17,14 @@ from evicctl.tui.screens import DetailScreen
 
 WIDE = (120, 40)
 SMALL = (80, 24)
+# The manager's cost model as stored in config_json (CostModel.to_dict()), fixed here so the
+# detail view's predicted TTFTs do not move when the library's default coefficients do.
+COST_MODEL = {
+    "prefill_coef": [0.05, 1.6e-3, 1.5e-7],
+    "default_prefill_coef": [0.05, 1.6e-3, 1.5e-7],
+    "decode_bps": {"none": 1e12, "drop": 1e12, "quant": 4e8, "drop+quant": 4e8},
+    "history": [],
+}
 
 
 @pytest.fixture
@@ -27,7 +35,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _db(manager: str = "alive", n: int = 60) -> Path:
-    make_fixture_db(Path("evicctl.db"), n, seed=0, manager=manager)
+    make_fixture_db(Path("evicctl.db"), n, seed=0, manager=manager, cost_model=COST_MODEL)
     return Path("evicctl.db")
 
 
