@@ -5,7 +5,10 @@ codecs, the file the DiskTier wrote is read three ways, each --repeats times (be
 
 - ``dd if=FILE of=/dev/null bs=4M`` (the baseline: the device / page cache alone);
 - a plain Python ``readinto`` of the file (what any loader pays at least);
-- ``DiskTier.get`` (read + sha256 + safetensors parse into tensors that view the buffer).
+- ``DiskTier.get`` (read + checksum + safetensors parse into tensors that view the buffer),
+  twice: verifying the ``sha256-tree:`` checksum the tier writes (chunks hashed on several
+  threads), and the same file adopted with a plain sha256 (what files written before the
+  tree checksum carry, hashed on one thread): the before/after of the tree checksum.
 
 Cold: before each read the file's pages are dropped from the page cache with
 ``posix_fadvise(POSIX_FADV_DONTNEED)`` (no root needed; clean pages of the file only).
@@ -32,6 +35,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codec_bench import smollm2_kv  # noqa: E402
 
+from evicctl.manager.checksum import HASH_WORKERS  # noqa: E402
 from evicctl.manager.codecs import get_codec  # noqa: E402
 from evicctl.manager.tiers import DiskTier  # noqa: E402
 
@@ -77,13 +81,15 @@ def main() -> None:
     console = Console(width=160)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tier = DiskTier(tmp, capacity_bytes=1 << 40)
+        plain_tier = DiskTier(tmp, capacity_bytes=1 << 40)  # reads the same files, plain sha256
         data = os.urandom(64 << 20)
         start = time.perf_counter()
         hashlib.sha256(data).hexdigest()
         sha_gbps = len(data) / (time.perf_counter() - start) / 1e9
         table = Table(title=f"DiskTier.get vs dd (GB/s of file bytes, best of {args.repeats}); "
                       f"sha256 alone {sha_gbps:.2f} GB/s; dir {tmp}")  # fmt: skip
-        for col in ("context", "file MB", "cache", "dd", "readinto", "DiskTier.get", "get / dd"):
+        cols = ("context", "file MB", "cache", "dd", "readinto", "get sha256", "get tree", "tree / sha256", "get / dd")
+        for col in cols:
             table.add_column(col, justify="left" if col in ("context", "cache") else "right")
         for tokens in args.tokens:
             kv = smollm2_kv(tokens)
@@ -91,18 +97,23 @@ def main() -> None:
                 ctx = f"{name}-{tokens}"
                 path = Path(tier.put(ctx, get_codec(name).encode(kv)).location)
                 size = path.stat().st_size
+                plain = hashlib.sha256(path.read_bytes()).hexdigest()
+                plain_tier.adopt(ctx, str(path), plain)  # the same file, its plain sha256
                 for cold in (True, False):
                     dd_s = best_s(lambda p=path: dd(p), path, cold, args.repeats)
                     read_s = best_s(lambda p=path: readinto(p), path, cold, args.repeats)
+                    plain_s = best_s(lambda c=ctx: plain_tier.get(c), path, cold, args.repeats)
                     get_s = best_s(lambda c=ctx: tier.get(c), path, cold, args.repeats)
                     table.add_row(
                         f"{tokens} tok {name}", f"{size / 1e6:.1f}", "cold" if cold else "warm",
                         f"{size / dd_s / 1e9:.2f}", f"{size / read_s / 1e9:.2f}",
-                        f"{size / get_s / 1e9:.2f}", f"{dd_s / get_s:.2f}",
+                        f"{size / plain_s / 1e9:.2f}", f"{size / get_s / 1e9:.2f}",
+                        f"{plain_s / get_s:.2f}", f"{dd_s / get_s:.2f}",
                     )  # fmt: skip
                 tier.delete(ctx)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
+        console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {HASH_WORKERS} hash lanes, "
+                      f"load average {load}")  # fmt: skip
         console.print(table)
 
 

@@ -29,7 +29,11 @@ from evicctl.engine.data import squad_contexts
 from evicctl.engine.engine import Engine
 from evicctl.engine.model import load_model
 
-HIT_CASES = (("cpu", "none"), ("cpu", "int8"), ("cpu", "int4"), ("cpu", "snapkv@0.5"), ("disk", "none"), ("disk", "int4"))
+HIT_CASES = (
+    ("gpu", "none"), ("gpu", "int4"),
+    ("cpu", "none"), ("cpu", "int8"), ("cpu", "int4"), ("cpu", "snapkv@0.5"),
+    ("disk", "none"), ("disk", "int4"),
+)  # fmt: skip
 
 
 def pick_context(tokenizer, target_tokens: int):
@@ -48,11 +52,11 @@ def drop_page_cache(path: str | None) -> None:
         os.close(fd)
 
 
-def manager_for(tier: str, workdir: Path):
+def manager_for(tier: str, workdir: Path, device: str):
     from evicctl.manager.manager import Manager
 
     cfg = TierConfig(tier, capacity_bytes=4 << 30, path=workdir / "disk" if tier == "disk" else None)
-    config = ManagerConfig(db_path=workdir / f"{tier}.db", cache_dir=workdir, tiers=(cfg,),
+    config = ManagerConfig(db_path=workdir / f"{tier}.db", cache_dir=workdir, tiers=(cfg,), device=device,
                            codecs=("none", *sorted({c for _, c in HIT_CASES})))  # fmt: skip
     return Manager(config).start()
 
@@ -76,18 +80,19 @@ def measure(engine, context, question: str, repeats: int, before=None) -> list:
     return out
 
 
-def run_size(model, tokenizer, target: int, repeats: int, workdir: Path, console: Console) -> list[dict]:
+def run_size(model, tokenizer, target: int, repeats: int, workdir: Path, console: Console, device: str) -> list[dict]:
     context = pick_context(tokenizer, target)
     question = context.test[0].question
     rows = []
     misses = []
-    for tier in ("cpu", "disk"):
-        manager = manager_for(tier, workdir / f"{target}-{tier}")
+    tiers = ("gpu", "cpu", "disk") if device.startswith("cuda") else ("cpu", "disk")
+    for tier in tiers:
+        manager = manager_for(tier, workdir / f"{target}-{tier}", device)
         try:
-            engine = Engine(manager, model, tokenizer)
+            engine = Engine(manager, model, tokenizer, device)
             # a miss per repeat (fresh ids); each hit case then stores that KV under its own id,
             # since a pin can only compress further (dropped tokens cannot come back)
-            for r in range(repeats if tier == "cpu" else 1):
+            for r in range(repeats if tier == tiers[0] else 1):
                 ctx = type(context)(**{**context.__dict__, "id": f"{context.id}#{r}"})
                 misses += measure(engine, ctx, question, 1)
             kv = misses[-1].full_kv
@@ -133,18 +138,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (adds the gpu tier)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=None if sys.stdout.isatty() else 150)
-    model, tokenizer = load_model(args.cache_dir)
+    model, tokenizer = load_model(args.cache_dir, args.device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ttft-bench-") as tmp:
         for size in args.sizes:
             start = time.perf_counter()
-            rows += run_size(model, tokenizer, size, args.repeats, Path(tmp), console)
+            rows += run_size(model, tokenizer, size, args.repeats, Path(tmp), console, args.device)
             console.print(f"{size}-token context measured in {time.perf_counter() - start:.0f} s")
-    table = Table(title=f"TTFT on {os.cpu_count()} CPU threads={torch.get_num_threads()}, SmolLM2-135M fp32 (median)")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    table = Table(title=f"TTFT on {where}, SmolLM2-135M fp32, median of {args.repeats}")
     for col in ("context", "path", "codec", "kept tokens", "stored MiB", "TTFT s", "load s", "decode s", "prefill s", "vs miss"):
         table.add_column(col, justify="left" if col in ("path", "codec") else "right")
     for row in rows:

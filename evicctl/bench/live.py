@@ -15,6 +15,7 @@ timer, so its decisions depend only on the requests (pressure re-plans inside st
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -74,7 +75,8 @@ def run_live(opts, *, console=None, show_progress: bool = True) -> dict:
     profiles = load_profiles(opts.profiles or DEFAULT_PROFILES)
     model, tokenizer = load_model(default_cache_dir(), "cpu")
     contexts = _measured_contexts(tokenizer, profiles, n_contexts)
-    samples = prefill_samples(model, tokenizer, repeats=1, lengths=(256, 768, 1280), cached=(1024,))
+    # the machine as it is now (busy or not), as the requests below will find it
+    samples = prefill_samples(model, tokenizer, repeats=2, lengths=(256, 768, 1280), cached=(1024,), stat=statistics.mean)
     docs, summaries = [], []
     for name in policies:
         with tempfile.TemporaryDirectory(prefix="evicctl-live-") as tmp:

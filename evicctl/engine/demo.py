@@ -13,6 +13,7 @@ calibrated estimate before its own profile exists.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
@@ -99,14 +100,21 @@ class DemoSummary:
         return float(np.mean(f1)) if f1 else None
 
 
-def _tier_configs(device: str, gpu_bytes, cpu_bytes, disk_bytes, cache_dir: Path) -> tuple[TierConfig, ...]:
+def disk_tier_dir(cache_dir: Path, db_path: Path) -> Path:
+    """One disk-tier folder per store: a manager deletes files its store does not know, so
+    two stores must never share one (e.g. a test's and the user's demo)."""
+    digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:12]
+    return Path(cache_dir) / "disk" / digest
+
+
+def _tier_configs(device: str, gpu_bytes, cpu_bytes, disk_bytes, disk_dir: Path) -> tuple[TierConfig, ...]:
     tiers = []
     if device.startswith("cuda"):
         tiers.append(TierConfig("gpu", capacity_bytes=gpu_bytes or DEFAULT_GPU_BYTES))
     elif gpu_bytes:
         raise UsageError("--gpu-capacity needs a CUDA device; this run uses the CPU (tiers: cpu, disk)")
     tiers.append(TierConfig("cpu", capacity_bytes=cpu_bytes or DEFAULT_CPU_BYTES))
-    tiers.append(TierConfig("disk", capacity_bytes=disk_bytes or DEFAULT_DISK_BYTES, path=cache_dir / "disk"))
+    tiers.append(TierConfig("disk", capacity_bytes=disk_bytes or DEFAULT_DISK_BYTES, path=disk_dir))
     return tuple(tiers)
 
 
@@ -249,7 +257,8 @@ def run_demo(
 
     config = ManagerConfig(
         db_path=db_path, cache_dir=cache_dir, device=device, codecs=DEFAULT_CODECS,
-        tiers=_tier_configs(device, gpu_capacity_bytes, cpu_capacity_bytes, disk_capacity_bytes, cache_dir),
+        tiers=_tier_configs(device, gpu_capacity_bytes, cpu_capacity_bytes, disk_capacity_bytes,
+                            disk_tier_dir(cache_dir, db_path)),
     )  # fmt: skip
     manager = Manager(config).start()
     try:
@@ -348,15 +357,16 @@ def _run_headless(setup: _Setup) -> DemoSummary:
 
 
 def _run_with_dashboard(setup: _Setup, db_path: Path) -> DemoSummary:
-    """Workload in a worker thread; the dashboard owns the terminal until the user quits."""
+    """Load first (errors surface before the screen changes), then serve from a worker
+    thread while the dashboard owns the terminal until the user quits."""
     from evicctl.tui.app import run_top
 
-    holder: dict = {}
+    with setup.console.status("starting") as status:
+        run = setup.build(lambda text: status.update(text))
     failed: list[BaseException] = []
 
     def work() -> None:
         try:
-            holder["run"] = run = setup.build()
             run.run()
         except BaseException as exc:  # reported after the dashboard closes
             failed.append(exc)
@@ -367,13 +377,11 @@ def _run_with_dashboard(setup: _Setup, db_path: Path) -> DemoSummary:
     try:
         run_top(db_path, interval_s=1.0)
     finally:
-        run = holder.get("run")
-        if run is not None:
-            run.stop.set()
+        run.stop.set()
         worker.join(timeout=60)
     if failed:
         raise failed[0]
-    return holder["run"].summary if "run" in holder else DemoSummary()
+    return run.summary
 
 
 def _finish(summary: DemoSummary, manager, setup: _Setup, started_at: float) -> None:

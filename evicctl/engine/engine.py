@@ -55,6 +55,12 @@ class Answer:
         return self.hit_tier is not None
 
 
+def _sync(device: torch.device) -> None:
+    """CUDA kernels run asynchronously: wait for them before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Engine:
     """HF transformers engine over a Manager (see evicctl.manager.manager.Manager)."""
 
@@ -87,6 +93,7 @@ class Engine:
         cache = hf.cache_from_kv(kv, self.model.config)
         t0 = time.perf_counter()
         result = hf.forward(self.model, q_ids, cache, start_position=kv.tokens)
+        _sync(self.device)
         prefill_s = time.perf_counter() - t0
         self.manager.report_prefill(q_ids.shape[1], kv.kept_tokens, prefill_s)
         first_token_s = time.perf_counter() - start
@@ -117,6 +124,7 @@ class Engine:
         window_start = max(0, tokens_ctx - hf.WINDOW)
         with hf.capture_window_queries(self.model, window_start, min(hf.WINDOW, tokens_ctx)) as captured:
             result = hf.forward(self.model, ids)
+        _sync(self.device)
         prefill_s = time.perf_counter() - t0
         self.manager.report_prefill(ids.shape[1], 0, prefill_s)
         first_token_s = time.perf_counter() - start

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,16 @@ def attention_modules(model) -> list[torch.nn.Module]:
     return [layer.self_attn for layer in model.model.layers]
 
 
+def _cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` during 5.x; an unknown keyword would
+    be swallowed by **kwargs and the cache silently ignored, so ask the signature."""
+    name = getattr(model, "_evicctl_cache_kwarg", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        model._evicctl_cache_kwarg = name
+    return name
+
+
 @torch.no_grad()
 def forward(model, input_ids: torch.Tensor, cache=None, start_position: int = 0, keep_logits: int = 1):
     """Run `input_ids` [1, N] at positions start_position.. on top of `cache`.
@@ -49,11 +60,12 @@ def forward(model, input_ids: torch.Tensor, cache=None, start_position: int = 0,
     out = model(
         input_ids=input_ids,
         position_ids=position_ids,
-        cache=cache,
         use_cache=True,
         logits_to_keep=keep_logits,
+        **{_cache_kwarg(model): cache},
     )
-    return ForwardResult(out.logits.float(), out.cache)
+    # the cache object is updated in place; the output names it `cache` or `past_key_values`
+    return ForwardResult(out.logits.float(), cache)
 
 
 def kv_from_cache(cache, tokens: int, window_queries: torch.Tensor | None = None) -> KV:

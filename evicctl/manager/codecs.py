@@ -45,7 +45,7 @@ from evicctl.manager.codec_names import (
     validate_codec_name,
 )
 from evicctl.manager.kv import KV
-from evicctl.manager.scorers import SCORERS, drop_tokens
+from evicctl.manager.scorers import SCORERS, keep_indices
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,33 +127,37 @@ class PipelineCodec(Codec):
     # ------------------------------------------------------------ encode
 
     def encode(self, kv: KV) -> Stored:
-        if self.scorer:
-            kv = drop_tokens(kv, self.scorer, self.ratio)
+        """Drop (per layer and head), then quantize, every layer at once: on CUDA with the
+        kernels that is a few launches for the whole context, the gather fused into the
+        quantizer; on CPU the torch reference, layer by layer."""
+        idx = keep_indices(kv, self.scorer, self.ratio) if self.scorer else None  # [L, 1, H, keep]
+        positions = kv.positions if idx is None else kv.positions.gather(2, idx[:, 0].to(kv.positions.device))
         tensors: dict[str, torch.Tensor] = {}
-        for i, (k, v) in enumerate(zip(kv.keys, kv.values, strict=True)):
-            if self.bits:
-                self._quantize(tensors, i, k, v, kv.head_dim)
-            else:
+        if self.bits:
+            keys = quant.quantize_layers("keys", kv.keys, self.bits, quant.DEFAULT_GROUP, idx)
+            values = quant.quantize_layers("values", kv.values, self.bits, quant.value_group(kv.head_dim), idx)
+            for i in range(kv.layers):
+                for side, parts in (("k", keys), ("v", values)):
+                    for part, layers in zip(("codes", "scale", "mn"), parts, strict=True):
+                        tensors[f"{side}.{i}.{part}"] = layers[i]
+        else:
+            keys = kv.keys if idx is None else quant.gather_layers(kv.keys, idx)
+            values = kv.values if idx is None else quant.gather_layers(kv.values, idx)
+            for i, (k, v) in enumerate(zip(keys, values, strict=True)):
                 tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous(), v.contiguous()
-        if kv.kept_tokens < kv.tokens:
-            tensors["pos"] = kv.positions.to(_pos_dtype(kv.tokens)).contiguous()  # [L, H, K]
+        kept = positions.shape[-1]
+        if kept < kv.tokens:
+            tensors["pos"] = positions.to(_pos_dtype(kv.tokens)).contiguous()  # [L, H, K]
         if kv.window_queries is not None:
             wq = kv.window_queries
             tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
-        return Stored(self.name, tensors, self._meta(kv))
+        return Stored(self.name, tensors, self._meta(kv, kept))
 
-    def _quantize(self, out: dict, i: int, k: torch.Tensor, v: torch.Tensor, head_dim: int) -> None:
-        keys = quant.quantize_keys(k, self.bits, quant.DEFAULT_GROUP)
-        values = quant.quantize_values(v, self.bits, quant.value_group(head_dim))
-        for side, parts in (("k", keys), ("v", values)):
-            for part, t in zip(("codes", "scale", "mn"), parts, strict=True):
-                out[f"{side}.{i}.{part}"] = t
-
-    def _meta(self, kv: KV) -> dict[str, str]:
+    def _meta(self, kv: KV, kept: int) -> dict[str, str]:
         meta = {
             "codec": self.name,
             "tokens": str(kv.tokens),
-            "kept": str(kv.kept_tokens),
+            "kept": str(kept),
             "layers": str(kv.layers),
             "kv_heads": str(kv.kv_heads),
             "head_dim": str(kv.head_dim),
@@ -185,8 +189,8 @@ class PipelineCodec(Codec):
         layers, tokens = int(meta["layers"]), int(meta["tokens"])
         dtype = _dtype(meta["dtype"])
         target = torch.device(device) if device is not None else next(iter(t.values())).device
-        # async only host -> GPU (ordered before the dequantize on the stream); GPU -> host
-        # must finish before the CPU reads it
+        # async only host -> GPU (ordered before any use on the stream); GPU -> host must
+        # finish before the CPU reads it
         move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
         if self.bits:
             group, vgroup = int(meta["group"]), int(meta["value_group"])

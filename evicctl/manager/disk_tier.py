@@ -3,10 +3,15 @@
 A put writes a temp file beside the final name (pid and a random tag in its name), fsyncs
 it, renames it over the final name and fsyncs the directory, so a crash leaves the old
 copy or the new one, never a mix; temp files of writers that died are removed at start.
-The sha256 of the file is returned by ``put``, kept by the caller (the store's
-placements.checksum) and verified on every ``get``: a file that fails it raises
-CorruptDataError, never a KV. ``adopt`` re-attaches a file after a restart; ``files``
-lists every context file, for orphan cleanup.
+The file's ``sha256-tree:`` checksum (checksum.py) is returned by ``put``, kept by the
+caller (the store's placements.checksum) and verified on every ``get``: a file that fails
+it raises CorruptDataError, never a KV. Files written with a plain sha256 checksum (older
+versions) still verify on ``get`` and ``adopt``. ``adopt`` re-attaches a file after a
+restart; ``files`` lists every context file, for orphan cleanup.
+
+Hashing runs on HASH_WORKERS lanes beside the file I/O: a put hashes while it writes, a
+get hashes each piece as soon as it is read, the tree checksum's chunks on several
+threads at once (one sha256 stream is slower than a fast disk).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import torch
 
 from evicctl.errors import CorruptDataError
+from evicctl.manager.checksum import HASH_WORKERS, HashLanes, TreeHasher, hasher_for, is_tree
 from evicctl.manager.codecs import Stored, from_safetensors_dict
 from evicctl.manager.tiers import (
     PROBE_ID,
@@ -31,10 +37,9 @@ from evicctl.manager.tiers import (
     _Entry,
     payload_nbytes,
     serialize,
-    sha256_hex,
 )
 
-READ_CHUNK_BYTES = 8 << 20  # reads are hashed chunk by chunk, overlapping the next read
+READ_CHUNK_BYTES = 8 << 20  # reads are hashed piece by piece, overlapping the next read
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 _ST_DTYPES = {
@@ -75,7 +80,7 @@ class DiskTier(Tier):
         super().__init__(name=name, rank=rank, capacity_bytes=capacity_bytes)
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._hash_pool = None  # one helper thread, started on the first get
+        self._lanes = HashLanes(HASH_WORKERS, name="evicctl-disk-hash")  # threads start on first use
         self._remove_stale_temps()
 
     # ------------------------------------------------------------ files
@@ -128,9 +133,13 @@ class DiskTier(Tier):
     def put(self, context_id: str, stored: Stored) -> PutResult:
         start = time.perf_counter()
         data = serialize(context_id, stored)
-        checksum = sha256_hex(data)
+        hasher = TreeHasher(self._lanes)
+        hasher.update(data)  # hashed on the lanes while the file is written
         final = self.file_for(context_id)
-        tmp = self._write_temp(final, data)
+        try:
+            tmp = self._write_temp(final, data)
+        finally:
+            checksum = hasher.hexdigest()  # (no hash left running over `data` either way)
         # rename and index switch together, so a concurrent get opens the file that
         # matches the checksum it reads (old or new, never a mix)
         with self._lock:
@@ -153,51 +162,42 @@ class DiskTier(Tier):
             raise CorruptDataError(f"stored KV file {path} is missing") from exc
 
     def _read_verified(self, f, path: Path, checksum: str | None) -> torch.Tensor:
-        """The whole open file as uint8 [N], checksum verified.
+        """The whole open file as uint8 [N], checksum verified (tree or plain sha256; none
+        when `checksum` is None).
 
-        Read in chunks while a helper thread hashes the previous chunk (both release the
-        GIL), so a get costs about max(read, sha256) rather than their sum."""
-        digest = hashlib.sha256()
-        pending = None
+        Read in pieces while the lanes hash the pieces already read (both release the GIL),
+        so a get costs about max(read, hash) rather than their sum, and with a tree checksum
+        the hash itself runs on several threads."""
+        hasher = hasher_for(checksum, self._lanes) if checksum is not None else None
         with f:
             size = os.fstat(f.fileno()).st_size
             buf = torch.empty(size, dtype=torch.uint8)
             view = memoryview(buf.numpy())
             got = 0
-            while got < size:
-                n = f.readinto(view[got : got + READ_CHUNK_BYTES])
-                if not n:
-                    break
-                if pending is not None:
-                    pending.result()
-                pending = self._hasher().submit(digest.update, view[got : got + n])
-                got += n
-            if pending is not None:
-                pending.result()
+            try:
+                while got < size:
+                    n = f.readinto(view[got : got + READ_CHUNK_BYTES])
+                    if not n:
+                        break
+                    if hasher is not None:
+                        hasher.update(view[got : got + n])
+                    got += n
+            finally:
+                digest = hasher.hexdigest() if hasher is not None else None  # no hash left running
         if got != size:
             raise CorruptDataError(f"stored KV file {path} changed size while being read")
-        if checksum is not None and digest.hexdigest() != checksum:
-            raise CorruptDataError(f"stored KV file {path} fails its sha256 checksum")
+        if checksum is not None and digest != checksum:
+            kind = "sha256-tree" if is_tree(checksum) else "sha256"
+            raise CorruptDataError(f"stored KV file {path} fails its {kind} checksum")
         return buf
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._hash_pool = self._hash_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-
-    def _hasher(self):
-        with self._lock:
-            if self._hash_pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evicctl-sha256")
-            return self._hash_pool
+        self._lanes.close()
 
     def get(self, context_id: str) -> tuple[Stored, float]:
         start = time.perf_counter()
         with self._lock:  # entry and open file belong together (see put)
-            entry = self._entry(context_id)
+            entry = self.held(context_id)
             path = Path(entry.location)
             f = self._open(path)
         stored = stored_from_buffer(self._read_verified(f, path, entry.checksum))
@@ -214,7 +214,8 @@ class DiskTier(Tier):
     def adopt(self, context_id: str, location: str, checksum: str | None, *, verify: bool = True) -> int:
         """Re-attach a file written before a restart; returns its Stored.nbytes.
 
-        Raises CorruptDataError if the file is missing, outside this tier's directory, or
+        `checksum`: what put returned (``sha256-tree:...``, or the plain sha256 hex of files
+        written before the tree form). Raises CorruptDataError if the file is missing, outside this tier's directory, or
         (verify=True) fails its checksum; the context is then not held."""
         path = Path(location).expanduser().resolve()
         if path.parent != self.path:
@@ -237,7 +238,7 @@ class DiskTier(Tier):
         return nbytes
 
     def _before_probe_read(self) -> None:
-        entry = self._entry(PROBE_ID)
+        entry = self.held(PROBE_ID)
         fd = os.open(entry.location, os.O_RDONLY)
         try:  # drop the just-written file from the page cache, so the probe reads the device
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

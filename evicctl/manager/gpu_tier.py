@@ -39,6 +39,10 @@ from pathlib import Path
 import torch
 
 from evicctl.errors import CorruptDataError, UsageError
+
+# the "sha256-tree:" checksum the disk tier writes (sha256 of the 32 MiB chunks' digests),
+# verified here on HASH_WORKERS threads as the chunks stream in
+from evicctl.manager.checksum import HASH_WORKERS, TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
 from evicctl.manager.codecs import Stored, from_safetensors_dict
 from evicctl.manager.tiers import PutResult, Tier, _Entry
 
@@ -46,12 +50,6 @@ from evicctl.manager.tiers import PutResult, Tier, _Entry
 DEFAULT_GPU_BPS = (4.2e12, 5.5e10)
 STAGING_CHUNK_BYTES = 32 << 20
 STAGING_BUFFERS = 4
-# "sha256-tree:<hex>" = sha256 of the concatenated sha256 digests of the file's consecutive
-# TREE_CHUNK_BYTES chunks: verifiable on several cores at once (one sha256 stream runs at
-# ~1.4 GB/s on one core of the H200 host, slower than its disk), see tree_checksum()
-TREE_PREFIX = "sha256-tree:"
-TREE_CHUNK_BYTES = 32 << 20
-HASH_WORKERS = min(8, os.cpu_count() or 1)
 PROBE_H2D_BYTES = 64 << 20
 PROBE_D2D_BYTES = 256 << 20
 
@@ -60,20 +58,6 @@ _ST_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
-
-
-def tree_checksum(data, *, workers: int = HASH_WORKERS) -> str:
-    """TREE_PREFIX checksum of bytes (or a path): chunk digests computed on `workers` threads."""
-    if isinstance(data, (str, Path)):
-        import mmap
-
-        with open(data, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return tree_checksum(memoryview(mm), workers=workers)
-    view = memoryview(data).cast("B")
-    chunks = [view[i : i + TREE_CHUNK_BYTES] for i in range(0, len(view), TREE_CHUNK_BYTES)]
-    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL on large buffers
-        digests = list(pool.map(lambda c: hashlib.sha256(c).digest(), chunks))
-    return TREE_PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 @dataclass
@@ -266,7 +250,7 @@ class GpuTier(Tier):
         self._settle(context_id)
         start = time.perf_counter()
         if isinstance(source, DiskTier):
-            entry = source._entry(context_id)  # (location, checksum) of the held file
+            entry = source.held(context_id)  # (location, checksum) of the held file
             if wait:
                 stored, nbytes = self._load_file(Path(entry.location), entry.checksum)
                 seconds = time.perf_counter() - start

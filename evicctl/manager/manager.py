@@ -378,10 +378,13 @@ class Manager:
         with self._lock:
             states = [ctx for cid, ctx in self._contexts.items() if ctx.stored or cid == admit]
             in_use = {ctx.codec for ctx in states if ctx.stored} - set(self.codec_names)
+            # A copy at a codec no longer offered adds it. The same tuple object otherwise: the
+            # priced rows cached on each context are checked against it by identity first.
+            codecs = self.codec_names + tuple(sorted(in_use)) if in_use else self.codec_names
             return price_problem(
                 states,
                 self._freq.rates([ctx.id for ctx in states], now),
-                codecs=self.codec_names + tuple(sorted(in_use)),  # a copy at a codec no longer offered
+                codecs=codecs,
                 tiers=self.tiers,
                 cost_model=self.cost_model,
                 alpha=self.config.alpha,

@@ -39,6 +39,7 @@ class MoveExecutor:
         Admissions are skipped: they carry their KV, and `admit` does them."""
         m = self.m
         with m._exec_lock:
+            m.heartbeat_if_due()  # planning may have taken a while
             copies = []
             for move in plan.iter_moves(NOT_ADMISSIONS):
                 copy = self._copy(move)

@@ -17,6 +17,12 @@ context whatever their scores (attention sinks and the recent window carry most 
 attention mass). Kept count for a removed fraction r of a T-token context:
 ``kept_count(T, r) = min(T, max(int(T * (1 - r)), SINK_TOKENS + WINDOW_TOKENS))`` (kvpress's
 ``int(T * (1 - r))`` rounding, never fewer than the protected tokens).
+
+The functions above are the torch reference, one layer at a time. ``keep_indices`` and
+``drop_tokens`` score every layer: on CUDA with the kernels (evicctl.kernels) in one or two
+launches for all layers (``*_scores_layers``) and one batched top-k, else layer by layer
+with the reference. The kernels' scores match the reference to fp32 rounding, so the
+kept sets agree except between near-tied tokens.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from evicctl.manager import quant
+
 # kept_count and the protected tokens are shared with the torch-free size arithmetic
 from evicctl.manager.codec_names import SINK_TOKENS, WINDOW_TOKENS, kept_count
 from evicctl.manager.kv import KV
-from evicctl.manager.quant import gather_tokens
 
 SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size
 
@@ -114,19 +121,54 @@ def select(scores: torch.Tensor, positions: torch.Tensor, tokens: int, keep: int
     return ranked.topk(keep, dim=-1).indices.sort(dim=-1).values
 
 
+def _scores_layers(kv: KV, scorer: str) -> torch.Tensor | None:
+    """[L, 1, H, K] scores of every layer from the kernels (CUDA), or None where they cannot run."""
+    keys = kv.keys
+    kernels = quant.kernels_for(keys[0])
+    dim = kv.head_dim
+    if kernels is None or dim < 16 or dim & (dim - 1) or not quant.same_layout(keys):
+        return None
+    if keys[0].dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return None
+    if scorer == "knorm":
+        return kernels.knorm_scores_layers(list(keys))
+    if scorer == "keydiff":
+        return kernels.keydiff_scores_layers(list(keys))
+    _window_queries(kv, 0)  # the reference's checks and messages
+    wq = kv.window_queries.to(keys[0].device).contiguous()  # [L, Hq, W, D]
+    positions = kv.positions.to(keys[0].device, torch.int64)  # [L, H, K]
+    return kernels.snapkv_scores_layers(list(keys), wq, positions, kv.tokens)
+
+
+def select_layers(scores: torch.Tensor, positions: torch.Tensor, tokens: int, keep: int) -> torch.Tensor:
+    """scores [L, 1, H, K], positions [L, H, K] -> kept indices [L, 1, H, keep], as `select`
+    per layer, in one top-k over every layer (keep < K)."""
+    ranked = scores[:, 0].float().masked_fill(protected(positions.to(scores.device), tokens), float("inf"))
+    return ranked.topk(keep, dim=-1).indices.sort(dim=-1).values[:, None]
+
+
+def keep_indices(kv: KV, scorer: str, ratio: float) -> torch.Tensor | None:
+    """Kept indices [L, 1, H, keep] int64 (ascending per layer and head) of kept_count(kv.tokens,
+    ratio) tokens chosen by `scorer`, or None when nothing is dropped (the KV already keeps
+    no more than that)."""
+    score = SCORERS[scorer]
+    keep = kept_count(kv.tokens, ratio)
+    if keep >= kv.kept_tokens:
+        return None
+    scores = _scores_layers(kv, scorer)
+    if scores is not None:
+        return select_layers(scores, kv.positions, kv.tokens, keep)
+    return torch.stack([select(score(kv, layer), kv.positions[layer], kv.tokens, keep) for layer in range(kv.layers)])
+
+
 def drop_tokens(kv: KV, scorer: str, ratio: float) -> KV:
     """Keep kept_count(kv.tokens, ratio) tokens per (layer, head), chosen by `scorer`.
 
     The ratio is of the full context (kv.tokens), so dropping from an already dropped KV
     only removes what is still over that count."""
-    score = SCORERS[scorer]
-    keep = kept_count(kv.tokens, ratio)
-    if keep >= kv.kept_tokens:
+    idx = keep_indices(kv, scorer, ratio)
+    if idx is None:
         return kv
-    keys, values, positions = [], [], []
-    for layer in range(kv.layers):
-        idx = select(score(kv, layer), kv.positions[layer], kv.tokens, keep)  # [1, H, keep]
-        keys.append(gather_tokens(kv.keys[layer], idx))
-        values.append(gather_tokens(kv.values[layer], idx))
-        positions.append(kv.positions[layer].gather(1, idx[0]))
-    return KV(tuple(keys), tuple(values), torch.stack(positions), kv.tokens, kv.window_queries)
+    keys, values = quant.gather_layers(kv.keys, idx), quant.gather_layers(kv.values, idx)
+    positions = kv.positions.gather(2, idx[:, 0].to(kv.positions.device))  # [L, H, keep]
+    return KV(tuple(keys), tuple(values), positions, kv.tokens, kv.window_queries)

@@ -5,9 +5,9 @@
   (read-only by convention: nothing in evicctl writes into a stored tensor).
 - DiskTier (disk_tier.py): one safetensors file per context in a directory, written to a
   temp name in the same directory, fsynced, renamed over the final name, directory fsynced.
-  The sha256 of the file is returned by ``put``, kept by the caller (the store's
-  placements.checksum) and verified on every ``get``: a file that fails it raises
-  CorruptDataError, never a KV.
+  The file's checksum (``sha256-tree:``, checksum.py: verifiable on several threads) is
+  returned by ``put``, kept by the caller (the store's placements.checksum) and verified
+  on every ``get``: a file that fails it raises CorruptDataError, never a KV.
 - RedisTier (redis_tier.py): the same serialized bytes and sha256 in a Redis hash per
   context (a remote tier that engines on several hosts share).
 - GpuTier (gpu_tier.py): device memory.
@@ -65,15 +65,21 @@ PROBE_ID = "__probe__"  # the context id probe() puts and deletes
 @dataclass(frozen=True)
 class PutResult:
     location: str | None  # where the copy lives (a file path, a redis key); None in memory
-    checksum: str | None  # sha256 hex of the serialized bytes; None in memory
+    # of the serialized bytes: "sha256-tree:<hex>" (disk), sha256 hex (redis); None in memory
+    checksum: str | None
     seconds: float
 
 
 @dataclass(frozen=True)
-class _Entry:
+class HeldEntry:
+    """What a tier knows of a context it holds."""
+
     nbytes: int  # Stored.nbytes
-    location: str | None = None
-    checksum: str | None = None
+    location: str | None = None  # file path or redis key; None in memory
+    checksum: str | None = None  # as PutResult.checksum
+
+
+_Entry = HeldEntry  # the backends' short name
 
 
 class Tier:
@@ -113,12 +119,16 @@ class Tier:
         with self._lock:
             return self._entries[context_id].nbytes
 
-    def _entry(self, context_id: str) -> _Entry:
+    def held(self, context_id: str) -> HeldEntry:
+        """Bytes, location and checksum of a held context (e.g. the file a GPU load reads
+        straight from disk); KeyError if absent."""
         with self._lock:
             entry = self._entries.get(context_id)
         if entry is None:
             raise KeyError(context_id)
         return entry
+
+    _entry = held
 
     # ------------------------------------------------------------ bandwidth
 
@@ -328,6 +338,7 @@ def __getattr__(name: str):
 __all__ = [
     "CpuTier",
     "DiskTier",
+    "HeldEntry",
     "PutResult",
     "RedisTier",
     "TIER_BACKENDS",

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from evicctl.config import ManagerConfig, TierConfig
 from evicctl.engine.data import QA, Context, split_questions
-from evicctl.engine.demo import DemoRun, _tier_configs, print_summary
+from evicctl.engine.demo import DemoRun, _tier_configs, disk_tier_dir, print_summary
 from evicctl.engine.engine import Engine
 from evicctl.engine.priors import default_priors
 from evicctl.engine.profiler import Profiler, ProfilerSettings, read_stored_profiles
@@ -77,8 +77,10 @@ def test_demo_stops_when_asked(tiny_model, tiny_tokenizer, dict_manager):
 
 
 def test_tier_configs(tmp_path):
-    cpu = _tier_configs("cpu", None, None, None, tmp_path)
-    assert [t.name for t in cpu] == ["cpu", "disk"] and cpu[1].path == tmp_path / "disk"
+    disk = disk_tier_dir(tmp_path, tmp_path / "a.db")
+    assert disk.parent == tmp_path / "disk" and disk != disk_tier_dir(tmp_path, tmp_path / "b.db")
+    cpu = _tier_configs("cpu", None, None, None, disk)
+    assert [t.name for t in cpu] == ["cpu", "disk"] and cpu[1].path == disk
     gpu = _tier_configs("cuda", 1 << 20, 2 << 20, 3 << 20, tmp_path)
     assert [(t.name, t.capacity_bytes) for t in gpu] == [("gpu", 1 << 20), ("cpu", 2 << 20), ("disk", 3 << 20)]
     with pytest.raises(UsageError, match="CUDA"):

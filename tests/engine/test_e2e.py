@@ -6,8 +6,6 @@ in tmp_path. About a minute on 2 idle cores.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -89,4 +87,3 @@ def test_headless_demo_runs_to_its_summary(real, tmp_path):
     assert summary.misses + sum(summary.hits_by_tier.values()) == 4
     assert "evicctl demo summary" in out and "TTFT" in out and "contexts at" in out
     assert summary.first_request_s is not None and summary.first_request_s < 60
-    shutil.rmtree(cache / "disk", ignore_errors=True)

@@ -329,6 +329,147 @@ def test_bad_quantization_arguments() -> None:
 
 def test_cpu_tensors_never_reach_the_kernels() -> None:
     assert quant._cuda_kernel(torch.zeros(1), "quantize_keys") is None
+    assert quant.kernels_for(torch.zeros(1)) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.sampled_from([8, 4]),
+    rows=st.integers(1, 4000),
+    magnitude=st.sampled_from([1e-4, 1.0, 300.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_scale_is_the_correctly_rounded_quotient(bits, rows, magnitude, seed) -> None:
+    """scale = fl32(fl32(mx - mn) / (2**bits - 1)), then fp16: the IEEE quotient (float64
+    division rounded to fp32 is exactly that), the same bytes the CUDA kernels write."""
+    gen = torch.Generator().manual_seed(seed)
+    mn = torch.randn(rows, generator=gen) * magnitude
+    mx = mn + torch.rand(rows, generator=gen) * magnitude
+    scale16, mn16 = quant._scale_min(mn, mx, bits)
+    want = ((mx - mn).double() / (2**bits - 1)).float().half()
+    want = torch.where(want == 0, torch.ones_like(want), want)
+    assert torch.equal(scale16, want) and torch.equal(mn16, mn.half())
+
+
+# ---------------------------------------------------------------- the all-layer kernel dispatch
+
+
+class _FakeKernels:
+    """evicctl.kernels' all-layer signatures computed with the torch reference (stacked [L, ...]
+    outputs, as the kernels return), counting calls: the dispatch plumbing, checked on CPU."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _stack(self, name, parts):
+        self.calls.append(name)
+        return tuple(torch.stack(p) for p in zip(*parts, strict=True))
+
+    def quantize_keys_layers(self, ks, bits, group=32):
+        return self._stack("quantize_keys_layers", [quant.quantize_keys_ref(k, bits, group) for k in ks])
+
+    def quantize_values_layers(self, vs, bits, group=32):
+        return self._stack("quantize_values_layers", [quant.quantize_values_ref(v, bits, group) for v in vs])
+
+    def gather_quantize_keys(self, ks, idx, bits, group=32):
+        assert idx.dim() == 4 and idx.dtype == torch.int64 and idx.is_contiguous()
+        parts = [quant.quantize_keys_ref(quant.gather_tokens_ref(k, i), bits, group) for k, i in zip(ks, idx, strict=True)]
+        return self._stack("gather_quantize_keys", parts)
+
+    def gather_quantize_values(self, vs, idx, bits, group=32):
+        parts = [quant.quantize_values_ref(quant.gather_tokens_ref(v, i), bits, group) for v, i in zip(vs, idx, strict=True)]
+        return self._stack("gather_quantize_values", parts)
+
+    def gather_tokens_layers(self, xs, idx):
+        return self._stack("gather_tokens_layers", [(quant.gather_tokens_ref(x, i),) for x, i in zip(xs, idx, strict=True)])[0]
+
+    def dequantize_keys_layers(self, codes, scale, mn, bits, group=32, dtype=torch.float32):
+        parts = [(quant.dequantize_keys_ref(*p, bits, group, dtype),) for p in zip(codes, scale, mn, strict=True)]
+        return self._stack("dequantize_keys_layers", parts)[0]
+
+    def dequantize_values_layers(self, codes, scale, mn, bits, group=32, dtype=torch.float32):
+        parts = [(quant.dequantize_values_ref(*p, bits, group, dtype),) for p in zip(codes, scale, mn, strict=True)]
+        return self._stack("dequantize_values_layers", parts)[0]
+
+    def _scores(self, name, ks, scorer, **kv_args):
+        kv = KV(tuple(ks), tuple(ks), kv_args.get("positions", torch.arange(ks[0].shape[2]).expand(len(ks), ks[0].shape[1], -1)),
+                kv_args.get("tokens", ks[0].shape[2]), kv_args.get("wq"))  # fmt: skip
+        return self._stack(name, [(SCORERS[scorer](kv, i),) for i in range(len(ks))])[0]
+
+    def knorm_scores_layers(self, ks):
+        return self._scores("knorm_scores_layers", ks, "knorm")
+
+    def keydiff_scores_layers(self, ks):
+        return self._scores("keydiff_scores_layers", ks, "keydiff")
+
+    def snapkv_scores_layers(self, ks, wq, positions, tokens):
+        assert wq.dim() == 4 and positions.shape == (len(ks), ks[0].shape[1], ks[0].shape[2])
+        return self._scores("snapkv_scores_layers", ks, "snapkv", positions=positions, tokens=tokens, wq=wq)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "knorm@0.5", "keydiff@0.3+int8", "snapkv@0.75+int4", "snapkv@0.5"])
+def test_kernel_dispatch_gives_the_reference_bytes_in_one_call_per_side(name, kv, monkeypatch) -> None:
+    codec = get_codec(name)
+    want = codec.encode(kv)
+    ref_back = codec.decode(want)
+    fake = _FakeKernels()
+    monkeypatch.setattr(quant, "kernels_for", lambda x: fake)
+    got = codec.encode(kv)
+    assert got.meta == want.meta and list(got.tensors) == list(want.tensors)
+    assert all(torch.equal(got.tensors[k], want.tensors[k]) for k in want.tensors)
+    encode_calls = list(fake.calls)
+    expect = [f"{codec.scorer}_scores_layers"] if codec.scorer else []
+    if codec.bits:
+        verb = "gather_quantize" if codec.scorer else "quantize"
+        expect += [f"{verb}_keys" + ("" if codec.scorer else "_layers"), f"{verb}_values" + ("" if codec.scorer else "_layers")]
+    else:
+        expect += ["gather_tokens_layers", "gather_tokens_layers"]
+    assert encode_calls == expect  # one call for every layer, per step and side
+    back = codec.decode(got)
+    if codec.bits:
+        assert fake.calls[len(encode_calls) :] == ["dequantize_keys_layers", "dequantize_values_layers"]
+    for a, b in zip((*back.keys, *back.values), (*ref_back.keys, *ref_back.values), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(back.positions, ref_back.positions)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["int8", "int4", "knorm@0.5+int8", "keydiff@0.5+int4", "knorm@0.5", "snapkv@0.5+int8"])
+def test_cuda_encode_and_decode_match_the_cpu(name, dtype) -> None:
+    """On CUDA (through the kernels where they run) a codec writes the CPU's bytes."""
+    cpu = make_kv(layers=3, heads=4, tokens=300, dim=128, q_heads=8, dtype=dtype, seed=5)
+    cuda = cpu.to("cuda")
+    codec = get_codec(name)
+    want, got = codec.encode(cpu), codec.encode(cuda)
+    assert set(got.tensors) == set(want.tensors) and got.meta == want.meta
+    assert all(t.is_cuda for t in got.tensors.values())
+    if codec.scorer in ("keydiff", "snapkv") and not torch.equal(got.tensors["pos"].cpu(), want.tensors["pos"]):
+        # scores agree to ~1e-5 (knorm's to fp32 rounding): a near-tie at the cut may differ
+        a, b = got.tensors["pos"].cpu().flatten(0, 1), want.tensors["pos"].flatten(0, 1)  # [L*H, keep]
+        shared = sum(int(torch.isin(x, y).sum()) for x, y in zip(a, b, strict=True))
+        assert shared / b.numel() > 0.97
+        return
+    for key, t in want.tensors.items():
+        assert torch.equal(got.tensors[key].cpu(), t), key
+    back, ref = codec.decode(got), codec.decode(want)
+    assert back.keys[0].is_cuda and back.dtype == dtype
+    for a, b in zip((*back.keys, *back.values), (*ref.keys, *ref.values), strict=True):
+        assert torch.equal(a.cpu(), b)
+    host = codec.decode(want, device="cuda")  # CPU-held form, decoded onto the GPU
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(host.keys, ref.keys, strict=True))
+
+
+def test_kernel_dispatch_skips_shapes_the_kernels_do_not_take(monkeypatch) -> None:
+    fake = _FakeKernels()
+    monkeypatch.setattr(quant, "kernels_for", lambda x: fake)
+    odd = make_kv(layers=2, heads=2, tokens=40, dim=80, q_heads=4)  # head_dim 80: not a power of two
+    want_parts = [quant.quantize_keys_ref(k, 8, 32) for k in odd.keys]
+    got = get_codec("knorm@0.5+int8").encode(odd)
+    assert fake.calls == []
+    assert torch.equal(get_codec("int8").encode(odd).tensors["k.1.codes"], want_parts[1][0])
+    assert got.meta["kept"] == "20"
 
 
 def test_importing_storage_modules_is_light() -> None:

@@ -9,7 +9,10 @@ from evicctl.manager.exact import lagrangian_bound, naive_place, random_problem,
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.placer import (
     DROPPED,
+    KINDS,
     NEW,
+    REASONS,
+    Move,
     PlacementProblem,
     derivable_matrix,
     place,
@@ -222,3 +225,49 @@ def test_utility_formula_broadcasts():
     u = utility(freq[:, None], 2.0, np.array([[1.0, 0.9]]), np.array([[0.1, 0.05]]))
     assert np.allclose(u, [[1.9, 1.75], [0.95, 0.875]])
     assert miss_utility(2.0, 2.0, 1.5) == pytest.approx(1.0)
+
+
+def test_plan_builds_moves_lazily_and_by_kind():
+    rng = np.random.default_rng(11)
+    p = random_problem(rng, 500, existing=0.5, capacity_fractions=(0.05, 0.2, 0.3))
+    plan = place(p)
+    moves = list(plan)
+    assert len(moves) == len(plan) and tuple(moves) == plan.moves
+    assert plan[0] == moves[0] and plan[-1] == moves[-1] and plan[1:3] == tuple(moves[1:3])
+    with pytest.raises(IndexError):
+        plan[len(plan)]
+    # Moves follow the changed contexts, in order, and say where each ends.
+    assert [m.context_id for m in moves] == p.context_ids[plan.changed].tolist()
+    for m, i in zip(moves, plan.changed.tolist(), strict=True):
+        assert (m.to_tier, m.to_codec) == plan.option_of(i)
+        assert m.kind in KINDS and m.reason in REASONS
+        assert (m.kind == "admit") == (m.from_tier is None) == (m.utility_before is None)
+    kinds = {m.kind for m in moves}
+    assert "admit" in kinds and len(kinds) > 1
+    not_admissions = list(plan.iter_moves([k for k in KINDS if k != "admit"]))
+    assert not_admissions == [m for m in moves if m.kind != "admit"]
+    some = moves[len(moves) // 2]
+    assert plan.move_of(some.context_id) == some
+    assert plan.move_of("no such context") is None
+    assert some.to_json()["context_id"] == some.context_id and set(some.to_json()) == set(Move._fields)
+    with pytest.raises(AttributeError):
+        some.to_tier = "gpu"  # moves are immutable
+
+
+def test_plan_move_kinds():
+    # c0 stays on cpu and compresses, c1 goes down to disk, c2 drops, c3 comes up, c4 is new.
+    p = problem(
+        n=5,
+        current_tier=np.array([0, 0, 0, 1, NEW]),
+        current_codec=np.array([0, 0, 0, 0, -1]),
+        force_codec=np.array([1, -1, -1, -1, -1]),
+        force_tier=np.array([0, 1, DROPPED, 0, -1]),
+    )
+    kinds = {m.context_id: (m.kind, m.from_tier, m.to_tier) for m in place(p)}
+    assert kinds == {
+        "c0": ("compress", "cpu", "cpu"),
+        "c1": ("demote", "cpu", "disk"),
+        "c2": ("drop", "cpu", "dropped"),
+        "c3": ("promote", "disk", "cpu"),
+        "c4": ("admit", None, "cpu"),
+    }

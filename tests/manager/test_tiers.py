@@ -18,10 +18,11 @@ import torch
 
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
-from evicctl.manager import disk_tier
+from evicctl.manager import checksum, disk_tier
+from evicctl.manager.checksum import TREE_PREFIX, tree_checksum
 from evicctl.manager.codecs import Stored, decode, get_codec
 from evicctl.manager.kv import KV
-from evicctl.manager.tiers import CpuTier, DiskTier, RedisTier, make_tier
+from evicctl.manager.tiers import CpuTier, DiskTier, HeldEntry, RedisTier, make_tier
 
 
 def make_stored(codec: str = "int8", tokens: int = 100, seed: int = 0) -> Stored:
@@ -209,7 +210,8 @@ def test_disk_file_checksum_and_permissions(tmp_path: Path) -> None:
     result = tier.put("ctx-1", make_stored())
     path = Path(result.location)
     assert path.parent == tier.path and path.name == "ctx-1.safetensors"
-    assert result.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert result.checksum == tree_checksum(path.read_bytes(), workers=1) and result.checksum.startswith(TREE_PREFIX)
+    assert tier.held("ctx-1") == HeldEntry(make_stored().nbytes, str(path), result.checksum)
     assert (path.stat().st_mode & 0o777) == 0o600 and (tier.path.stat().st_mode & 0o777) == 0o700
     assert tier.files() == [path]
 
@@ -224,6 +226,73 @@ def test_disk_corruption_is_detected_never_served(tmp_path: Path, where: str) ->
     path.write_bytes(raw)
     with pytest.raises(CorruptDataError, match="checksum"):
         tier.get("a")
+
+
+def test_tree_checksum_is_the_digest_of_chunk_digests(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(checksum, "TREE_CHUNK_BYTES", 1000)
+    data = os.urandom(3456)
+    digests = b"".join(hashlib.sha256(data[i : i + 1000]).digest() for i in range(0, len(data), 1000))
+    want = TREE_PREFIX + hashlib.sha256(digests).hexdigest()
+    assert tree_checksum(data, workers=1) == tree_checksum(data, workers=3) == want
+    lanes = checksum.HashLanes(3)
+    try:
+        hasher = checksum.TreeHasher(lanes)
+        for piece in (data[:7], data[7:1999], data[1999:2000], data[2000:]):  # pieces across chunk ends
+            hasher.update(piece)
+        assert hasher.hexdigest() == want
+        assert checksum.TreeHasher(lanes).hexdigest() == tree_checksum(b"")  # no chunk at all
+    finally:
+        lanes.close()
+    (tmp_path / "f").write_bytes(data)
+    assert tree_checksum(tmp_path / "f") == want
+    assert tree_checksum(data[1000:2000] + data[:1000] + data[2000:]) != want  # chunk order counts
+
+
+def test_disk_tree_checksum_spans_many_chunks(tmp_path: Path, monkeypatch) -> None:
+    """Small tree chunks and odd read pieces: put and get hash the same chunks, and a flipped
+    bit in any chunk is caught."""
+    monkeypatch.setattr(checksum, "TREE_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(disk_tier, "READ_CHUNK_BYTES", 3000)
+    tier = DiskTier(tmp_path, capacity_bytes=1 << 30)
+    stored = make_stored("none")
+    result = tier.put("a", stored)
+    raw = Path(result.location).read_bytes()
+    assert len(raw) > 20 * 4096 and result.checksum == tree_checksum(raw, workers=1)
+    assert same(tier.get("a")[0], stored)
+    broken = bytearray(raw)
+    broken[9 * 4096 + 17] ^= 0x40
+    Path(result.location).write_bytes(broken)
+    with pytest.raises(CorruptDataError, match="sha256-tree checksum"):
+        tier.get("a")
+    tier.close()
+
+
+def test_disk_files_with_a_plain_sha256_still_verify(tmp_path: Path) -> None:
+    """Files written before the tree checksum carry a plain sha256: get and adopt accept it."""
+    tier = DiskTier(tmp_path, capacity_bytes=1 << 30)
+    stored = make_stored("int4")
+    location = tier.put("a", stored).location
+    plain = hashlib.sha256(Path(location).read_bytes()).hexdigest()
+    restarted = DiskTier(tmp_path, capacity_bytes=1 << 30)
+    assert restarted.adopt("a", location, plain) == stored.nbytes
+    assert restarted.held("a").checksum == plain
+    assert same(restarted.get("a")[0], stored)
+    with pytest.raises(CorruptDataError, match="sha256 checksum"):
+        restarted.adopt("b", location, "f" * 64)
+    raw = bytearray(Path(location).read_bytes())
+    raw[-3] ^= 0x01
+    Path(location).write_bytes(raw)
+    with pytest.raises(CorruptDataError, match="sha256 checksum"):
+        restarted.get("a")
+
+
+def test_held_reports_what_a_tier_holds(tmp_path: Path) -> None:
+    cpu = CpuTier(capacity_bytes=1 << 30)
+    stored = make_stored()
+    cpu.put("a", stored)
+    assert cpu.held("a") == HeldEntry(stored.nbytes, None, None)
+    with pytest.raises(KeyError):
+        cpu.held("nope")
 
 
 def test_disk_missing_or_truncated_file(tmp_path: Path) -> None:
