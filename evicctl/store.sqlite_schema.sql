@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     ts              REAL NOT NULL,
     context_id      TEXT,
-    kind            TEXT NOT NULL,      -- admit | move | compress | evict | drop | lost | recovery | pin | unpin | command | hit | miss ...
+    kind            TEXT NOT NULL,      -- admit | move | compress | evict | drop | lost | recovery | pin | unpin | command | reprofile ...
     from_tier       TEXT,
     to_tier         TEXT,
     from_codec      TEXT,

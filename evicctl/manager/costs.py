@@ -4,12 +4,22 @@ TTFT of a hit = stored_bytes / tier read_bps + codec decode time + prefill of th
 top of the kept tokens; a miss = prefill of the whole context plus the query (DESIGN §1).
 
 Prefill time is fitted on what the engine reports, (new_tokens, cached_tokens, seconds):
-``prefill_s = a + b * new + c * new * (new + cached)`` (a fixed cost, the per-token MLP and
-projections, and attention over everything visible), by non-negative least squares over a
-bounded history, so the curve stays monotone whatever the noise. Before any measurement the
-coefficients are SmolLM2-135M on this 2-core CPU (DESIGN §8: 1k-token prefill ~1.8 s).
-With fewer than MIN_FIT observations, or all at one size, the default shape is scaled by
-the least-squares factor instead.
+``prefill_s = a + b * new + c * cached + d * new * (new + cached)`` (a fixed cost, the
+per-token MLP and projections, a cost per cached token whatever the query's length, and
+attention over everything visible), by non-negative least squares over a bounded history,
+so the curve stays monotone whatever the noise. The cached term is what a short query on a
+long prefix pays beyond the attention products: the cache's memory is read (and, in HF's
+DynamicCache, copied on append) once per forward. Without it the H200 fit was off by up to
+75% (a 16-token query on a 32k prefix: 66 ms measured, 39 ms fitted).
+
+Before any measurement the coefficients are SmolLM2-135M on this 2-core CPU (DESIGN §8:
+1k-token prefill ~1.8 s). Until the history pins every coefficient, the defaults fill in:
+with fewer than MIN_FIT observations, or all at one size, the default shape is scaled by
+the least-squares factor; when the cached counts cannot be told apart from the fixed cost
+(all misses, say), c is the scaled default and the rest are fitted.
+
+Coefficients of the older three-term form (a, b, d), as stored manager configs and cost
+files hold them, read as (a, b, 0, d): the same predictions.
 
 Codec decode throughput (stored bytes per second of ``decode``) per family: defaults from
 bench/codec_bench.py on this CPU, refined by ``observe_decode`` (moving average) or set by
@@ -26,22 +36,38 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# prefill_s = a + b*new + c*new*(new+cached); 1k tokens: 0.05 + 1.6 + 0.15 = 1.8 s
-DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.5e-7)
+# prefill_s = a + b*new + c*cached + d*new*(new+cached); 1k tokens: 0.05 + 1.6 + 0.15 = 1.8 s.
+# c: ~10 ms per 1k cached tokens of SmolLM2-135M (fp32, 2 cores): HF appends the query to the
+# cache by copying it (46 MB per 1k tokens) on every forward
+DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.0e-5, 1.5e-7)
+N_COEF = 4
 # stored bytes decoded per second on this 2-core CPU (bench/codec_bench.py, SmolLM2 shape,
 # fp32, 1 thread: int8 ~0.5 GB/s of stored bytes, int4 about half per stored byte; the
 # machine was shared, so these are conservative). `none` and drop codecs decode by handing
 # out the stored tensors (and a 2-byte position per kept token): no real work.
 DEFAULT_DECODE_BPS = {"none": 1e12, "drop": 1e12, "quant": 4e8, "drop+quant": 4e8}
 HISTORY = 256  # prefill observations kept for the fit
-MIN_FIT = 4  # observations (spanning all three features) before the three coefficients are fitted
+MIN_FIT = 4  # observations (spanning the features) before coefficients are fitted
 DECODE_EWMA = 0.2
 
 
 def _features(new_tokens, cached_tokens) -> np.ndarray:
+    """[..., 4]: 1, new, cached, new * (new + cached)."""
     new = np.asarray(new_tokens, dtype=float)
     cached = np.asarray(cached_tokens, dtype=float)
-    return np.stack(np.broadcast_arrays(np.ones_like(new + cached), new, new * (new + cached)), axis=-1)
+    return np.stack(np.broadcast_arrays(np.ones_like(new + cached), new, cached, new * (new + cached)), axis=-1)
+
+
+def as_prefill_coef(values: Iterable[float]) -> np.ndarray:
+    """(a, b, c, d) as a float array; the three-term form (a, b, d) reads as (a, b, 0, d).
+
+    Raises ValueError for any other length or a negative coefficient."""
+    coef = np.asarray(tuple(values), dtype=float)
+    if coef.shape == (3,):
+        coef = np.array([coef[0], coef[1], 0.0, coef[2]])
+    if coef.shape != (N_COEF,) or not np.isfinite(coef).all() or (coef < 0).any():
+        raise ValueError(f"prefill_coef must be 4 (or the older 3) non-negative numbers; got {coef}")
+    return coef
 
 
 class CostModel:
@@ -53,10 +79,9 @@ class CostModel:
         decode_bps: dict[str, float] | None = None,
         history: Iterable[tuple[int, int, float]] = (),
     ) -> None:
-        self.default_coef = np.asarray(tuple(prefill_coef), dtype=float)
-        if self.default_coef.shape != (3,) or (self.default_coef < 0).any():
-            raise ValueError(f"prefill_coef must be 3 non-negative numbers; got {self.default_coef}")
+        self.default_coef = as_prefill_coef(prefill_coef)
         self.coef = self.default_coef.copy()
+        self.fit_kind = "default"  # default | scaled | partial (c from the default) | full
         self._decode_bps = {**DEFAULT_DECODE_BPS, **(decode_bps or {})}
         self._history: deque[tuple[int, int, float]] = deque(maxlen=HISTORY)
         for new, cached, seconds in history:
@@ -85,16 +110,37 @@ class CostModel:
     def _fit(self) -> None:
         data = np.asarray(self._history, dtype=float)  # [N, 3]
         x, y = _features(data[:, 0], data[:, 1]), data[:, 2]
-        norm = np.abs(x).max(axis=0)  # columns span 1 .. 1e7: solve on unit-scaled columns
-        if len(data) >= MIN_FIT and np.linalg.matrix_rank(x / norm) == 3:
-            from scipy.optimize import nnls
-
-            coef = nnls(x / norm, y)[0] / norm
-            if coef[1] + coef[2] > 0:  # a fit that ignores size entirely is no fit
-                self.coef = coef
-                return
         base = x @ self.default_coef
-        self.coef = self.default_coef * float(base @ y / (base @ base))
+        scale = float(base @ y / (base @ base))  # least-squares factor of the default shape
+        if len(data) >= MIN_FIT:
+            # which coefficients the history pins: all four, or all but c (cached counts that
+            # do not vary apart from the fixed cost: all misses, or one prefix length)
+            for fixed_c in (None, scale * self.default_coef[2]):
+                free = [0, 1, 2, 3] if fixed_c is None else [0, 1, 3]
+                target = y if fixed_c is None else y - fixed_c * x[:, 2]
+                coef = self._nnls(x[:, free], target)
+                if coef is None:
+                    continue
+                full = np.zeros(N_COEF)
+                full[free] = coef
+                if fixed_c is not None:
+                    full[2] = fixed_c
+                self.coef, self.fit_kind = full, "full" if fixed_c is None else "partial"
+                return
+        self.coef, self.fit_kind = self.default_coef * scale, "scaled"
+
+    @staticmethod
+    def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """Non-negative least squares of x @ coef = y, or None when x's columns are not
+        independent or the fit ignores size (no per-token term)."""
+        norm = np.abs(x).max(axis=0)  # columns span 1 .. 1e9: solve on unit-scaled columns
+        if (norm == 0).any() or np.linalg.matrix_rank(x / norm) < x.shape[1]:
+            return None
+        from scipy.optimize import nnls
+
+        coef = nnls(x / norm, y)[0] / norm
+        # a fit that ignores size entirely is no fit: b and d are columns 1 and last
+        return coef if coef[1] + coef[-1] > 0 else None
 
     # ------------------------------------------------------------ decode
 
@@ -155,13 +201,19 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> CostModel:
+        """Inverse of to_dict; also reads dicts of the three-term form (no cached term).
+
+        The stored coefficients win over a refit of the stored (truncated) history, except
+        three-term ones when that history pins all four terms: they were fitted on it
+        without the cached term, and the refit is the same data with it."""
         model = cls(
             prefill_coef=data.get("default_prefill_coef", DEFAULT_PREFILL_COEF),
             decode_bps=data.get("decode_bps"),
             history=[tuple(h) for h in data.get("history", ())],
         )
-        if "prefill_coef" in data:
-            model.coef = np.asarray(data["prefill_coef"], dtype=float)
+        stored = data.get("prefill_coef")
+        if stored is not None and (len(stored) == N_COEF or model.fit_kind != "full"):
+            model.coef = as_prefill_coef(stored)
         return model
 
 

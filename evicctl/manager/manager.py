@@ -28,7 +28,14 @@ from evicctl.manager.moves import MoveExecutor
 from evicctl.manager.placer import PlacementProblem, Plan, place
 from evicctl.manager.reprofile import OnlineQuality
 from evicctl.manager.restart import recover
-from evicctl.manager.state import PREFERRED_METRIC, ContextState, Lookup, Placement, tier_key
+from evicctl.manager.state import (
+    EVENT_KIND,
+    PREFERRED_METRIC,
+    ContextState,
+    Lookup,
+    Placement,
+    tier_key,
+)
 from evicctl.manager.utility import codec_sizes, price_problem
 
 log = logging.getLogger(__name__)
@@ -504,4 +511,13 @@ class Manager:
         return self._flush()
 
 
-__all__ = ["ContextState", "Lookup", "Manager", "Placement", "heartbeat_every_s", "tier_key"]
+__all__ = [
+    "EVENT_KIND",
+    "PREFERRED_METRIC",
+    "ContextState",
+    "Lookup",
+    "Manager",
+    "Placement",
+    "heartbeat_every_s",
+    "tier_key",
+]

@@ -13,6 +13,7 @@ from evicctl.engine.engine import Engine
 from evicctl.engine.profiler import Profiler, ProfilerSettings, read_stored_profiles
 from evicctl.engine.quality import kl_quality, token_f1
 from evicctl.engine.shrinkage import CodecStats
+from evicctl.errors import UsageError
 
 DOC = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy. " * 4
 QAS = tuple(QA(f"q{i}", q, ("France",)) for i, q in enumerate(
@@ -108,3 +109,24 @@ def test_load_stored_rows_and_read_from_sqlite(tmp_path, tiny_model, tiny_tokeni
     prof = _profiler(tiny_model, tiny_tokenizer, dict_manager)
     assert prof.load_stored(rows) == 1
     assert prof.is_profiled("doc") and prof.tallies["int8"]["doc"].mean == pytest.approx(0.92)
+
+
+def test_answer_similarity_with_the_packaged_minilm():
+    from evicctl.engine.quality import AnswerSimilarity
+
+    sim = AnswerSimilarity()
+    same, close, far = sim.scores(
+        ["in France", "The Normans came from Normandy", "photosynthesis in plants"],
+        ["in France", "Normandy was home of the Normans", "The Normans came from Normandy"],
+    )
+    assert same == 1.0 and 0.5 < close < 1.0 and far < close
+
+
+def test_answer_similarity_metric_profiles(tiny_model, tiny_tokenizer, dict_manager):
+    prof = Profiler(dict_manager, tiny_model, tiny_tokenizer, ("none", "knorm@0.5"),
+                    ProfilerSettings(metric="answer-similarity", questions=1, max_new_tokens=4))
+    kv, _ = hf.prefill_context(tiny_model, prompt.context_ids(tiny_tokenizer, DOC))
+    scores = prof.measure(CONTEXT, kv, [QAS[0]])
+    assert scores["none"] == [1.0] and 0.0 <= scores["knorm@0.5"][0] <= 1.0
+    with pytest.raises(UsageError, match="metric"):
+        ProfilerSettings(metric="bleu")

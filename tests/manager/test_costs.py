@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,12 @@ from evicctl.manager.costs import (
     DEFAULT_PREFILL_COEF,
     HISTORY,
     CostModel,
+    as_prefill_coef,
     miss_ttft_s,
     predicted_ttft_s,
 )
+
+H200_COSTS = Path(__file__).resolve().parents[2] / "evicctl" / "data" / "h200_costs.json"
 
 
 def test_defaults_match_the_measured_cpu_prefill() -> None:
@@ -22,21 +26,47 @@ def test_defaults_match_the_measured_cpu_prefill() -> None:
     assert model.prefill_s(0, 5000) == 0.0
     assert model.prefill_s(20, 1000) < 0.2  # a question over a cached context is cheap
     assert model.prefill_s(20, 4000) > model.prefill_s(20, 1000)
+    # the cached term: a short query pays for the prefix it runs on, whatever its length
+    assert model.prefill_s(1, 4000) - model.prefill_s(1, 0) > 3000 * DEFAULT_PREFILL_COEF[2]
 
 
-def test_fit_recovers_a_quadratic_cost() -> None:
-    truth = np.array([0.1, 2e-3, 4e-7])
+@pytest.mark.parametrize("cached_s", [0.0, 3e-5])
+def test_fit_recovers_the_cost(cached_s: float) -> None:
+    truth = np.array([0.1, 2e-3, cached_s, 4e-7])
     model = CostModel()
     rng = np.random.default_rng(0)
     for _ in range(40):
-        new, cached = int(rng.integers(10, 3000)), int(rng.integers(0, 4000))
-        seconds = truth @ [1, new, new * (new + cached)] * (1 + 0.01 * rng.standard_normal())
+        new, cached = int(rng.integers(10, 3000)), int(rng.integers(0, 8000))
+        seconds = truth @ [1, new, cached, new * (new + cached)] * (1 + 0.01 * rng.standard_normal())
         model.observe_prefill(new, cached, seconds)
-    assert model.n_observations == 40
-    for new, cached in ((1000, 0), (50, 2000), (3000, 1000)):
-        want = truth @ [1, new, new * (new + cached)]
+    assert model.n_observations == 40 and model.fit_kind == "full"
+    for new, cached in ((1000, 0), (50, 2000), (3000, 1000), (16, 8000)):
+        want = truth @ [1, new, cached, new * (new + cached)]
         assert model.prefill_s(new, cached) == pytest.approx(want, rel=0.05)
 
+
+def test_h200_samples_fit_short_queries_on_long_prefixes() -> None:
+    """The H200 samples (Llama-3.1-8B shape): with the cached term a 16-token query on a 32k
+    prefix is fitted within 10% (the three-term form was 41% low), the worst sample 50%."""
+    samples = json.loads(H200_COSTS.read_text())["prefill_samples"]
+    model = CostModel(history=samples)
+    errors = {(n, c): abs(model.prefill_s(n, c) - s) / s for n, c, s in samples}
+    assert errors[(16, 32768)] < 0.1 and errors[(64, 32768)] < 0.1
+    assert max(errors.values()) < 0.5
+    three_term = CostModel(prefill_coef=json.loads(H200_COSTS.read_text())["prefill_coef"])
+    assert three_term.coef[2] == 0.0  # the stored three-term fit reads as c = 0
+    assert abs(three_term.prefill_s(16, 32768) / 0.0657 - 1) > 0.3
+
+
+def test_misses_alone_fit_all_but_the_cached_term() -> None:
+    """Only full prefills (cached = 0) say nothing of c: it is the scaled default, the rest fitted."""
+    truth = np.array([0.02, 3e-4, 0.0, 2e-8])
+    model = CostModel()
+    for new in (100, 400, 900, 1600, 2500):
+        model.observe_prefill(new, 0, float(truth @ [1, new, 0, new * new]))
+    assert model.fit_kind == "partial"
+    assert model.prefill_s(2000, 0) == pytest.approx(truth @ [1, 2000, 0, 2000 * 2000], rel=1e-3)
+    assert 0 < model.coef[2] < DEFAULT_PREFILL_COEF[2]  # this machine is faster than the default
 
 def test_few_observations_scale_the_default_shape() -> None:
     model = CostModel()
@@ -46,7 +76,7 @@ def test_few_observations_scale_the_default_shape() -> None:
     model.observe_prefill(1000, 0, 3.6)
     model.observe_prefill(1000, 0, 3.6)
     model.observe_prefill(1000, 0, 3.6)  # one size only: still the scaled default
-    assert np.allclose(model.coef, 2 * np.array(DEFAULT_PREFILL_COEF))
+    assert np.allclose(model.coef, 2 * np.array(DEFAULT_PREFILL_COEF)) and model.fit_kind == "scaled"
 
 
 def test_fit_stays_monotone_under_noise_and_ignores_bad_reports() -> None:
@@ -114,8 +144,8 @@ def test_probe_decode_measures_something() -> None:
 
 def test_round_trip_through_json() -> None:
     model = CostModel(decode_bps={"quant": 3e9})
-    for new in (100, 500, 1000, 2000, 4000):
-        model.observe_prefill(new, 100, 0.1 + 1e-3 * new + 1e-7 * new * (new + 100))
+    for new, cached in ((100, 100), (500, 0), (1000, 3000), (2000, 100), (4000, 800)):
+        model.observe_prefill(new, cached, 0.1 + 1e-3 * new + 2e-5 * cached + 1e-7 * new * (new + cached))
     back = CostModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert np.allclose(back.coef, model.coef) and back.decode_bps("quant") == 3e9
     assert back.prefill_s(1234, 56) == pytest.approx(model.prefill_s(1234, 56))
@@ -124,8 +154,30 @@ def test_round_trip_through_json() -> None:
     assert CostModel.from_dict({}).prefill_s(1000) == pytest.approx(CostModel().prefill_s(1000))
 
 
+def test_three_term_dicts_still_load() -> None:
+    """Stored manager configs and cost files written before the cached term: (a, b, d)."""
+    old = {"prefill_coef": [0.5, 1e-3, 2e-7], "default_prefill_coef": [0.05, 1.6e-3, 1.5e-7],
+           "decode_bps": {"quant": 1e6}, "history": []}  # fmt: skip
+    model = CostModel.from_dict(old)
+    assert np.array_equal(model.coef, [0.5, 1e-3, 0.0, 2e-7])
+    assert model.prefill_s(100, 50) == pytest.approx(0.5 + 0.1 + 2e-7 * 100 * 150)  # as it predicted
+    assert np.array_equal(model.default_coef, [0.05, 1.6e-3, 0.0, 1.5e-7])
+    assert CostModel.from_dict({"prefill_coef": [0.5, 0.0, 0.0]}).prefill_s(10, 10) == pytest.approx(0.5)
+    # with a history that pins all four terms, its refit replaces the three-term coefficients
+    h200 = json.loads(H200_COSTS.read_text())["cost_model"]
+    assert len(h200["prefill_coef"]) == 3
+    refit = CostModel.from_dict(h200)
+    assert refit.fit_kind == "full" and refit.coef[2] > 0
+    assert json.loads(json.dumps(refit.to_dict()))["prefill_coef"] == pytest.approx(list(refit.coef))
+
+
 def test_bad_coefficients_are_refused() -> None:
     with pytest.raises(ValueError):
         CostModel(prefill_coef=(1.0, -1.0, 0.0))
     with pytest.raises(ValueError):
         CostModel(prefill_coef=(1.0, 2.0))
+    with pytest.raises(ValueError):
+        CostModel(prefill_coef=(1.0, 2.0, 3.0, 4.0, 5.0))
+    with pytest.raises(ValueError):
+        as_prefill_coef((1.0, 0.0, float("nan"), 0.0))
+    assert np.array_equal(as_prefill_coef((1, 2, 3)), [1.0, 2.0, 0.0, 3.0])
