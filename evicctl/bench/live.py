@@ -49,14 +49,19 @@ class ProfiledManager:
 class NoReuse:
     """A manager that keeps nothing: every request is a full prefill (the `prefill` policy)."""
 
+    def __init__(self) -> None:
+        from evicctl.manager.costs import CostModel
+
+        self.cost_model = CostModel()
+
     def lookup(self, context_id, device=None):
         return None
 
     def store(self, *args, **kwargs):
         return None
 
-    def report_prefill(self, *args) -> None:
-        pass
+    def report_prefill(self, new_tokens: int, cached_tokens: int, seconds: float) -> None:
+        self.cost_model.observe_prefill(new_tokens, cached_tokens, seconds)
 
 
 def run_live(opts, *, console=None, show_progress: bool = True) -> dict:
@@ -75,24 +80,29 @@ def run_live(opts, *, console=None, show_progress: bool = True) -> dict:
     profiles = load_profiles(opts.profiles or DEFAULT_PROFILES)
     model, tokenizer = load_model(default_cache_dir(), "cpu")
     contexts = _measured_contexts(tokenizer, profiles, n_contexts)
-    # the machine as it is now (busy or not), as the requests below will find it
-    samples = prefill_samples(model, tokenizer, repeats=2, lengths=(256, 768, 1280), cached=(1024,), stat=statistics.mean)
+    samples = None
+    if opts.live_calibrate:  # the machine as it is now (busy or not), before serving
+        samples = prefill_samples(model, tokenizer, repeats=2, lengths=(256, 768, 1280), cached=(1024,), stat=statistics.mean)
     docs, summaries = [], []
     for name in policies:
         with tempfile.TemporaryDirectory(prefix="evicctl-live-") as tmp:
             doc = _serve(name, opts, Path(tmp), model, tokenizer, contexts, profiles, samples,
                          n_requests, capacity, console, show_progress)
         docs.append(doc)
-        summaries += [doc["live"], doc["replay"]]
+        summaries += [doc["live"], *doc["replays"]]
     return {
         "mode": "live",
         "scenario": docs[0]["scenario"],
         "catalog": docs[0]["catalog"],
         "trace": docs[0]["trace"],
         "runs": summaries,
-        "agreement": {d["live"]["policy"]: d["agreement"] for d in docs},
+        "agreement": {f"{d['live']['policy']}, {costs}": a for d in docs for costs, a in d["agreement"].items()},
+        "per_request": {d["live"]["policy"]: d["per_request"] for d in docs},
         "notes": [
-            "live: the real engine, model and Manager on this machine; replay: the same requests predicted from measured costs",
+            "live: the real engine, model and Manager on this machine; replay: the same requests, predicted",
+            "costs observed: the prefill cost model fitted on the prefills the engine timed during the run "
+            "(checks the replay's decisions and delay composition); costs calibrated: fitted on prefills timed "
+            "before the run (also checks that costs measured apart transfer; on a shared machine they drift)",
             "quality of a served request = its context's measured quality under the codec that served it",
         ],
     }
@@ -119,17 +129,18 @@ def _measured_contexts(tokenizer, profiles, n: int):
 
 def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples, n_requests, capacity, console, show):
     from evicctl.bench.catalog import build_catalog
-    from evicctl.bench.policies import make_policy
-    from evicctl.bench.replay import MISS, replay
+    from evicctl.bench.replay import MISS
     from evicctl.bench.run import _progress
     from evicctl.bench.trace import Trace, zipf_trace
     from evicctl.engine import prompt
     from evicctl.engine.engine import Engine
+    from evicctl.manager.costs import CostModel
 
     index = np.array([profiles.context_ids.index(c.id) for c in contexts])
     tokens = np.array([prompt.context_ids(tokenizer, c.text).shape[1] for c in contexts])
-    scenario = _scenario(model, samples, capacity, opts)
-    catalog = build_catalog(scenario, profiles, len(contexts), seed=opts.seed, tokens=tokens, profile_index=index)
+    before = _scenario(model, capacity, opts, samples=samples, coef=None if samples else tuple(CostModel().coef))
+    build = lambda sc: build_catalog(sc, profiles, len(contexts), seed=opts.seed, tokens=tokens, profile_index=index)  # noqa: E731
+    catalog = build(before)
     drawn = zipf_trace(len(contexts), n_requests, qps=opts.qps or 1.0, zipf=opts.zipf, seed=opts.seed)
     questions = _questions(contexts, drawn.context, profiles.questions_per_context)
     q_tokens = np.array([prompt.question_ids(tokenizer, q.question).shape[1] for q in questions])
@@ -150,39 +161,69 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
                 served_c.append(catalog.codec_index(answer.codec) if answer.hit else -1)
                 bar.advance(task)
         probed_bps = {t.name: t.read_bps for t in getattr(manager, "tiers", [])}
+        observed = engine_manager.cost_model.to_dict()["history"]  # the prefills the engine timed
     finally:
         if manager is not None:
             manager.close()
-    if probed_bps:  # the replay prices loads with the bandwidths the Manager probed
-        for tier, bps in probed_bps.items():
-            scenario = scenario.with_tier_bps(tier, bps)
-        catalog = build_catalog(scenario, profiles, len(contexts), seed=opts.seed, tokens=tokens, profile_index=index)
+    wall_s = time.perf_counter() - start
+    for tier, bps in probed_bps.items():  # loads priced with the bandwidths the Manager probed
+        before = before.with_tier_bps(tier, bps)
     trace = Trace(np.array(at), drawn.context, q_tokens, f"live, {len(contexts)} contexts, zipf {opts.zipf}")
     live = _live_summary(name, catalog, trace, np.array(ttft), np.array(served_t), np.array(served_c))
-    policy = make_policy(name, alpha=scenario.alpha)
-    if hasattr(policy, "headroom"):  # the Manager re-plans at every admission, to full capacity
-        policy.headroom = policy.spill_headroom = 0.0
-        policy.tick_requests = 0
-    predicted = replay(policy, catalog, trace, warmup=0.0)
-    rep = predicted.summary() | {"policy": f"{name} (replay)"}
-    same = float((np.array(served_t) == predicted.served_tier).mean())
+    scenarios = {"costs observed": replace(before, prefill_coef=_fit_observed(observed, before))}
+    if samples:
+        scenarios["costs calibrated"] = before
+    replays, agreement = [], {}
+    per_request = {"context": trace.context.tolist(), "query_tokens": q_tokens.tolist(), "served_tier": served_t,
+                   "live_ttft_s": [round(x, 4) for x in ttft], "prefills_timed": observed}
+    for label, sc in scenarios.items():
+        predicted = _replay_live(name, build(sc), trace)
+        per_request[f"replay_ttft_s ({label})"] = [round(float(x), 4) for x in predicted.ttft_s]
+        summary = predicted.summary() | {"policy": f"{name} (replay, {label})"}
+        replays.append(summary)
+        agreement[label] = {
+            "ttft_mean_live_s": live["ttft_mean_s"],
+            "ttft_mean_replay_s": summary["ttft_mean_s"],
+            "ratio": summary["ttft_mean_s"] / live["ttft_mean_s"],
+            "same_outcome": float((np.array(served_t) == predicted.served_tier).mean()),
+            "wall_s": wall_s,
+        }
     return {
-        "scenario": scenario.to_json(),
+        "scenario": before.to_json(),
         "catalog": catalog.to_json(),
         "trace": trace.to_json(),
         "live": live,
-        "replay": rep,
-        "agreement": {
-            "ttft_mean_live_s": live["ttft_mean_s"],
-            "ttft_mean_replay_s": rep["ttft_mean_s"],
-            "ratio": rep["ttft_mean_s"] / live["ttft_mean_s"],
-            "same_outcome": same,  # share of requests served from the same tier (or both missed)
-            "wall_s": time.perf_counter() - start,
-        },
+        "replays": replays,
+        "agreement": agreement,
+        "per_request": per_request,
     }
 
 
-def _scenario(model, samples, capacity, opts):
+def _fit_observed(history, fallback) -> tuple[float, ...]:
+    """The manager's own fit (CostModel: least squares on seconds, so the mean of noisy
+    timings) of the prefills timed during the run, misses and hits."""
+    from evicctl.manager.costs import CostModel
+
+    rows = [tuple(h) for h in history if h[0] > 0 and h[2] > 0]
+    if not rows:
+        return tuple(fallback.cost_model().coef)
+    return tuple(float(c) for c in CostModel(prefill_coef=fallback.cost_model().coef, history=rows).coef)
+
+
+def _replay_live(name, catalog, trace):
+    from evicctl.bench.policies import make_policy
+    from evicctl.bench.replay import replay
+
+    policy = make_policy(name, alpha=catalog.scenario.alpha)
+    if hasattr(policy, "headroom"):  # the Manager re-plans at every admission, to full capacity
+        policy.headroom = policy.spill_headroom = 0.0
+        policy.tick_requests = 0
+    return replay(policy, catalog, trace, warmup=0.0)
+
+
+def _scenario(model, capacity, opts, *, samples, coef):
+    """cpu-local's tiers and decode costs, this model's shape, prefill from `samples` (fitted)
+    or `coef`."""
     from evicctl.bench.scenario import load_scenario, scenario_from_dict
 
     cfg = model.config
@@ -195,12 +236,12 @@ def _scenario(model, samples, capacity, opts):
         **base,
         "name": "cpu-local (live)",
         "description": "this machine, costs measured in this run",
-        "source": "prefill measured in this process; tier bandwidths probed by the Manager",
+        "source": "prefill timed in this process; tier bandwidths probed by the Manager",
         "model": {"name": "SmolLM2-135M-Instruct", "layers": cfg.num_hidden_layers, "kv_heads": cfg.num_key_value_heads,
                   "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                   "dtype_bytes": 4, "q_heads": cfg.num_attention_heads, "window": 16},
-        "prefill_samples": samples,
-        "prefill_coef": None,  # fitted on this run's samples
+        "prefill_samples": samples or [],
+        "prefill_coef": None if samples else list(coef),
         "context_tokens": {"distribution": "measured"},
         "capacity": capacity,
     }

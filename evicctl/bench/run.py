@@ -41,6 +41,7 @@ class BenchOptions:
     warmup: float = 0.1
     profiles: Path | None = None
     jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
+    live_calibrate: bool = True  # live: also time prefills before serving (a second replay)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:

@@ -68,7 +68,7 @@ class Scenario:
     alpha: float  # seconds of TTFT one unit of quality is worth (default of the evicpress policy)
     source: str  # where the numbers come from
     capacity: float = DEFAULT_CAPACITY
-    prefill_coef: tuple[float, float, float] | None = None  # as fitted where measured, else fitted here
+    prefill_coef: tuple[float, ...] | None = None  # as fitted where measured, else fitted here
     extra: dict = field(default_factory=dict)
 
     def cost_model(self):
@@ -106,10 +106,11 @@ class Scenario:
         }
 
 
-def fit_prefill(samples) -> tuple[float, float, float]:
-    """(a, b, c) of the CostModel's prefill_s = a + b*new + c*new*(new + cached), fitted by
-    non-negative least squares on RELATIVE error: samples span 3 ms to seconds, and an
-    absolute fit would let the long prefills decide the short ones (the queries on a hit)."""
+def fit_prefill(samples) -> tuple[float, ...]:
+    """The CostModel's prefill coefficients (a, b, c, d) of
+    prefill_s = a + b*new + c*cached + d*new*(new + cached), fitted by non-negative least
+    squares on RELATIVE error: samples span 3 ms to seconds, and an absolute fit would let
+    the long prefills decide the short ones (the queries on a hit)."""
     import numpy as np
     from scipy.optimize import nnls
 
@@ -117,11 +118,11 @@ def fit_prefill(samples) -> tuple[float, float, float]:
     if len(data) < 3:
         raise UsageError(f"need at least 3 prefill samples to fit the cost model; got {len(data)}")
     new, cached = data[:, 0], data[:, 1]
-    features = np.stack([np.ones_like(new), new, new * (new + cached)], axis=1)  # the CostModel's
+    features = np.stack([np.ones_like(new), new, cached, new * (new + cached)], axis=1)  # the CostModel's
     x = features / data[:, 2:3]  # rows scaled by 1/seconds
-    norm = np.abs(x).max(axis=0)
+    norm = np.maximum(np.abs(x).max(axis=0), 1e-30)  # a column of zeros (no cached samples) stays 0
     coef = nnls(x / norm, np.ones(len(data)))[0] / norm
-    return float(coef[0]), float(coef[1]), float(coef[2])
+    return tuple(float(c) for c in coef)
 
 
 def _replace(s: Scenario, **changes) -> Scenario:

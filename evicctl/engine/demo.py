@@ -43,6 +43,7 @@ DEFAULT_CPU_BYTES = 64 << 20  # ~1 raw context; all 12 at int4 (~7 MB each) do n
 DEFAULT_DISK_BYTES = 1 << 30
 HEADLESS_REQUESTS_PER_CONTEXT = 3  # headless with neither --requests nor --duration
 STARVED_S = 20.0  # without idle time for this long, profile one unit anyway
+STALE_CHECK_S = 10.0  # how often an idle engine asks the manager which profiles went stale
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class DemoRun:
         self.summary = DemoSummary()
         self.on_served = None  # callback(Served), e.g. the progress bar
         self._last_idle = time.monotonic()
+        self._last_stale_check = 0.0
 
     def run(self) -> DemoSummary:
         t0 = None
@@ -185,8 +187,13 @@ class DemoRun:
             self._last_idle = time.monotonic()
             if self.stop.is_set() or self._out_of_time():
                 return False
-            if not self.profiler.step():
-                self.stop.wait(min(0.05, max(0.0, due - time.monotonic())))
+            if self.profiler.step():
+                continue
+            if time.monotonic() - self._last_stale_check > STALE_CHECK_S:
+                self._last_stale_check = time.monotonic()
+                if self.profiler.reprofile_stale():
+                    continue
+            self.stop.wait(min(0.05, max(0.0, due - time.monotonic())))
         return not self.stop.is_set()
 
     def _serve(self, request, wait_s: float) -> None:
@@ -308,8 +315,7 @@ class _Setup:
         say("loading contexts")
         chosen = load_contexts(tokenizer, self.contexts, target_tokens=self.target_tokens, seed=self.seed)
         settings = ProfilerSettings(metric=self.metric, questions=self.profile_questions,
-                                    max_new_tokens=self.max_new_tokens,
-                                    reprofile_drop=self.manager.config.reprofile_drop, seed=self.seed)  # fmt: skip
+                                    max_new_tokens=self.max_new_tokens, seed=self.seed)  # fmt: skip
         self.profiler = Profiler(self.manager, model, tokenizer, self.manager.codec_names, settings,
                                  priors=default_priors(self.metric), device=self.device)  # fmt: skip
         self.profiler.load_stored(read_stored_profiles(self.manager.config.db_path))

@@ -8,8 +8,10 @@ Jobs are generators that yield after each unit.
 
 Online: a sampled hit served from a compressed KV is scored against a full recompute of
 the same answer (one forward of context + question + answer); its exp(-KL) joins the
-context's measurements, and when the recent online mean falls `reprofile_drop` below
-the profiled value the context is profiled again on fresh questions.
+context's measurements and goes to the manager (record_online_quality), which keeps the
+running mean, writes a "reprofile" event when it falls config.reprofile_drop below the
+profile (the paper's 0.3), and says so: the context is then profiled again on fresh
+questions.
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ class ProfilerSettings:
     questions: int = 4  # profiling questions per pass over a context
     max_new_tokens: int = 24
     online_sample_rate: float = 0.25  # share of compressed hits scored online
-    online_window: int = 3  # recent online samples compared with the profile
-    reprofile_drop: float = 0.3  # the paper's threshold
     max_held_kvs: int = 2  # queued jobs that keep their full KV (46 MB per 1k tokens, fp32)
     max_online_queue: int = 8
     seed: int = 0
@@ -90,8 +90,6 @@ class Profiler:
         self.stop_ids = prompt.stop_token_ids(tokenizer)
         self.tallies: dict[str, dict[str, Tally]] = {c: {} for c in self.codecs}  # codec -> ctx -> tally
         self.f1: dict[tuple[str, str], Tally] = {}  # (ctx, codec) -> F1 vs gold
-        self.profiled: dict[tuple[str, str], float] = {}  # (ctx, codec) -> estimate at last profile
-        self.online: dict[tuple[str, str], collections.deque] = {}
         self.questions_used: dict[str, int] = {}
         self.known: dict[str, Context] = {}
         self.units_done = 0
@@ -189,7 +187,7 @@ class Profiler:
                 for score in self.score_codec(kv, codec, refs, context.id):
                     self._add(context.id, codec, score)
                 yield
-            self.publish([context.id], mark_profiled=True)
+            self.publish([context.id])
             self.publish([c for c in self.known if c != context.id])  # pooled stats moved
         finally:
             self._queued.discard(context.id)
@@ -206,24 +204,30 @@ class Profiler:
             score = kl_quality(torch.log_softmax(logits.float(), -1), served.to(logits.device))
             self._add(context.id, answer.codec, score)
             self._add_f1(context.id, answer.codec, answer.text, qa)
-            recent = self.online.setdefault((context.id, answer.codec), collections.deque(maxlen=self.settings.online_window))
-            recent.append(score)
             self.publish([context.id], codecs=[answer.codec])
-            self._maybe_reprofile(context, answer.codec, recent)
+            self._report_online(context, answer.codec, score)
             yield
         finally:
             self._online_queued -= 1
 
-    def _maybe_reprofile(self, context: Context, codec: str, recent: collections.deque) -> None:
-        profiled = self.profiled.get((context.id, codec))
-        if profiled is None or len(recent) < recent.maxlen:
+    def _report_online(self, context: Context, codec: str, score: float) -> None:
+        try:
+            stale = self.manager.record_online_quality(context.id, codec, score)
+        except NoSuchContextError:
             return
-        online_mean = sum(recent) / len(recent)
-        if online_mean < profiled - self.settings.reprofile_drop and self.enqueue(context):
-            log.info("re-profiling %s: online %s quality %.2f < profiled %.2f - %.2f",
-                     context.id, codec, online_mean, profiled, self.settings.reprofile_drop)
+        if stale and self.enqueue(context):
+            log.info("re-profiling %s: online quality of %s fell below its profile", context.id, codec)
             self.reprofiles += 1
-            recent.clear()
+
+    def reprofile_stale(self) -> int:
+        """Queue the contexts the manager calls stale (costliest first); returns how many."""
+        queued = 0
+        for context_id in self.manager.reprofile_candidates():
+            context = self.known.get(context_id)
+            if context is not None and self.enqueue(context):
+                self.reprofiles += 1
+                queued += 1
+        return queued
 
     def _next_questions(self, context: Context) -> list[QA]:
         pool = list(context.profiling) or list(context.test)
@@ -287,7 +291,7 @@ class Profiler:
         if f1 is not None:
             self.f1[(context_id, codec)] = self.f1.get((context_id, codec), Tally()).add(f1)
 
-    def publish(self, context_ids: Iterable[str], codecs: Iterable[str] | None = None, mark_profiled: bool = False) -> int:
+    def publish(self, context_ids: Iterable[str], codecs: Iterable[str] | None = None) -> int:
         """Send current estimates to the manager (which writes them to the store)."""
         sent = 0
         for codec in codecs or self.codecs:
@@ -304,8 +308,6 @@ class Profiler:
                     )
                 except NoSuchContextError:  # forgotten by the manager meanwhile
                     continue
-                if mark_profiled:
-                    self.profiled[(ctx, codec)] = est.quality
                 sent += 1
         return sent
 
@@ -319,7 +321,6 @@ class Profiler:
                 continue
             ctx, codec = row["context_id"], row["codec"]
             self.tallies[codec][ctx] = Tally.summary(float(row["raw_mean"]), int(row["n_queries"]))
-            self.profiled[(ctx, codec)] = float(row["quality"])
             if row.get("f1") is not None:
                 self.f1[(ctx, codec)] = Tally.summary(float(row["f1"]), int(row["n_queries"]))
             loaded += 1

@@ -37,9 +37,9 @@ from collections.abc import Iterable
 import numpy as np
 
 # prefill_s = a + b*new + c*cached + d*new*(new+cached); 1k tokens: 0.05 + 1.6 + 0.15 = 1.8 s.
-# c: ~10 ms per 1k cached tokens of SmolLM2-135M (fp32, 2 cores): HF appends the query to the
-# cache by copying it (46 MB per 1k tokens) on every forward
-DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.0e-5, 1.5e-7)
+# c: DESIGN §8's 24-token answer on a cached 1k prefix took 1.65 s, 69 ms a one-token forward,
+# of which a + b + d*1001 is 52 ms: ~17 ms per 1k cached tokens (HF copies the cache on append)
+DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.7e-5, 1.5e-7)
 N_COEF = 4
 # stored bytes decoded per second on this 2-core CPU (bench/codec_bench.py, SmolLM2 shape,
 # fp32, 1 thread: int8 ~0.5 GB/s of stored bytes, int4 about half per stored byte; the

@@ -215,8 +215,9 @@ class DiskTier(Tier):
         """Re-attach a file written before a restart; returns its Stored.nbytes.
 
         `checksum`: what put returned (``sha256-tree:...``, or the plain sha256 hex of files
-        written before the tree form). Raises CorruptDataError if the file is missing, outside this tier's directory, or
-        (verify=True) fails its checksum; the context is then not held."""
+        written before the tree form). Raises CorruptDataError if the file is missing,
+        outside this tier's directory, or (verify=True) fails its checksum; the context is
+        then not held."""
         path = Path(location).expanduser().resolve()
         if path.parent != self.path:
             raise CorruptDataError(f"{location} is not in the disk tier's directory {self.path}")

@@ -46,43 +46,34 @@ from evicctl.manager.codec_names import DEFAULT_GROUP, key_groups
 from evicctl.manager.codec_names import value_group as value_group  # re-exported: codecs, kernels
 
 _SUPPORTED_BITS = (8, 4)
-_kernel_cache: dict[str, Callable | None] = {}
-
-
-def _kernel(name: str) -> Callable | None:
-    """evicctl.kernels.`name`, or None where the kernels cannot run (no triton, no CUDA)."""
-    if name not in _kernel_cache:
-        try:
-            import evicctl.kernels as kernels
-
-            _kernel_cache[name] = getattr(kernels, name)
-        except (ImportError, AttributeError):
-            _kernel_cache[name] = None
-    return _kernel_cache[name]
-
-
-def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
-    """The CUDA kernel `name` for a CUDA tensor, or None (CPU tensor, or kernels absent).
-
-    Never imports anything for a CPU tensor, so triton is not imported on CPU."""
-    return _kernel(name) if x.is_cuda else None
 
 
 @functools.cache
 def _kernels_module() -> ModuleType | None:
+    """evicctl.kernels where its kernels can run (triton and CUDA present), else None."""
     try:
         import evicctl.kernels as kernels
+
+        if not kernels.available():
+            return None
+        kernels.quantize_keys  # noqa: B018  (imports Triton: a broken install shows here)
     except ImportError:
         return None
-    return kernels if kernels.available() else None
+    return kernels
 
 
 def kernels_for(x: torch.Tensor) -> ModuleType | None:
     """evicctl.kernels when `x` is a CUDA tensor and the kernels can run here, else None.
 
-    Checks nothing but the device for a CPU tensor (no import, triton never loads on CPU);
-    the module's kernel names import Triton on first use only."""
+    Checks nothing but the device for a CPU tensor: no import, so triton never loads on a
+    CPU-only machine."""
     return _kernels_module() if x.is_cuda else None
+
+
+def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
+    """The CUDA kernel `name` for a CUDA tensor, or None (CPU tensor, or kernels absent)."""
+    kernels = kernels_for(x)
+    return getattr(kernels, name) if kernels is not None else None
 
 
 def _pow2(n: int) -> bool:
@@ -97,8 +88,9 @@ def same_layout(xs: Sequence[torch.Tensor]) -> bool:
     return first.stride(-1) == 1 and all((x.shape, x.dtype, x.device, x.stride()) == sig for x in xs)
 
 
-def _quant_kernel_fits(xs: Sequence[torch.Tensor], bits: int, group: int) -> bool:
-    """The quantization kernels' limits: float input, power-of-two head_dim and group."""
+def _quant_kernel_fits(xs: Sequence[torch.Tensor], bits: int, group: int, side: str) -> bool:
+    """The quantization kernels' limits: float input, power-of-two head_dim and group (values:
+    whole channel groups). Outside them the torch reference runs (and raises its errors)."""
     x = xs[0]
     return (
         bits in _SUPPORTED_BITS
@@ -106,7 +98,20 @@ def _quant_kernel_fits(xs: Sequence[torch.Tensor], bits: int, group: int) -> boo
         and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and _pow2(x.shape[3])
         and _pow2(group)
+        and (side == "keys" or x.shape[3] % group == 0)
         and same_layout(xs)
+    )
+
+
+def _dequant_kernel_fits(codes: Sequence[torch.Tensor], bits: int, group: int, dtype: torch.dtype) -> bool:
+    c = codes[0]
+    head_dim = c.shape[-1] * (2 if bits == 4 else 1)
+    return (
+        bits in _SUPPORTED_BITS
+        and c.dim() == 4
+        and _pow2(head_dim)
+        and _pow2(group)
+        and dtype in (torch.float16, torch.bfloat16, torch.float32)
     )
 
 
@@ -233,22 +238,22 @@ def dequantize_values_ref(
 
 
 def quantize_keys(k: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
-    kernel = _cuda_kernel(k, "quantize_keys")
+    kernel = _cuda_kernel(k, "quantize_keys") if _quant_kernel_fits([k], bits, group, "keys") else None
     return (kernel or quantize_keys_ref)(k, bits, group)
 
 
 def dequantize_keys(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
-    kernel = _cuda_kernel(codes, "dequantize_keys")
+    kernel = _cuda_kernel(codes, "dequantize_keys") if _dequant_kernel_fits([codes], bits, group, dtype) else None
     return (kernel or dequantize_keys_ref)(codes, scale, mn, bits, group, dtype)
 
 
 def quantize_values(v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
-    kernel = _cuda_kernel(v, "quantize_values")
+    kernel = _cuda_kernel(v, "quantize_values") if _quant_kernel_fits([v], bits, group, "values") else None
     return (kernel or quantize_values_ref)(v, bits, group)
 
 
 def dequantize_values(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
-    kernel = _cuda_kernel(codes, "dequantize_values")
+    kernel = _cuda_kernel(codes, "dequantize_values") if _dequant_kernel_fits([codes], bits, group, dtype) else None
     return (kernel or dequantize_values_ref)(codes, scale, mn, bits, group, dtype)
 
 
@@ -261,7 +266,7 @@ def gather_tokens_ref(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    kernel = _cuda_kernel(x, "gather_tokens")
+    kernel = _cuda_kernel(x, "gather_tokens") if _pow2(x.shape[-1]) and x.stride(-1) == 1 else None
     return (kernel or gather_tokens_ref)(x, idx)
 
 
@@ -291,16 +296,11 @@ def dequantize_layers(
     move = lambda t: t.to(target, non_blocking=target.type == "cuda")  # noqa: E731
     codes, scales, mns = [move(c) for c in codes], [move(s) for s in scales], [move(m) for m in mns]
     kernels = kernels_for(codes[0])  # codes are on the target now
-    head_dim = codes[0].shape[-1] * (2 if bits == 4 else 1)
-    fits = (
+    if (
         kernels is not None
-        and bits in _SUPPORTED_BITS
-        and _pow2(head_dim)
-        and _pow2(group)
-        and dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and _dequant_kernel_fits(codes, bits, group, dtype)
         and all(same_layout(parts) and parts[0].is_contiguous() for parts in (codes, scales, mns))
-    )
-    if fits:
+    ):
         kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
         return list(kernel(codes, scales, mns, bits, group, dtype))  # [L, 1, H, T, D] -> L views
     one = dequantize_keys if side == "keys" else dequantize_values
@@ -324,7 +324,7 @@ def quantize_layers(
     if side not in ("keys", "values"):
         raise ValueError(f"side must be 'keys' or 'values'; got {side!r}")
     kernels = kernels_for(xs[0])
-    if kernels is not None and _quant_kernel_fits(xs, bits, group) and (side == "keys" or xs[0].shape[3] % group == 0):
+    if kernels is not None and _quant_kernel_fits(xs, bits, group, side):
         if idx is None:
             kernel = kernels.quantize_keys_layers if side == "keys" else kernels.quantize_values_layers
             codes, scale, mn = kernel(list(xs), bits, group)

@@ -128,8 +128,6 @@ class Tier:
             raise KeyError(context_id)
         return entry
 
-    _entry = held
-
     # ------------------------------------------------------------ bandwidth
 
     def observe(self, op: str, nbytes: int, seconds: float) -> None:

@@ -70,6 +70,9 @@ class DictManager:
         self.profiles: list[dict] = []
         self.stored: list[str] = []
         self.codec_of: dict[str, str] = {}  # context -> codec name its KV is labelled with
+        self.online: list[tuple[str, str, float]] = []
+        self.stale: set[str] = set()
+        self.stale_below = 0.0
 
     def lookup(self, context_id, device=None):
         from types import SimpleNamespace
@@ -92,6 +95,16 @@ class DictManager:
 
     def known(self, context_id):
         return context_id in self.kvs
+
+    def record_online_quality(self, context_id, codec, quality):
+        """Stale once a measurement falls below `stale_below` (a test sets it)."""
+        self.online.append((context_id, codec, quality))
+        if quality < self.stale_below:
+            self.stale.add(context_id)
+        return context_id in self.stale
+
+    def reprofile_candidates(self):
+        return sorted(self.stale)
 
 
 @pytest.fixture

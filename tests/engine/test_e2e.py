@@ -62,7 +62,7 @@ def test_store_compress_answer_and_profile(real, tmp_path):
         scores = prof.measure(context, kv, [qa])
         assert scores["none"] == [1.0]
         assert 0.0 < scores[HEAVY][0] <= scores[LIGHT][0] + NOISE
-        prof.publish([context.id], mark_profiled=True)
+        prof.publish([context.id])
         manager.flush()
     rows = {r["codec"]: r for r in read_stored_profiles(tmp_path / "e.db")}
     assert rows["none"]["quality"] == 1.0 and rows["none"]["n_queries"] == 1

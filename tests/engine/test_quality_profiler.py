@@ -74,10 +74,11 @@ def test_priors_publish_pooled_estimates_before_profiling(tiny_model, tiny_token
     assert row["quality"] == pytest.approx(0.95) and row["n_queries"] == 0 and row["quality_sd"] > 0
 
 
-def test_online_sample_scores_and_triggers_reprofile(tiny_model, tiny_tokenizer, dict_manager):
+def test_online_sample_scores_reports_and_triggers_reprofile(tiny_model, tiny_tokenizer, dict_manager):
     engine = Engine(dict_manager, tiny_model, tiny_tokenizer)
-    prof = _profiler(tiny_model, tiny_tokenizer, dict_manager, online_sample_rate=1.0, online_window=1, reprofile_drop=0.0)
+    prof = _profiler(tiny_model, tiny_tokenizer, dict_manager, online_sample_rate=1.0)
     engine.answer("doc", DOC, QAS[2].question, max_new_tokens=6)
+    prof.known["doc"] = CONTEXT
     kv = dict_manager.kvs["doc"]
     from evicctl.manager.codecs import get_codec
 
@@ -86,12 +87,24 @@ def test_online_sample_scores_and_triggers_reprofile(tiny_model, tiny_tokenizer,
     dict_manager.codec_of["doc"] = codec.name
     ans = engine.answer("doc", DOC, QAS[2].question, max_new_tokens=6, keep_logprobs=True)
     assert ans.codec == "snapkv@0.75+int4"
-    prof.profiled[("doc", "snapkv@0.75+int4")] = 1.0  # pretend the profile said "lossless"
+    dict_manager.stale_below = 1.0  # the manager will call this profile stale
     assert prof.sample(CONTEXT, QAS[2], ans)
     assert prof.step()
     tally = prof.tallies["snapkv@0.75+int4"]["doc"]
     assert tally.n == 1 and 0.0 < tally.mean < 1.0
-    assert prof.reprofiles == 1 and "doc" in prof.queued  # online quality fell below profile - drop
+    assert dict_manager.online == [("doc", "snapkv@0.75+int4", tally.mean)]
+    assert prof.reprofiles == 1 and "doc" in prof.queued
+    assert prof.reprofile_stale() == 0  # already queued: not twice
+    prof.run_all()
+    assert "doc" not in prof.queued
+
+
+def test_samples_only_lossy_hits(tiny_model, tiny_tokenizer, dict_manager):
+    engine = Engine(dict_manager, tiny_model, tiny_tokenizer)
+    prof = _profiler(tiny_model, tiny_tokenizer, dict_manager, online_sample_rate=1.0)
+    miss = engine.answer("doc", DOC, QAS[2].question, max_new_tokens=4)
+    hit = engine.answer("doc", DOC, QAS[2].question, max_new_tokens=4, keep_logprobs=True)
+    assert not prof.sample(CONTEXT, QAS[2], miss) and not prof.sample(CONTEXT, QAS[2], hit)  # miss; "none"
 
 
 def test_load_stored_rows_and_read_from_sqlite(tmp_path, tiny_model, tiny_tokenizer, dict_manager):

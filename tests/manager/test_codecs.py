@@ -391,6 +391,18 @@ class _FakeKernels:
         parts = [(quant.dequantize_values_ref(*p, bits, group, dtype),) for p in zip(codes, scale, mn, strict=True)]
         return self._stack("dequantize_values_layers", parts)[0]
 
+    def quantize_keys(self, k, bits, group=32):
+        self.calls.append("quantize_keys")
+        return quant.quantize_keys_ref(k, bits, group)
+
+    def dequantize_values(self, codes, scale, mn, bits, group=32, dtype=torch.float32):
+        self.calls.append("dequantize_values")
+        return quant.dequantize_values_ref(codes, scale, mn, bits, group, dtype)
+
+    def gather_tokens(self, x, idx):
+        self.calls.append("gather_tokens")
+        return quant.gather_tokens_ref(x, idx)
+
     def _scores(self, name, ks, scorer, **kv_args):
         kv = KV(tuple(ks), tuple(ks), kv_args.get("positions", torch.arange(ks[0].shape[2]).expand(len(ks), ks[0].shape[1], -1)),
                 kv_args.get("tokens", ks[0].shape[2]), kv_args.get("wq"))  # fmt: skip
@@ -464,6 +476,17 @@ def test_cuda_encode_and_decode_match_the_cpu(name, dtype) -> None:
 def test_kernel_dispatch_skips_shapes_the_kernels_do_not_take(monkeypatch) -> None:
     fake = _FakeKernels()
     monkeypatch.setattr(quant, "kernels_for", lambda x: fake)
+    x64, x80 = torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 80)
+    idx = torch.arange(0, 40, 2).expand(1, 2, 20)
+    for x in (x64, x80):
+        parts = quant.quantize_keys(x, 4, 32)
+        quant.dequantize_values(*quant.quantize_values_ref(x, 8, 16), 8, 16, torch.float16)
+        quant.gather_tokens(x, idx)
+    assert fake.calls == ["quantize_keys", "dequantize_values", "gather_tokens"]  # head_dim 64 only
+    assert torch.equal(parts[0], quant.quantize_keys_ref(x80, 4, 32)[0])
+    quant.dequantize_values(*quant.quantize_values_ref(x64, 8, 32), 8, 32, torch.float64)
+    assert fake.calls[-1] == "gather_tokens"  # float64 output: not a kernel dtype
+    fake.calls.clear()
     odd = make_kv(layers=2, heads=2, tokens=40, dim=80, q_heads=4)  # head_dim 80: not a power of two
     want_parts = [quant.quantize_keys_ref(k, 8, 32) for k in odd.keys]
     got = get_codec("knorm@0.5+int8").encode(odd)
