@@ -556,7 +556,8 @@ def prefill(ceil: dict) -> dict:
     cm = CostModel(history=samples)
     fit = [(n, c, s, cm.prefill_s(n, c)) for n, c, s in samples]
     worst = max(abs(p - s) / s for _, _, s, p in fit)
-    print(f"  fit a={cm.coef[0]:.3g} s, b={cm.coef[1]:.3g} s/token, c={cm.coef[2]:.3g} s/token^2; "
+    print(f"  fit a={cm.coef[0]:.3g} s, b={cm.coef[1]:.3g} s/token, c={cm.coef[2]:.3g} s/cached token, "
+          f"d={cm.coef[3]:.3g} s/token^2; "
           f"worst relative error {100 * worst:.0f}%", flush=True)
     out = {"samples": samples, "coef": [float(c) for c in cm.coef], "worst_rel_err": worst,
            "fit": [{"new": n, "cached": c, "seconds": s, "predicted": p} for n, c, s, p in fit],

@@ -5,11 +5,11 @@
   a ring of pinned staging buffers (a host memcpy into buffer i+1 overlaps the device copy
   of buffer i); CUDA tensors by a device copy.
 - ``load_file`` reads a DiskTier safetensors file straight into device memory: chunks are
-  read into the pinned ring, hashed (sha256, the disk tier's checksum) on a second thread
+  read into the pinned ring, hashed (the disk tier's checksum: plain or tree sha256) on a second thread
   and copied to the device while the next chunk is read, so the load runs at the slowest
   of read, hash and copy instead of their sum. The tensors are views of one device buffer.
   One sha256 stream is sequential (~1.4 GB/s on one core of the H200 host, below its
-  disk); a ``sha256-tree:`` checksum (tree_checksum) is verified on several cores at once.
+  disk); the ``sha256-tree:`` checksum the disk tier writes is verified on several cores at once.
 - ``prefetch(context_id, source)`` starts such a load in the background (the next
   request's context); ``get`` waits for whatever is still in flight, so a prefetch that
   finished costs nothing at lookup.
