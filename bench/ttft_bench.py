@@ -66,9 +66,11 @@ def pin(manager, context_id: str, tier: str, codec: str) -> None:
 
     client = ControlClient(manager.config.db_path)
     outcome = client.wait(client.submit("pin", context_id, {"tier": tier, "codec": codec, "force": True}, "bench"), 60)
-    placement = manager.placement(context_id)
-    if outcome.status != "done" or (placement.tier, placement.codec) != (tier, codec):
-        raise RuntimeError(f"pin {context_id} to {tier}/{codec} failed: {outcome}")
+    deadline = time.monotonic() + 30  # the move may still be finishing when the command reports
+    while (manager.placement(context_id).tier, manager.placement(context_id).codec) != (tier, codec):
+        if outcome.status != "done" or time.monotonic() > deadline:
+            raise RuntimeError(f"pin {context_id} to {tier}/{codec} failed: {outcome}, now {manager.placement(context_id)}")
+        time.sleep(0.05)
 
 
 def measure(engine, context, question: str, repeats: int, before=None) -> list:
