@@ -82,12 +82,14 @@ def measure(engine, context, question: str, repeats: int, before=None) -> list:
     return out
 
 
-def run_size(model, tokenizer, target: int, repeats: int, workdir: Path, console: Console, device: str) -> list[dict]:
+def run_size(model, tokenizer, target: int, repeats: int, workdir: Path, console: Console, device: str,
+             only_tiers: tuple[str, ...] | None = None) -> list[dict]:  # fmt: skip
     context = pick_context(tokenizer, target)
     question = context.test[0].question
     rows = []
     misses = []
     tiers = ("gpu", "cpu", "disk") if device.startswith("cuda") else ("cpu", "disk")
+    tiers = tuple(t for t in tiers if not only_tiers or t in only_tiers)
     for tier in tiers:
         manager = manager_for(tier, workdir / f"{target}-{tier}", device)
         try:
@@ -123,6 +125,8 @@ def run_size(model, tokenizer, target: int, repeats: int, workdir: Path, console
 def _row(target, context_id, path, codec, answers, manager) -> dict:
     med = statistics.median
     hit = [a for a in answers if a.hit] or answers
+    if manager is not None and len(hit) != len(answers):  # a "hit" that missed would hide in a median
+        raise RuntimeError(f"{context_id}: {len(answers) - len(hit)} of {len(answers)} hits came back as misses")
     placement = manager.placement(context_id) if manager is not None else None
     return {
         "size": target, "tokens": answers[0].context_tokens, "path": path, "codec": codec,
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (adds the gpu tier)")
+    ap.add_argument("--tiers", nargs="+", default=None, help="only these tiers (the first one also times the misses)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +155,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ttft-bench-") as tmp:
         for size in args.sizes:
             start = time.perf_counter()
-            rows += run_size(model, tokenizer, size, args.repeats, Path(tmp), console, args.device)
+            rows += run_size(model, tokenizer, size, args.repeats, Path(tmp), console, args.device,
+                             tuple(args.tiers) if args.tiers else None)
             console.print(f"{size}-token context measured in {time.perf_counter() - start:.0f} s")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     table = Table(title=f"TTFT on {where}, SmolLM2-135M fp32, median of {args.repeats}")

@@ -105,7 +105,9 @@ def build_catalog(
     if n_contexts <= 0:
         raise UsageError(f"contexts must be > 0; got {n_contexts}")
     rng = np.random.default_rng([seed, 1])  # its own stream: the trace's draws stay the same
-    assigned = assign(profiles, n_contexts, rng, noise_sd=noise_sd, index=profile_index)
+    # noise from a stream of its own too: adding it must not change the contexts' sizes
+    assigned = assign(profiles, n_contexts, rng, noise_sd=noise_sd, index=profile_index,
+                      noise_rng=np.random.default_rng([seed, 2]))
     if tokens is None:
         tokens = _draw_tokens(scenario, profiles, assigned.source_index, rng)
     tokens = np.asarray(tokens, dtype=np.int64)

@@ -24,7 +24,10 @@ and the books are the catalog's and the simulator's.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from collections import OrderedDict
 
@@ -280,7 +283,8 @@ class PlacerPolicy(Policy):
     def _exact(self, problem: PlacementProblem, plan) -> tuple[np.ndarray, np.ndarray]:
         from evicctl.manager.exact import solve_exact
 
-        result = solve_exact(problem, time_limit_s=self.exact_time_limit_s)
+        with _c_stdout_silenced():  # HiGHS prints progress lines to fd 1, into -o json
+            result = solve_exact(problem, time_limit_s=self.exact_time_limit_s)
         if result.status != "optimal" or (result.option < 0).any():
             return plan.tier_index, plan.codec_index  # no proven optimum in time: keep the greedy
         self.gaps.append((result.total_utility - plan.total_utility) / max(abs(result.total_utility), 1e-12))
@@ -321,8 +325,23 @@ class PlacerPolicy(Policy):
         )
 
 
-def make_policy(spec: str, *, alpha: float) -> Policy:
-    """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default."""
+@contextlib.contextmanager
+def _c_stdout_silenced():
+    """Point file descriptor 1 at /dev/null for a while (C libraries write there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S) -> Policy:
+    """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default, and
+    half_life_s the access-rate half-life of the placer policies (the manager's setting)."""
     spec = spec.strip()
     if spec == "prefill":
         return Prefill()
@@ -332,7 +351,7 @@ def make_policy(spec: str, *, alpha: float) -> Policy:
         codec = get_codec(spec.removeprefix("fixed:")).name
         return Lru(codec, name=f"fixed:{codec}")
     if spec == "evicpress":
-        return PlacerPolicy("evicpress", alpha=alpha)
+        return PlacerPolicy("evicpress", alpha=alpha, half_life_s=half_life_s)
     if spec.startswith("evicpress@"):
         try:
             a = float(spec.removeprefix("evicpress@"))
@@ -340,11 +359,11 @@ def make_policy(spec: str, *, alpha: float) -> Policy:
             raise UsageError(f"policy {spec!r}: alpha must be a number of seconds, e.g. evicpress@2") from None
         if a < 0:
             raise UsageError(f"policy {spec!r}: alpha must be >= 0")
-        return PlacerPolicy(f"evicpress@{a:g}", alpha=a)
+        return PlacerPolicy(f"evicpress@{a:g}", alpha=a, half_life_s=half_life_s)
     if spec == "exact":
-        return PlacerPolicy("exact", alpha=alpha, solver="exact")
+        return PlacerPolicy("exact", alpha=alpha, solver="exact", half_life_s=half_life_s)
     if spec == "placement-only":
-        return PlacerPolicy("placement-only", alpha=alpha, codecs=("none",))
+        return PlacerPolicy("placement-only", alpha=alpha, codecs=("none",), half_life_s=half_life_s)
     raise UnknownNameError("policy", spec, POLICY_FORMS)
 
 

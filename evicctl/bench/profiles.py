@@ -138,7 +138,13 @@ class Assigned:
 
 
 def assign(
-    profiles: Profiles, n: int, rng: np.random.Generator, *, noise_sd: float = 0.0, index: np.ndarray | None = None
+    profiles: Profiles,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    noise_sd: float = 0.0,
+    index: np.ndarray | None = None,
+    noise_rng: np.random.Generator | None = None,
 ) -> Assigned:
     """N contexts' profiles: measured rows drawn with replacement (seeded), so every replay
     size samples the same population. `noise_sd` adds Gaussian noise to the estimates of
@@ -147,6 +153,6 @@ def assign(
     estimate = profiles.estimate[index].copy()
     if noise_sd > 0:
         lossy = np.array([c != "none" for c in profiles.codecs])
-        estimate[:, lossy] += rng.normal(0.0, noise_sd, (n, int(lossy.sum())))
+        estimate[:, lossy] += (noise_rng or rng).normal(0.0, noise_sd, (n, int(lossy.sum())))
         np.clip(estimate, 0.0, 1.0, out=estimate)
     return Assigned(index, estimate, profiles.truth[index].copy())

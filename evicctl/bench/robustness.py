@@ -7,7 +7,9 @@ Each sweep varies one thing and replays a reduced policy set at every value:
   (12x: the top tier alone holds every context whole);
 - `drift`: the share of the popularity ranking reshuffled at each of 10 phase boundaries;
 - `noise`: Gaussian noise (sd) added to the quality estimates the placer sees (the truth
-  that requests get is unchanged): the placer is only as good as its profiles.
+  that requests get is unchanged): the placer is only as good as its profiles;
+- `half-life`: the half-life of the access rate the placer weighs options by (the manager's
+  freq_half_life_s, 300 s by default), against the workload's time scale.
 A ratio under 1 means evicpress lost to that baseline at that point.
 """
 
@@ -26,6 +28,7 @@ SWEEPS = {
     "capacity": (0.05, 0.1, 0.3, 1.0, 3.0, 12.0),
     "drift": (0.0, 0.1, 0.3, 0.6, 1.0),
     "noise": (0.0, 0.05, 0.1, 0.2, 0.3),
+    "half-life": (30.0, 300.0, 3000.0, 30000.0),
 }
 SWEEP_POLICIES = ("prefill", "lru", "placement-only", "fixed:int8", "fixed:int4", "fixed:snapkv@0.25", "fixed:snapkv@0.5")
 SWEEP_ALPHAS = (1 / 4, 1, 4)
@@ -71,6 +74,8 @@ def _setting(kind: str, value: float, scenario) -> dict:
         return {"capacity": value}
     if kind == "drift":
         return {"drift": value}
+    if kind == "half-life":
+        return {"half_life_s": value}
     return {"profile_noise": value}
 
 

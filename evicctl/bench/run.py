@@ -38,6 +38,7 @@ class BenchOptions:
     profile_noise: float = 0.0
     disk_bps: float | None = None
     alpha: float | None = None
+    half_life_s: float | None = None  # access-rate half-life of the placer policies (default: the manager's)
     warmup: float = 0.1
     profiles: Path | None = None
     jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
@@ -111,7 +112,8 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
 
     scenario, catalog, trace, profiles = prepare(opts)
     specs = policy_specs(opts, scenario.alpha)
-    policies = [make_policy(s, alpha=scenario.alpha) for s in specs]  # fail fast on a bad name
+    kw = {} if opts.half_life_s is None else {"half_life_s": opts.half_life_s}
+    policies = [make_policy(s, alpha=scenario.alpha, **kw) for s in specs]  # fail fast on a bad name
     notes = []
     if not opts.policy and opts.contexts > EXACT_MAX_CONTEXTS:
         notes.append(f"exact (MILP per re-plan) left out above {EXACT_MAX_CONTEXTS} contexts; run --policy exact --policy evicpress --contexts 200 for the greedy-vs-exact gap")

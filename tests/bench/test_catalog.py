@@ -72,3 +72,14 @@ def test_noise_touches_estimates_only(scenario):
     none = clean.codec_index("none")
     assert np.array_equal(noisy.estimate[none], clean.estimate[none])
     assert np.abs(noisy.estimate - clean.estimate).mean() > 0.05
+
+
+def test_noise_leaves_the_workload_alone(profiles):
+    """Drawn context lengths (h200's log-uniform) must not move when noise is added."""
+    from evicctl.bench.scenario import load_scenario
+
+    h200 = load_scenario("h200")
+    clean = build_catalog(h200, profiles, 300, seed=3)
+    noisy = build_catalog(h200, profiles, 300, seed=3, noise_sd=0.1)
+    assert np.array_equal(clean.tokens, noisy.tokens)
+    assert np.array_equal(clean.profile_source, noisy.profile_source)

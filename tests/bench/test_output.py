@@ -194,3 +194,17 @@ def test_parallel_replay_matches_serial(scenario_file, profiles_file):
     parallel, _ = bench(scenario_file, profiles_file, policies=["lru", "evicpress", "fixed:int4"], jobs=2, output="json")
     strip = lambda runs: [{k: v for k, v in r.items() if k not in ("wall_s", "plan_s")} for r in runs]  # noqa: E731
     assert strip(serial["runs"]) == strip(parallel["runs"])
+
+
+def test_json_on_stdout_is_clean_with_the_milp(scenario_file, profiles_file):
+    """`python -m evicctl.bench -o json` prints the document alone, even while HiGHS (which
+    writes to file descriptor 1 directly) solves the exact policy's re-plans."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "evicctl.bench", "--scenario", str(scenario_file), "--profiles", str(profiles_file),
+           "--policy", "exact", "--policy", "lru", "--contexts", "30", "--requests", "300", "-o", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    doc = json.loads(done.stdout)
+    assert [r["policy"] for r in doc["runs"]] == ["exact", "lru"]
+    assert doc["runs"][0]["exact_problems"] > 0
