@@ -76,6 +76,9 @@ class ManagerConfig:
     freq_half_life_s: float = 300.0
     tick_s: float = 0.05  # control loop period: command pick-up latency
     replan_s: float = 2.0  # re-plan on a timer even without pressure
+    # A timer re-plan does not move a context again within this long of its last move
+    # (hysteresis: a promote/demote pair every replan_s is churn, each a copy and a delete).
+    rebalance_min_residence_s: float = 30.0
     heartbeat_timeout_s: float = 5.0  # CLI: a heartbeat older than this means no manager
     quality_floor: float = 0.0  # default floor; per context / tenant overrides in the store
     tenant_quality_floors: tuple[tuple[str, float], ...] = ()

@@ -194,7 +194,9 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
             "ttft_mean_live_s": live["ttft_mean_s"],
             "ttft_mean_replay_s": summary["ttft_mean_s"],
             "ratio": summary["ttft_mean_s"] / live["ttft_mean_s"],
-            "same_outcome": float((np.array(served_t) == predicted.served_tier).mean()),
+            "same_outcome": float((np.array(served_t) == predicted.served_tier).mean()),  # same tier, or both missed
+            "same_codec": float(((np.array(served_t) == predicted.served_tier)
+                                 & (np.array(served_c) == predicted.served_codec)).mean()),
             "wall_s": wall_s,
         }
     return {

@@ -16,7 +16,7 @@ otherwise executes it. Results: {"message", "plan": [moves], "event_ids": [...]}
 
 from __future__ import annotations
 
-from evicctl.errors import RefusedError, UnknownNameError, UsageError
+from evicctl.errors import EvicctlError, RefusedError, UnknownNameError, UsageError
 from evicctl.manager.placer import DROPPED_TIER, Plan
 
 
@@ -58,9 +58,20 @@ class CommandHandler:
             return self._set_pin(command, ctx, pin_tier, pin_codec, None, message)
         plan = m._plan(overrides={ctx.id: {"pin_tier": pin_tier, "pin_codec": pin_codec, "min_tier": 0}})
         self._refuse_unless_feasible(plan, ctx, f"pin {ctx.id} to {what}")
+        self._refuse_unless_planned(plan, ctx, pin_tier, pin_codec, f"pin {ctx.id} to {what}")
         if args.get("dry_run"):
             return self._dry(plan)
-        return self._set_pin(command, ctx, pin_tier, pin_codec, plan, f"pinned {ctx.id} to {what}")
+        result = self._set_pin(command, ctx, pin_tier, pin_codec, plan, f"pinned {ctx.id} to {what}")
+        with m.state_lock:
+            now_at = (ctx.tier, ctx.codec) if ctx.stored else (DROPPED_TIER, None)
+        if (pin_tier and now_at[0] != pin_tier) or (pin_codec and now_at[1] != pin_codec):
+            # The pin is recorded (the policy keeps moving it there), but "done" must mean the
+            # copy is where the pin says; a move can fail when its source vanished meanwhile.
+            raise EvicctlError(
+                f"pinned {ctx.id} to {what}, but its copy is still {now_at[0]}/{now_at[1]}: the move did "
+                "not complete (see the events); the manager retries on its next plan"
+            )
+        return result
 
     def _unpin(self, command) -> dict:
         m = self.manager
@@ -208,6 +219,21 @@ class CommandHandler:
             raise RefusedError(
                 f"cannot {what}: tier {p.tiers[t]} would need {int(plan.used_bytes[t]):,} B of its "
                 f"{int(p.capacity_bytes[t]):,} B capacity (pinned contexts there cannot move)"
+            )
+
+    def _refuse_unless_planned(self, plan: Plan, ctx, pin_tier, pin_codec, what: str) -> None:
+        """Refuse a pin the plan does not carry out: reporting it done would be a lie."""
+        p = plan.problem
+        i = {cid: k for k, cid in enumerate(p.context_ids.tolist())}.get(ctx.id)
+        if i is None:
+            return
+        tier, codec = plan.option_of(i)
+        if tier == DROPPED_TIER:
+            raise RefusedError(f"cannot {what}: the plan would drop it (no allowed option fits)")
+        if (pin_tier and tier != pin_tier) or (pin_codec and codec != pin_codec):
+            raise RefusedError(
+                f"cannot {what}: the best the placer can do is {tier}/{codec} (the stored copy cannot "
+                "become the pinned codec, or the pinned tier has no room)"
             )
 
     def _dry(self, plan: Plan) -> dict:

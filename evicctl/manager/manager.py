@@ -13,14 +13,17 @@ contexts whose profiles no longer hold (`reprofile.OnlineQuality`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from evicctl import __version__
-from evicctl.config import ManagerConfig
+from evicctl.config import ManagerConfig, TierConfig
 from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameError, UsageError
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
@@ -64,6 +67,22 @@ def heartbeat_every_s(config: ManagerConfig) -> float:
     return min(HEARTBEAT_EVERY_S, timeout_s / HEARTBEATS_PER_TIMEOUT)
 
 
+def disk_dir_of(config: ManagerConfig) -> Path:
+    """The default disk tier folder of `config`'s database: cache_dir/disk/<12 hex of its path>.
+
+    One folder per database, not one shared by all: a manager deletes at start every file its
+    own store does not know (orphans of a crash), which would be the other stores' files."""
+    db = Path(config.db_path).expanduser().resolve()
+    return Path(config.cache_dir).expanduser() / "disk" / hashlib.sha256(str(db).encode()).hexdigest()[:12]
+
+
+def per_store_disk(cfg: TierConfig, config: ManagerConfig) -> TierConfig:
+    """`cfg`, with the disk tier's folder defaulted to disk_dir_of(config) when it names none."""
+    if cfg.name != "disk" or cfg.path is not None:
+        return cfg
+    return dataclasses.replace(cfg, path=disk_dir_of(config))
+
+
 class Manager:
     """The engine's API (see the module docstring). Use as a context manager or call close()."""
 
@@ -77,7 +96,8 @@ class Manager:
 
         self.config = config = config or ManagerConfig()
         self._heartbeat_every_s = heartbeat_every_s(config)
-        self.codec_names = tuple(validate_codec_name(c) for c in config.codecs)
+        # dict.fromkeys: a repeated name would give two options naming one copy (see placer._finish)
+        self.codec_names = tuple(dict.fromkeys(validate_codec_name(c) for c in config.codecs))
         if "none" not in self.codec_names:
             self.codec_names = ("none", *self.codec_names)  # a fresh context can always be kept whole
         self._lock = threading.RLock()
@@ -104,7 +124,8 @@ class Manager:
         self._moves = MoveExecutor(self)
 
         self.tiers = list(tiers) if tiers is not None else [
-            make_tier(cfg, rank, cache_dir=config.cache_dir) for rank, cfg in enumerate(config.tiers)
+            make_tier(per_store_disk(cfg, config), rank, cache_dir=config.cache_dir)
+            for rank, cfg in enumerate(config.tiers)
         ]
         self._tier_by_name = {t.name: t for t in self.tiers}
         if probe:
@@ -237,6 +258,13 @@ class Manager:
                 self._tier_hits[tier.name] = self._tier_hits.get(tier.name, 0) + 1
                 self._dirty.add(context_id)
             return Lookup(kv, tier.name, codec, nbytes, load_s, decode_s, freq)
+        # Every read missed. A concurrent move switches the row before deleting the old copy, so
+        # a context still pointing at a key its tier does not hold has lost that copy: record it
+        # (placement dropped, a "lost" event, a miss) instead of failing the same way forever.
+        with self._lock:
+            still = self._contexts.get(context_id) is ctx and ctx.stored and ctx.key == key
+        if still and not tier.contains(key):
+            return self._lost_on_read(ctx, key, KeyError(f"tier {tier.name} no longer holds {key}"), now)
         return None
 
     def record_profile(self, context_id: str, codec: str, quality: float, quality_sd: float | None,
@@ -400,6 +428,7 @@ class Manager:
                 admit=admit,
                 rebalance=rebalance,
                 overrides=overrides,
+                settled_before=now - self.config.rebalance_min_residence_s if rebalance else None,
             )
 
     def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
@@ -518,6 +547,7 @@ __all__ = [
     "Lookup",
     "Manager",
     "Placement",
+    "disk_dir_of",
     "heartbeat_every_s",
     "tier_key",
 ]

@@ -55,7 +55,11 @@ class MoveExecutor:
                         old_copies.append(old)
             event_ids = m._flush()
             self._fault("switched")
+            with m._lock:
+                live = {(ctx.tier, ctx.key) for ctx in m._contexts.values() if ctx.stored}
             for tier, key in old_copies:
+                if (tier.name, key) in live:
+                    continue  # the copy a context is served from: deleting it would lose the context
                 tier.delete(key)
             return event_ids
 
@@ -115,6 +119,11 @@ class MoveExecutor:
             src, key = m._tier_by_name[ctx.tier], ctx.key
         if move.to_codec is None:
             return DROP_COPY
+        if move.to_tier == move.from_tier and tier_key(move.context_id, move.to_codec) == key:
+            # Source and destination are the same tier key: copying then deleting the "old" copy
+            # would delete the only one. Nothing to do.
+            log.warning("context %s: ignoring a move onto its own copy (%s/%s)", move.context_id, ctx.tier, ctx.codec)
+            return None
         try:
             stored, _ = src.get(key)
             if move.to_codec != move.from_codec:
@@ -135,6 +144,8 @@ class MoveExecutor:
         ctx = m._contexts[move.context_id]
         old = (m._tier_by_name[ctx.tier], ctx.key) if ctx.stored else None
         new_key, location, checksum, nbytes = copy
+        if old is not None and (move.to_tier, new_key) == (ctx.tier, ctx.key):
+            old = None  # the new copy overwrote the old one in place: nothing left to delete
         now = time.time()
         if move.to_codec is None:
             ctx.set_dropped(now)

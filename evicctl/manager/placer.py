@@ -45,6 +45,17 @@ from evicctl.manager.placer_types import (
     derivable_matrix,
 )
 
+# Hysteresis of the timer rebalance. Without it a context at the edge of a full tier is
+# promoted by one rebalance and demoted by the capacity pass of the next (or swaps places with
+# a near-equal neighbour), every replan_s, each swap a copy and a delete. A rebalance moves a
+# placed context only when its best option's value (alpha*quality - ttft_s, utility per unit
+# of freq) beats where it is by both margins: relative (10% of its current predicted TTFT, well
+# above the noise of probed bandwidths and fitted costs, which is relative to the TTFT) and
+# absolute (in seconds: a gain this small is not worth a copy).
+# Contexts marked `settled` (moved within the manager's rebalance_min_residence_s) stay put.
+REBALANCE_GAIN_REL = 0.10
+REBALANCE_GAIN_ABS_S = 0.002
+
 
 def place(problem: PlacementProblem) -> Plan:
     """Plan every context's option (see the module docstring for the algorithm)."""
@@ -64,8 +75,10 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
     placed = np.flatnonzero(~redo)
     if len(placed):
         redo[placed] = ~_option_ok(p, opts, opt[placed], placed)
+    rebalance_only = np.zeros(len(opt), dtype=bool)
     if p.rebalance:
-        redo |= p.current_tier >= 0
+        rebalance_only = (p.current_tier >= 0) & ~redo & ~p.settled
+        redo |= rebalance_only
     rows = np.flatnonzero(redo)
     if len(rows) == 0:
         return opt, np.zeros(0, dtype=np.int64)
@@ -85,7 +98,14 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
         p.n_options - 1,
         best_codec[np.minimum(tier, n_tiers - 1), np.arange(len(rows))] * n_tiers + tier,
     )
-    opt[rows[found]] = chosen[found]
+    # A rebalance (not a constraint) moves a context only for a clear gain (hysteresis).
+    cur = np.clip(opts.current[rows], 0, p.n_options - 2)
+    cur_value = _value_at(opts, cur, rows)
+    cur_c, cur_t = np.divmod(cur, n_tiers)
+    cur_ttft_s = p.ttft_s.reshape(-1).take((cur_t * len(p.codecs) + cur_c) * p.n_contexts + rows)
+    clear_gain = top > cur_value + np.maximum(REBALANCE_GAIN_ABS_S, REBALANCE_GAIN_REL * cur_ttft_s)
+    move = found & (~rebalance_only[rows] | clear_gain)
+    opt[rows[move]] = chosen[move]
     # No allowed option (e.g. a pinned codec the stored copy cannot reach): stay put, say so.
     return opt, rows[~found]
 
@@ -108,6 +128,12 @@ def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -
     if excess <= 0:
         return
     freed, loss, target = _candidates(p, opts, rows, t, cur_codec, cur_bytes)
+    if p.rebalance:
+        # Hysteresis: a context already where it is (not just promoted by this rebalance) costs
+        # more to push out, so a newcomer displaces it only for a clear gain, not a near-tie
+        # that the next rebalance would reverse.
+        incumbent = (opt[rows] == opts.current[rows])[None, :] & (loss > 0)
+        loss = np.where(incumbent, loss * (1 + REBALANCE_GAIN_REL) + REBALANCE_GAIN_ABS_S, loss).astype(np.float32)
     steps, cutoff = _hull_steps(freed, loss, p.freq[rows], excess)
     if not steps:
         return
@@ -235,6 +261,7 @@ def _search_no_larger(p, opts, t, rows, cur_bytes) -> tuple[np.ndarray, np.ndarr
 
 def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.ndarray) -> Plan:
     n_tiers, n_stored, n = len(p.tiers), p.n_options - 1, p.n_contexts
+    _keep_self_moves_put(p, opts, opt)
     dropped = opt == n_stored
     codec_index = np.where(dropped, -1, opt // n_tiers)
     tier_index = np.where(dropped, DROPPED, opt % n_tiers)
@@ -259,6 +286,26 @@ def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.n
         utility_before=before,
         conflicts=conflicts,
     )
+
+
+def _keep_self_moves_put(p: PlacementProblem, opts: Options, opt: np.ndarray) -> None:
+    """A context whose chosen option names its current (tier, codec) stays where it is.
+
+    Two flat options can name the same (tier, codec) when the codec list repeats a name; a
+    move between them would be a copy onto the very key it then deletes (the only copy), so
+    such a choice is reset to the current option and no move is planned. Updates `opt`."""
+    n_tiers, n_stored = len(p.tiers), p.n_options - 1
+    first = {}
+    canon = np.array([first.setdefault(c, k) for k, c in enumerate(p.codecs)], dtype=np.int64)
+    cur = opts.current
+    both = (opt != cur) & (opt >= 0) & (opt < n_stored) & (cur >= 0) & (cur < n_stored)
+    rows = np.flatnonzero(both)
+    if len(rows) == 0:
+        return
+    new_c, new_t = np.divmod(opt[rows], n_tiers)
+    cur_c, cur_t = np.divmod(cur[rows], n_tiers)
+    same = (new_t == cur_t) & (canon[new_c] == canon[cur_c])
+    opt[rows[same]] = cur[rows[same]]
 
 
 def _value_at(opts: Options, opt: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -298,6 +345,8 @@ __all__ = [
     "NOT_ALLOWED",
     "NO_PIN",
     "REASONS",
+    "REBALANCE_GAIN_ABS_S",
+    "REBALANCE_GAIN_REL",
     "Move",
     "Options",
     "PlacementProblem",

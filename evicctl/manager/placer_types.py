@@ -61,6 +61,9 @@ class PlacementProblem:
     min_tier: np.ndarray | None = None  # [N] tiers faster than this are excluded (after an evict)
     derivable: np.ndarray | None = None  # [C, C] bool: codec b can be made from a copy at codec a
     rebalance: bool = False  # re-choose every context from its best option, not from where it is
+    # [N] bool: moved too recently for a rebalance to move it again (residence time, see
+    # placer.REBALANCE_GAIN_REL); capacity, pins and the floor still move it.
+    settled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, c, t = len(self.context_ids), len(self.codecs), len(self.tiers)
@@ -76,6 +79,7 @@ class PlacementProblem:
             "force_codec": lambda: np.full(n, NO_PIN, dtype=np.int64),
             "min_tier": lambda: np.zeros(n, dtype=np.int64),
             "derivable": lambda: derivable_matrix(self.codecs),
+            "settled": lambda: np.zeros(n, dtype=bool),
         }
         for name, make in defaults.items():
             if getattr(self, name) is None:
@@ -85,7 +89,7 @@ class PlacementProblem:
             "quality": (c, n), "ttft_s": (t, c, n), "miss_ttft_s": (n,), "quality_lower": (c, n),
             "profiled": (c, n), "current_tier": (n,), "current_codec": (n,), "pin_tier": (n,),
             "pin_codec": (n,), "quality_floor": (n,), "force_tier": (n,), "force_codec": (n,),
-            "min_tier": (n,), "derivable": (c, c),
+            "min_tier": (n,), "derivable": (c, c), "settled": (n,),
         }  # fmt: skip
         for f in fields(self):
             if f.name in shapes:

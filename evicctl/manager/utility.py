@@ -83,7 +83,8 @@ def option_rows(state, codecs: tuple[str, ...], codec_objs) -> np.ndarray:
 
 
 def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, query_tokens: float,
-                  floor_of, admit: str | None = None, rebalance: bool = False, overrides=None):  # fmt: skip
+                  floor_of, admit: str | None = None, rebalance: bool = False, overrides=None,
+                  settled_before: float | None = None):  # fmt: skip
     """A PlacementProblem from the manager's context states.
 
     states: objects with id, tokens, raw_bytes, sizes {codec: bytes}, profiles {codec: (quality,
@@ -91,6 +92,7 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
     tiers: objects with name, capacity_bytes, read_bps (fastest first). floor_of(state) -> the
     context's quality floor. overrides: id -> {pin_tier, pin_codec, force_tier, force_codec,
     min_tier} by name (force_tier may be "dropped"), for plans of operator commands.
+    settled_before: contexts whose copy moved after this time are `settled` (hysteresis).
     """
     from evicctl.manager.codecs import get_codec
     from evicctl.manager.costs import miss_ttft_s
@@ -188,4 +190,7 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
         min_tier=min_tier,
         derivable=derivable_matrix(codecs),
         rebalance=rebalance,
+        # moved after settled_before (a time): too recent for a rebalance to move again
+        settled=np.array([k and s.since > settled_before for s, k in zip(states, stored, strict=True)], dtype=bool)
+        if settled_before is not None else None,
     )

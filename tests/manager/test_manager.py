@@ -11,7 +11,7 @@ from manager_helpers import KV_BYTES, make_config, make_kv
 
 from evicctl.control import ControlClient
 from evicctl.errors import EXIT_REFUSED, NoSuchContextError, RefusedError
-from evicctl.manager.manager import Manager
+from evicctl.manager.manager import Manager, disk_dir_of
 
 
 def events(manager: Manager, **where) -> list[dict]:
@@ -90,11 +90,11 @@ def test_restart_adopts_disk_reports_memory_gone_and_cleans_orphans(tmp_path):
     on_disk = [c for c, p in before.items() if p.tier == "disk"]
     in_memory = [c for c, p in before.items() if p.tier == "cpu"]
     assert len(on_disk) == 2 and len(in_memory) == 1
-    orphan = config.cache_dir / "disk" / "stray.none.safetensors"
+    orphan = disk_dir_of(config) / "stray.none.safetensors"
     orphan.write_bytes(b"left over by a crashed move")
     m2 = Manager(config, probe=False)  # not started: nothing moves while we look
     try:
-        assert len(list((config.cache_dir / "disk").glob("*.safetensors"))) == 2
+        assert len(list(disk_dir_of(config).glob("*.safetensors"))) == 2
         for c in on_disk:
             p = m2.placement(c)
             assert (p.tier, p.checksum) == ("disk", before[c].checksum)

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from manager_helpers import KV_BYTES, make_config, make_kv
 
 from evicctl.control import ControlClient
-from evicctl.manager.manager import Manager
+from evicctl.manager.manager import Manager, disk_dir_of
 from evicctl.manager.state import tier_key
 
 IDS = st.sampled_from([f"c{i}" for i in range(6)])
@@ -144,7 +144,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert placement.tier == tier, (cid, placement)
 
     def check_store_after_restart(self):
-        disk = self.config.cache_dir / "disk"
+        disk = disk_dir_of(self.config)
         rows = [dict(r) for r in self.manager.store_db.query("SELECT * FROM placements")]
         assert not [r for r in rows if r["tier"] == "cpu"]  # memory does not survive a restart
         locations = set()

@@ -127,3 +127,32 @@ def test_placing_a_plan_again_changes_nothing(p: PlacementProblem):
         }
     )
     assert len(place(again)) == 0
+
+
+def with_duplicate_codec(p: PlacementProblem, k: int, rng: np.random.Generator) -> PlacementProblem:
+    """p with codec k listed twice (a repeated name in a config); some copies at the repeat."""
+    def dup(a, axis=0):
+        return np.concatenate([a, np.take(a, [k], axis=axis)], axis=axis)
+
+    current_codec = p.current_codec.copy()
+    at_k = np.flatnonzero(current_codec == k)
+    current_codec[at_k[rng.random(len(at_k)) < 0.5]] = len(p.codecs)  # the repeated name's index
+    fields = {f: getattr(p, f) for f in p.__dataclass_fields__}
+    fields.update(
+        codecs=(*p.codecs, p.codecs[k]),
+        stored_bytes=dup(p.stored_bytes), quality=dup(p.quality), quality_lower=dup(p.quality_lower),
+        profiled=dup(p.profiled), ttft_s=dup(p.ttft_s, axis=1), current_codec=current_codec,
+        pin_codec=p.pin_codec, derivable=None, settled=rng.random(p.n_contexts) < 0.3,
+    )  # fmt: skip
+    return PlacementProblem(**fields)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.integers(0, 2**32 - 1))
+def test_no_move_is_a_self_move(p: PlacementProblem, seed: int):
+    """No move names the (tier, codec) its context is at: such a move copies onto the copy it
+    then deletes. Codec names repeated in the list (two options naming one copy) included."""
+    rng = np.random.default_rng(seed)
+    for problem in (p, with_duplicate_codec(p, int(rng.integers(0, len(p.codecs))), rng)):
+        for move in place(problem):
+            assert (move.from_tier, move.from_codec) != (move.to_tier, move.to_codec), move
