@@ -60,6 +60,9 @@ def test_a_pin_with_a_codec_recompresses_before_it_is_done(tmp_path):
         for i in range(4):
             m.store(f"c{i}", make_kv(i))
             m.record_profile(f"c{i}", "int4", 0.9, 0.01, 8)
+        deadline = time.time() + 10  # the control thread relieves cpu on its next tick
+        while time.time() < deadline and sum(m.placement(c).tier == "disk" for c in m.context_ids()) < 2:
+            time.sleep(0.02)
         on_disk = next(c for c in m.context_ids() if m.placement(c).tier == "disk")
         out = client.wait(client.submit("pin", on_disk, {"codec": "int4"}, actor="op"), timeout_s=10)
         assert out.status == "done", out.result
