@@ -11,13 +11,12 @@ of the ranking's positions trade contexts at random (hot contexts go cold and vi
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from evicctl.engine.workload import zipf_weights
+from evicctl.engine.workload import read_csv_trace, zipf_weights
 from evicctl.errors import UsageError
 
 DRIFT_PHASES = 10
@@ -114,20 +113,3 @@ def csv_trace(
             raise UsageError(f"{path}: trace names context {ctx!r}; valid: ids or 0..{n_contexts - 1}")
     q = rng.choice(np.asarray(query_tokens, dtype=np.int64), size=len(rows))
     return Trace(at_s, context, q, f"{Path(path).name}, {len(rows)} requests")
-
-
-def read_csv_trace(path: Path) -> list[tuple[float, str]]:
-    """(timestamp, context or "") rows sorted by time; the engine's replay format."""
-    if not path.is_file():
-        raise UsageError(f"no trace file at {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "timestamp" not in reader.fieldnames:
-            raise UsageError(f"{path}: a trace needs a 'timestamp' column; found {reader.fieldnames}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                rows.append((float(row["timestamp"]), (row.get("context") or "").strip()))
-            except ValueError:
-                raise UsageError(f"{path}:{line}: timestamp {row['timestamp']!r} is not a number") from None
-    return sorted(rows, key=lambda r: r[0])

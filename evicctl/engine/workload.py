@@ -78,7 +78,7 @@ def replay_csv(path: Path | str, contexts: Sequence[Context], *, exponent: float
     """Replay arrival times from a CSV with a `timestamp` column (seconds; shifted to start
     at 0) and an optional `context` column (a context id, or an index into `contexts`);
     rows without a context draw one by Zipf popularity."""
-    rows = _read_trace(Path(path))
+    rows = read_csv_trace(Path(path))
     by_id = {c.id: c for c in contexts}
     rng = np.random.default_rng(seed)
     ranking = [contexts[i] for i in rng.permutation(len(contexts))]
@@ -90,7 +90,9 @@ def replay_csv(path: Path | str, contexts: Sequence[Context], *, exponent: float
         yield Request(index, ts - t0, context, questions.next(context))
 
 
-def _read_trace(path: Path) -> list[tuple[float, str]]:
+def read_csv_trace(path: Path) -> list[tuple[float, str]]:
+    """(timestamp, context or "") rows sorted by time, from a CSV with a `timestamp` column
+    and an optional `context` column; the replay format of the demo and the bench."""
     if not path.is_file():
         raise UsageError(f"no trace file at {path}")
     with path.open(newline="") as f:
