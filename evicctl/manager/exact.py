@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evicctl.config import DEFAULT_CODECS
+from evicctl.manager.codec_names import parse_codec_name
 from evicctl.manager.placer import (
     DROPPED,
     PlacementProblem,
@@ -213,14 +214,9 @@ _READ_BPS = (2.0e12, 5.0e10, 2.0e9, 5.0e8)
 
 
 def _codec_shape(name: str) -> tuple[float, int]:
-    """(fraction of tokens kept, quant bits) from a codec name."""
-    keep, bits = 1.0, 16
-    for part in name.split("+"):
-        if "@" in part:
-            keep = 1.0 - float(part.split("@")[1])
-        elif part.startswith("int"):
-            bits = int(part[3:])
-    return keep, bits
+    """(fraction of tokens kept, quant bits; 16 = unquantized) from a codec name."""
+    parts = parse_codec_name(name)
+    return parts.keep_fraction, parts.bits or 16
 
 
 def random_problem(

@@ -9,13 +9,15 @@ contexts would otherwise make 100,000 of them, which costs more than planning th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
+
+from evicctl.errors import UnknownNameError
+from evicctl.manager.codec_names import CodecParts, parse_codec_name
 
 NEW = -1  # current_tier of a context not yet placed (the manager holds its full KV)
 DROPPED = -2  # current_tier / force_tier / final tier of a context with no stored copy
@@ -245,21 +247,12 @@ class Plan:
 
 # --- codec names -> which codecs a stored copy can still reach -----------------------------
 
-_DROP = re.compile(r"^(?P<scorer>[a-z_]+)@(?P<ratio>[0-9.]+)$")
-
-
-def _parse(name: str) -> tuple[str | None, float, int]:
-    """(scorer, fraction removed, quant bits; 16 = unquantized) of a codec name."""
-    scorer, ratio, bits = None, 0.0, 16
-    for part in name.split("+"):
-        m = _DROP.match(part)
-        if m:
-            scorer, ratio = m["scorer"], float(m["ratio"])
-        elif part.startswith("int") and part[3:].isdigit():
-            bits = int(part[3:])
-        elif part != "none":
-            return "?" + name, 0.0, 16  # unknown structure: reachable only from none and itself
-    return scorer, ratio, bits
+def _parts(name: str) -> CodecParts | None:
+    """The codec's parts, or None for a name outside the registry's forms."""
+    try:
+        return parse_codec_name(name)
+    except UnknownNameError:
+        return None
 
 
 def derivable_matrix(codecs) -> np.ndarray:
@@ -269,12 +262,13 @@ def derivable_matrix(codecs) -> np.ndarray:
     least as lossy in every part are reachable: the same scorer removing at least as much, and
     no more quantization bits. From `none` (the full KV) every codec is reachable.
     """
-    parsed = [_parse(c) for c in codecs]
+    parsed = [_parts(c) for c in codecs]
     out = np.zeros((len(codecs), len(codecs)), dtype=bool)
-    for a, (sa, ra, ba) in enumerate(parsed):
-        for b, (sb, rb, bb) in enumerate(parsed):
-            drop_ok = sa is None or (sb == sa and rb >= ra)
-            quant_ok = bb <= ba
-            unknown = (sa or "").startswith("?") or (sb or "").startswith("?")
-            out[a, b] = a == b or codecs[a] == "none" or (drop_ok and quant_ok and not unknown)
+    for a, pa in enumerate(parsed):
+        for b, pb in enumerate(parsed):
+            if a == b or codecs[a] == "none":
+                out[a, b] = True
+            elif pa is not None and pb is not None:  # unknown names: reachable only from none
+                drop_ok = pa.scorer is None or (pb.scorer == pa.scorer and pb.ratio >= pa.ratio)
+                out[a, b] = drop_ok and (pb.bits or 16) <= (pa.bits or 16)
     return out
