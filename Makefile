@@ -58,7 +58,7 @@ lint: install
 	$(BIN)/ruff check evicctl kernels tests bench
 
 bench: install
-	$(BIN)/python -P bench/store_bench.py
+	$(BIN)/python -P benchmarks/store_bench.py
 
 # Regenerate the lock (needs uv: `pip install uv`). One universal file for every supported
 # Python; torch is left out of it and installed by its own step above.

@@ -12,8 +12,9 @@ from typing import Annotated
 
 import typer
 
-from evicctl import cli_mutate, cli_read
-from evicctl.cli_common import (
+from evicctl.console import mutate as cli_mutate
+from evicctl.console import read as cli_read
+from evicctl.console.common import (
     DbOpt,
     EvicctlGroup,
     OutputOpt,
@@ -21,7 +22,7 @@ from evicctl.cli_common import (
     lazy_attr,
     open_reader,
 )
-from evicctl.cli_output import OutputFormat, console, stdout_is_terminal
+from evicctl.console.output import OutputFormat, console, stdout_is_terminal
 from evicctl.errors import UsageError
 
 app = typer.Typer(
@@ -140,7 +141,7 @@ def bench(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Replay a workload under several policies and compare TTFT and quality."""
-    run_bench = lazy_attr("evicctl.bench", "run_bench", "evicctl bench")
+    run_bench = lazy_attr("evicctl.replay", "run_bench", "evicctl bench")
     options = _given(scenario=scenario, policies=tuple(policy) if policy else None, trace=trace, contexts=contexts,
                      requests=requests, qps=qps, zipf=zipf, seed=seed, plot=plot, sweep=sweep, capacity=capacity,
                      drift=drift, profile_noise=profile_noise, disk_bps=disk_bps, alpha=alpha, warmup=warmup,

@@ -29,7 +29,7 @@ from evicctl.errors import (
     UnknownNameError,
     UsageError,
 )
-from evicctl.store import Store
+from evicctl.store.database import Store
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class ControlClient:
 
     def events_of(self, outcome: CommandOutcome) -> tuple[Any, ...]:
         """The events a command caused: those the handler reported plus its audit event."""
-        from evicctl.snapshot import read_events
+        from evicctl.snapshot.read import read_events
 
         ids = [int(i) for i in outcome.result.get("event_ids") or () if isinstance(i, int | str) and str(i).isdigit()]
         if outcome.result.get("command_event_id"):

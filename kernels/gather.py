@@ -1,13 +1,13 @@
 """Token compaction (gather of the kept tokens), alone or fused with quantization.
 
 - gather_tokens(x [B, H, T, D], idx [B, H, K] int64) -> [B, H, K, D], as
-  ``x.gather(2, idx[..., None].expand(..., D))`` (evicctl.manager.quant.gather_tokens).
+  ``x.gather(2, idx[..., None].expand(..., D))`` (evicctl.manager.codecs.quant.gather_tokens).
 - gather_quantize_keys / gather_quantize_values(x, idx, bits, group) equal
   quantize_*(gather_tokens(x, idx), bits, group) bit for bit, in one pass: the quantizer reads
   the kept rows straight from x, so the gathered bf16 copy is never written or read back
   (3 passes of the kept tokens' bytes -> 1).
 Indices are not bounds-checked on the GPU (as a gather kernel, an index out of [0, T) reads
-out of bounds): callers pass indices made by evicctl.manager.scorers.select.
+out of bounds): callers pass indices made by evicctl.manager.codecs.scorers.select.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
 from .quant import _quantize_keys_launch, _quantize_values_launch
 
-# the fastest of bench/gpu_bench.py's sweep on the H200
+# the fastest of benchmarks/gpu_bench.py's sweep on the H200
 TUNING: dict[str, int] = {"block_k": 32, "warps": 1}
 
 

@@ -1,6 +1,6 @@
 """Group-wise int8/int4 quantization of keys and values (KIVI-style), Triton kernels.
 
-Same signatures and outputs as the torch reference in evicctl.manager.quant:
+Same signatures and outputs as the torch reference in evicctl.manager.codecs.quant:
 - keys [B, H, T, D]: per channel, groups of G consecutive tokens (the last may be partial);
   scale, mn [B, H, ceil(T/G), D] float16.
 - values [B, H, T, D]: per token, groups of G channels (D % G == 0); scale, mn [B, H, T, D/G].
@@ -31,7 +31,7 @@ from . import _layers
 from ._jit import layer_offset
 from ._layers import Layers, as_layers, kernel_device, layer_table
 
-# Launch shapes: the fastest of bench/gpu_bench.py's sweep on the H200 (32k tokens, 32 layers).
+# Launch shapes: the fastest of benchmarks/gpu_bench.py's sweep on the H200 (32k tokens, 32 layers).
 TUNING: dict[str, int] = {
     "keys_quant_warps": 1,
     "keys_dequant_warps": 2,
@@ -528,7 +528,7 @@ def dequantize_values_layers(
 
 
 def __getattr__(name: str):
-    # evicctl.manager.quant looks for gather_tokens next to the quantizers
+    # evicctl.manager.codecs.quant looks for gather_tokens next to the quantizers
     if name == "gather_tokens":
         from .gather import gather_tokens
 

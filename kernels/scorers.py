@@ -1,4 +1,4 @@
-"""Key scorers for token dropping, Triton kernels (references: evicctl.manager.scorers).
+"""Key scorers for token dropping, Triton kernels (references: evicctl.manager.codecs.scorers).
 
 - knorm_scores(k [B, H, K, D]) -> [B, H, K] fp32: -||k||. One read of the keys.
 - keydiff_scores(k) -> [B, H, K] fp32: -cos(k, mean of unit keys of the head). Two reads of
@@ -27,10 +27,10 @@ import triton.language as tl
 from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
 
-# the fastest of bench/gpu_bench.py's sweep on the H200
+# the fastest of benchmarks/gpu_bench.py's sweep on the H200
 TUNING: dict[str, int] = {"block_k": 64, "warps": 1, "snap_block_k": 64, "snap_rows": 64, "snap_warps": 8}
 _FORCE_TF32 = False
-SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size, as evicctl.manager.scorers
+SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size, as evicctl.manager.codecs.scorers
 
 
 @triton.jit
@@ -239,7 +239,7 @@ def keydiff_scores_layers(ks: torch.Tensor | Sequence[torch.Tensor]) -> torch.Te
 def snapkv_scores(k: torch.Tensor, window_queries: torch.Tensor, key_positions: torch.Tensor, tokens: int) -> torch.Tensor:
     """k [1, H, K, D] (one layer), window_queries [Hq, W, D] (that layer's), key_positions
     [H, K] int64 (original positions of the kept keys), tokens (full context length)
-    -> [1, H, K] fp32, as evicctl.manager.scorers.snapkv."""
+    -> [1, H, K] fp32, as evicctl.manager.codecs.scorers.snapkv."""
     if k.dim() != 4 or k.shape[0] != 1:
         raise ValueError(f"snapkv_scores: k must be [1, H, K, D]; got {tuple(k.shape)}")
     if window_queries.dim() != 3 or key_positions.dim() != 2:

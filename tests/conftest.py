@@ -3,7 +3,6 @@ runner that keeps stdout and stderr apart, and a manager-side control loop in a 
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fixtures.py as `fixtures`
-
-from fixtures import FIXTURE_NOW, FixtureInfo, make_fixture_db  # noqa: E402
+from evicctl.store.synthetic import FIXTURE_NOW, FixtureInfo, make_fixture_db
 
 __all__ = ["FIXTURE_NOW", "FixtureInfo", "make_fixture_db"]
 
@@ -84,7 +81,7 @@ class ManagerThread:
 
     def __init__(self, path: Path, handler_factory=default_handler, tick_s: float = 0.01) -> None:
         from evicctl.control import ControlServer
-        from evicctl.store import Store
+        from evicctl.store.database import Store
 
         self.store = Store.open(path)
         self.server = ControlServer(self.store, "test", {"alpha": 2.0, "heartbeat_timeout_s": 5.0})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from evicctl.cli import app
-from evicctl.snapshot import CONTEXT_FIELDS
+from evicctl.snapshot.read import CONTEXT_FIELDS
 
 LS_FIELDS = ["id", "label", "tenant", "tokens", "raw_bytes", "tier", "codec", "stored_bytes", "compression_ratio",
              "quality", "utility", "freq", "hits", "misses", "last_access_at", "pin_tier", "pin_codec", "quality_floor"]
@@ -115,7 +115,7 @@ def test_ls_table_when_piped_is_plain_text(run_cli, fixture_db):
 
 
 def test_ls_table_on_a_terminal_uses_rich(run_cli, fixture_db, monkeypatch):
-    monkeypatch.setattr("evicctl.cli_output.stdout_is_terminal", lambda: True)
+    monkeypatch.setattr("evicctl.console.output.stdout_is_terminal", lambda: True)
     result = run_cli("ls", "--db", fixture_db.path, "--limit", "3")
     assert result.exit_code == 0
     assert "─" in result.stdout  # rich's header rule
@@ -320,7 +320,7 @@ def test_no_manager_exits_4_at_once(run_cli, fixture_db):
 
 def test_timeout_exits_4(run_cli, live_db):
     from evicctl.control import ControlServer
-    from evicctl.store import Store
+    from evicctl.store.database import Store
 
     with Store.open(live_db.path) as store:
         ControlServer(store, "t", {}).heartbeat()  # alive, never polls
@@ -348,7 +348,7 @@ def test_evict_confirmation(run_cli, live_db, manager_thread, monkeypatch):
     manager_thread(live_db.path)
     db = live_db.path
     _one_error_line(run_cli("evict", "ctx-00001", "--db", db), 2, "--yes")
-    monkeypatch.setattr("evicctl.cli_mutate.stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("evicctl.console.mutate.stdin_is_terminal", lambda: True)
     no = run_cli("evict", "ctx-00001", "--db", db, input="n\n")
     assert no.exit_code == 1 and "nothing evicted" in no.stderr and "Evict ctx-00001" in no.stdout
     yes = run_cli("evict", "ctx-00001", "--db", db, input="y\n")
@@ -414,19 +414,19 @@ def test_demo_passes_only_given_options(run_cli, monkeypatch, tmp_path):
 
 
 def test_bench_passes_options(run_cli, monkeypatch):
-    calls = _fake_module(monkeypatch, "evicctl.bench", "run_bench")
+    calls = _fake_module(monkeypatch, "evicctl.replay", "run_bench")
     result = run_cli("bench", "--policy", "lru", "--policy", "evicpress", "--zipf", "1.1", "-o", "json")
     assert result.exit_code == 0, result.stderr
     assert calls == [{"args": (), "live": False, "output": "json", "policies": ("lru", "evicpress"), "zipf": 1.1}]
 
 
 def test_missing_optional_part_is_one_line(run_cli, monkeypatch):
-    from evicctl.cli_common import lazy_attr
+    from evicctl.console.common import lazy_attr
     from evicctl.errors import EvicctlError
 
     with pytest.raises(EvicctlError, match="not available in this installation"):
         lazy_attr("evicctl.no_such_part", "run", "evicctl thing")
-    monkeypatch.setitem(sys.modules, "evicctl.bench", types.ModuleType("evicctl.bench"))
+    monkeypatch.setitem(sys.modules, "evicctl.replay", types.ModuleType("evicctl.replay"))
     _one_error_line(run_cli("bench"), 1, "evicctl bench is not available")
 
 
@@ -434,7 +434,7 @@ def test_missing_optional_part_is_one_line(run_cli, monkeypatch):
 def test_history_follow_streams_new_events_until_ctrl_c(live_db):
     import signal
 
-    from evicctl.store import Store
+    from evicctl.store.database import Store
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "evicctl.cli", "history", "--follow", "-o", "jsonl", "--limit", "2", "--db", str(live_db.path)],

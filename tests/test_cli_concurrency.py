@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from evicctl.store import Store
+from evicctl.store.database import Store
 
 
 class BusyWriter:

@@ -9,7 +9,7 @@ import pytest
 
 from evicctl.control import Command, CommandOutcome, ControlClient, ControlServer, current_actor
 from evicctl.errors import NoManagerError, NoSuchContextError, RefusedError
-from evicctl.store import Store
+from evicctl.store.database import Store
 
 
 @pytest.fixture

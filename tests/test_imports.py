@@ -13,8 +13,8 @@ import evicctl
 
 PACKAGE = Path(evicctl.__file__).parent
 FORBIDDEN = ("textual", "typer", "triton", "sentence_transformers")
-CORE = ("evicctl", "evicctl.errors", "evicctl.config", "evicctl.store", "evicctl.store_connect", "evicctl.snapshot",
-        "evicctl.snapshot_detail", "evicctl.control",
+CORE = ("evicctl", "evicctl.errors", "evicctl.config", "evicctl.store.database", "evicctl.store.connect", "evicctl.snapshot.read",
+        "evicctl.snapshot.detail", "evicctl.control",
         "evicctl.timeparse", "evicctl.manager")
 
 
@@ -67,17 +67,17 @@ def test_codec_names_and_cli_codec_validation_do_not_import_torch(tmp_path):
     """`evicctl pin --codec` and `evicctl show` parse and size codec names without torch (~2 s)."""
     code = textwrap.dedent("""
         import sys
-        from evicctl.manager import codec_names
+        from evicctl.manager.codecs import names as codec_names
         assert 'torch' not in sys.modules, 'importing codec_names loaded torch'
         assert codec_names.validate_codec_name('knorm@0.50+int8') == 'knorm@0.5+int8'
         assert codec_names.stored_bytes('snapkv@0.5+int4', 1024, 30, 3, 64, 2) > 0
-        from evicctl.cli_common import validate_codec
+        from evicctl.console.common import validate_codec
         assert validate_codec('int4') == 'int4'
         try:
             validate_codec('zip')
         except KeyError:
             pass
-        import evicctl.snapshot_detail
+        import evicctl.snapshot.detail
         loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')
         assert not loaded, f'loaded {loaded[:3]}'
     """)

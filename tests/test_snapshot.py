@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evicctl.errors import NoSuchContextError, UnknownNameError
-from evicctl.snapshot import (
+from evicctl.snapshot.read import (
     CONTEXT_FIELDS,
     iter_contexts,
     read_context,
@@ -15,7 +15,7 @@ from evicctl.snapshot import (
     read_events,
     read_snapshot,
 )
-from evicctl.store import Store
+from evicctl.store.database import Store
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from evicctl.errors import StoreError
-from evicctl.store import MIGRATIONS, REQUIRED_TABLES, SCHEMA_VERSION, Store
+from evicctl.store.database import MIGRATIONS, REQUIRED_TABLES, SCHEMA_VERSION, Store
 
 
 def _ctx(i: int, **extra) -> dict:

@@ -1,6 +1,6 @@
 """Per-codec quality priors for the teacher-forced metric (exp(-KL) vs the full KV).
 
-Measured by bench/quality_bench.py on SmolLM2-135M-Instruct over 40 contexts of ~1.1k
+Measured by benchmarks/quality_bench.py on SmolLM2-135M-Instruct over 40 contexts of ~1.1k
 tokens (27 SQuAD v2 dev chunks with 8 questions each, 13 HotpotQA dev examples with one),
 greedy answers of up to 24 tokens: (pooled mean, between-context variance tau²,
 within-context variance sigma²). A fresh deployment starts from these, so a context

@@ -37,7 +37,7 @@ from evicctl.engine.quality import (
 )
 from evicctl.engine.shrinkage import CodecStats, Estimate, Tally, codec_stats, estimate
 from evicctl.errors import NoSuchContextError, UsageError
-from evicctl.manager.codecs import get_codec
+from evicctl.manager.codecs.codec import get_codec
 from evicctl.manager.kv import KV
 
 log = logging.getLogger(__name__)

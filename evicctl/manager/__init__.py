@@ -11,8 +11,8 @@ _LAZY = {
     "Manager": "evicctl.manager.manager",
     "Lookup": "evicctl.manager.manager",
     "KV": "evicctl.manager.kv",
-    "get_codec": "evicctl.manager.codecs",
-    "place": "evicctl.manager.placer",
+    "get_codec": "evicctl.manager.codecs.codec",
+    "place": "evicctl.manager.placer.place",
 }
 
 __all__ = sorted(_LAZY)

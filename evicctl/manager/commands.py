@@ -17,7 +17,7 @@ otherwise executes it. Results: {"message", "plan": [moves], "event_ids": [...]}
 from __future__ import annotations
 
 from evicctl.errors import EvicctlError, RefusedError, UnknownNameError, UsageError
-from evicctl.manager.placer import DROPPED_TIER, Plan
+from evicctl.manager.placer.place import DROPPED_TIER, Plan
 
 
 class CommandHandler:
@@ -171,7 +171,7 @@ class CommandHandler:
     # ------------------------------------------------------------------ helpers
 
     def _codec(self, name: str) -> str:
-        from evicctl.manager.codecs import validate_codec_name
+        from evicctl.manager.codecs.codec import validate_codec_name
 
         codec = validate_codec_name(name)
         if codec not in self.manager.codec_names:
@@ -180,7 +180,7 @@ class CommandHandler:
 
     def _check_floor(self, ctx, codec: str, verb: str) -> None:
         """Refuse a codec whose quality (lower bound) is below the context's floor."""
-        from evicctl.manager.utility import QUALITY_Z
+        from evicctl.manager.placer.pricing import QUALITY_Z
 
         m = self.manager
         floor = m.quality_floor_of(ctx)

@@ -22,7 +22,7 @@ Coefficients of the older three-term form (a, b, d), as stored manager configs a
 files hold them, read as (a, b, 0, d): the same predictions.
 
 Codec decode throughput (stored bytes per second of ``decode``) per family: defaults from
-bench/codec_bench.py on this CPU, refined by ``observe_decode`` (moving average) or set by
+benchmarks/codec_bench.py on this CPU, refined by ``observe_decode`` (moving average) or set by
 ``probe_decode``.
 
 All the predictors take numpy arrays as well as scalars (the placer vectorises).
@@ -41,7 +41,7 @@ import numpy as np
 # of which a + b + d*1001 is 52 ms: ~17 ms per 1k cached tokens (HF copies the cache on append)
 DEFAULT_PREFILL_COEF = (0.05, 1.6e-3, 1.7e-5, 1.5e-7)
 N_COEF = 4
-# stored bytes decoded per second on this 2-core CPU (bench/codec_bench.py, SmolLM2 shape,
+# stored bytes decoded per second on this 2-core CPU (benchmarks/codec_bench.py, SmolLM2 shape,
 # fp32, 1 thread: int8 ~0.5 GB/s of stored bytes, int4 about half per stored byte; the
 # machine was shared, so these are conservative). `none` and drop codecs decode by handing
 # out the stored tensors (and a 2-byte position per kept token): no real work.
@@ -166,7 +166,7 @@ class CostModel:
         """Measure decode throughput per family on a small SmolLM2-shaped KV (~0.2 s on CPU)."""
         import torch
 
-        from evicctl.manager.codecs import get_codec
+        from evicctl.manager.codecs.codec import get_codec
         from evicctl.manager.kv import KV
 
         gen = torch.Generator().manual_seed(0)

@@ -28,7 +28,8 @@ from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameErro
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
 from evicctl.manager.moves import MoveExecutor
-from evicctl.manager.placer import PlacementProblem, Plan, place
+from evicctl.manager.placer.place import PlacementProblem, Plan, place
+from evicctl.manager.placer.pricing import codec_sizes, price_problem
 from evicctl.manager.reprofile import OnlineQuality
 from evicctl.manager.restart import recover
 from evicctl.manager.state import (
@@ -39,7 +40,6 @@ from evicctl.manager.state import (
     Placement,
     tier_key,
 )
-from evicctl.manager.utility import codec_sizes, price_problem
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class Manager:
 
     def __init__(self, config: ManagerConfig | None = None, *, probe: bool = True, tiers=None) -> None:
         from evicctl.control import ControlServer
-        from evicctl.manager.codecs import validate_codec_name
+        from evicctl.manager.codecs.codec import validate_codec_name
         from evicctl.manager.commands import CommandHandler
         from evicctl.manager.costs import CostModel
-        from evicctl.manager.tiers import make_tier
-        from evicctl.store import Store
+        from evicctl.manager.tiers.tier import make_tier
+        from evicctl.store.database import Store
 
         self.config = config = config or ManagerConfig()
         self._heartbeat_every_s = heartbeat_every_s(config)
@@ -225,7 +225,7 @@ class Manager:
 
     def lookup(self, context_id: str, device=None) -> Lookup | None:
         """The context's KV on `device` (default config.device), or None on a miss."""
-        from evicctl.manager.codecs import get_codec
+        from evicctl.manager.codecs.codec import get_codec
 
         now = time.time()
         for _attempt in range(3):  # a concurrent move may delete the copy we were about to read
@@ -363,7 +363,7 @@ class Manager:
         }
 
     def _checked_quality(self, codec: str, quality: float) -> str:
-        from evicctl.manager.codecs import validate_codec_name
+        from evicctl.manager.codecs.codec import validate_codec_name
 
         if not 0.0 <= quality <= 1.0:
             raise UsageError(f"quality must be in [0, 1]; got {quality}")

@@ -17,7 +17,7 @@ import time
 
 from evicctl.errors import CorruptDataError
 from evicctl.manager.kv import KV
-from evicctl.manager.placer_types import DROPPED_TIER, Move, Plan
+from evicctl.manager.placer.types import DROPPED_TIER, Move, Plan
 from evicctl.manager.state import EVENT_KIND, ContextState, tier_key
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class MoveExecutor:
 
     def admit(self, ctx: ContextState, kv: KV, plan: Plan, now: float) -> None:
         """Store a new context's KV as the plan says (the caller holds `_exec_lock`)."""
-        from evicctl.manager.codecs import get_codec
+        from evicctl.manager.codecs.codec import get_codec
 
         m = self.m
         move = plan.move_of(ctx.id)
@@ -109,7 +109,7 @@ class MoveExecutor:
     def _copy(self, move: Move) -> Copy | None:
         """Step 1 of a move: the new copy, written beside the old one. None if the source is
         unreadable (the context is then lost: an event, a miss next time)."""
-        from evicctl.manager.codecs import get_codec
+        from evicctl.manager.codecs.codec import get_codec
 
         m = self.m
         with m._lock:

@@ -15,9 +15,9 @@ import logging
 import time
 
 from evicctl.errors import CorruptDataError
-from evicctl.manager.placer_types import DROPPED_TIER
+from evicctl.manager.placer.pricing import codec_sizes
+from evicctl.manager.placer.types import DROPPED_TIER
 from evicctl.manager.state import ContextState, tier_key
-from evicctl.manager.utility import codec_sizes
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evicctl.manager.kv import KV
-from evicctl.manager.placer_types import DROPPED_TIER
+from evicctl.manager.placer.types import DROPPED_TIER
 
 PREFERRED_METRIC = "teacher-forced"  # the metric the placer trusts when several are recorded
 # placer move kind -> event kind in the store's history

@@ -246,7 +246,7 @@ def run_top(db_path: Path | str, interval_s: float = 1.0, readonly: bool = False
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("evicctl top needs a terminal; for one snapshot that works when piped, "
                          "use evicctl top --once")
-    from evicctl.store import Store
+    from evicctl.store.database import Store
 
     Store.open(db_path, readonly=True).close()
     TopApp(db_path, interval_s=interval_s, readonly=readonly, sort=sort).run()

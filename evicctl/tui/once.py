@@ -29,8 +29,8 @@ def render_once(db_path: Path | str, console: Console, sort: str = "utility", *,
 
     Raises StoreError when the database cannot be read, UsageError on a bad sort key.
     """
-    from evicctl.snapshot import read_snapshot
-    from evicctl.store import Store
+    from evicctl.snapshot.read import read_snapshot
+    from evicctl.store.database import Store
 
     key, descending = parse_sort(sort)
     store = Store.open(db_path, readonly=True)

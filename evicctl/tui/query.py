@@ -92,7 +92,7 @@ def parse_filter(text: str) -> Filter:
 
 def store_sort_keys() -> tuple[str, ...]:
     """Every key read_snapshot sorts by: the table's columns and a few more (misses, tokens)."""
-    from evicctl.snapshot import SORT_KEYS as STORE_KEYS
+    from evicctl.snapshot.read import SORT_KEYS as STORE_KEYS
 
     return SORT_KEYS + tuple(k for k in STORE_KEYS if k not in COLUMN_BY_KEY)
 

@@ -34,7 +34,7 @@ class Frame:
     """What one refresh read. `snapshot` is None only when the store could not be read."""
 
     query: ViewQuery
-    snapshot: Any  # evicctl.snapshot.Snapshot
+    snapshot: Any  # evicctl.snapshot.read.Snapshot
     telemetry: Telemetry
     error: str | None
     read_s: float  # worker time for the whole read (store + telemetry)
@@ -54,7 +54,7 @@ class DashboardSource:
 
     def _open(self) -> Any:
         if self._store is None:
-            from evicctl.store import Store
+            from evicctl.store.database import Store
 
             self._store = Store.open(self.db_path, readonly=True)
         return self._store
@@ -67,7 +67,7 @@ class DashboardSource:
             self._store = None
 
     def read(self, query: ViewQuery) -> Frame:
-        from evicctl.snapshot import read_snapshot
+        from evicctl.snapshot.read import read_snapshot
 
         start = time.perf_counter()
         snapshot, error = None, None
@@ -92,7 +92,7 @@ class DashboardSource:
 
     def read_detail(self, context_id: str) -> Any:
         """`read_context` for the detail screen; raises NoSuchContextError / StoreError."""
-        from evicctl.snapshot import read_context
+        from evicctl.snapshot.read import read_context
 
         with self._lock:
             try:

@@ -31,7 +31,7 @@ def test_store_compress_answer_and_profile(real, tmp_path):
     from evicctl.engine import prompt
     from evicctl.engine.engine import Engine
     from evicctl.engine.profiler import Profiler, ProfilerSettings, read_stored_profiles
-    from evicctl.manager.codecs import get_codec
+    from evicctl.manager.codecs.codec import get_codec
     from evicctl.manager.manager import Manager
 
     model, tokenizer, context, _ = real

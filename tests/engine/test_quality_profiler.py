@@ -80,7 +80,7 @@ def test_online_sample_scores_reports_and_triggers_reprofile(tiny_model, tiny_to
     engine.answer("doc", DOC, QAS[2].question, max_new_tokens=6)
     prof.known["doc"] = CONTEXT
     kv = dict_manager.kvs["doc"]
-    from evicctl.manager.codecs import get_codec
+    from evicctl.manager.codecs.codec import get_codec
 
     codec = get_codec("snapkv@0.75+int4")
     dict_manager.kvs["doc"] = codec.decode(codec.encode(kv))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _kernel_env import CUDA, DEVICE, assert_same, kv_like, torch
 
-from evicctl.manager import quant as ref
+from evicctl.manager.codecs import quant as ref
 
 kg = pytest.importorskip("evicctl.kernels.gather")
 pytestmark = pytest.mark.gpu

@@ -11,10 +11,10 @@ if not torch.cuda.is_available():
     pytest.skip("the gpu tier needs CUDA", allow_module_level=True)
 
 from evicctl.errors import CorruptDataError  # noqa: E402
-from evicctl.manager.codecs import Stored, get_codec  # noqa: E402
-from evicctl.manager.gpu_tier import GpuTier  # noqa: E402
+from evicctl.manager.codecs.codec import Stored, get_codec  # noqa: E402
 from evicctl.manager.kv import KV  # noqa: E402
-from evicctl.manager.tiers import CpuTier, DiskTier  # noqa: E402
+from evicctl.manager.tiers.gpu import GpuTier  # noqa: E402
+from evicctl.manager.tiers.tier import CpuTier, DiskTier  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -138,7 +138,7 @@ def test_probe_measures_both_directions():
 
 
 def test_tree_checksum_load_verifies_on_many_threads(gen, tmp_path):
-    from evicctl.manager.gpu_tier import TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
+    from evicctl.manager.tiers.gpu import TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
 
     stored = get_codec("none").encode(random_kv(gen, layers=8, tokens=4500))  # > 2 tree chunks
     disk = DiskTier(tmp_path / "disk", capacity_bytes=1 << 30)

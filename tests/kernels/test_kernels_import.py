@@ -11,7 +11,7 @@ import pytest
 CHECK = """
 import json, sys
 import evicctl.kernels as k
-import evicctl.manager.gpu_tier
+import evicctl.manager.tiers.gpu
 out = {"triton": "triton" in sys.modules, "names": sorted(k.__all__)}
 try:
     out["available"] = k.available()

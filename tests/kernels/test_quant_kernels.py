@@ -1,4 +1,4 @@
-"""Triton quantize/dequantize kernels against the torch reference (evicctl.manager.quant).
+"""Triton quantize/dequantize kernels against the torch reference (evicctl.manager.codecs.quant).
 
 The reference runs on the CPU: there ``(mx - mn) / (2**bits - 1)`` is an IEEE division, as
 the format says, while PyTorch on CUDA multiplies by the reciprocal of a Python-scalar
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from _kernel_env import CUDA, DEVICE, assert_same, kv_like, rel_err, torch
 
-from evicctl.manager import quant as ref
+from evicctl.manager.codecs import quant as ref
 
 kq = pytest.importorskip("evicctl.kernels.quant")
 pytestmark = pytest.mark.gpu
@@ -172,7 +172,7 @@ def test_bad_arguments_raise(gen):
 
 
 def test_reference_entry_points_use_the_kernels_on_cuda(gen):
-    """evicctl.manager.quant's public functions give the kernels' bytes for CUDA tensors."""
+    """evicctl.manager.codecs.quant's public functions give the kernels' bytes for CUDA tensors."""
     if not CUDA:
         pytest.skip("the reference dispatches only for CUDA tensors")
     k = kv_like((1, 2, 40, 64), torch.bfloat16, gen)

@@ -1,11 +1,11 @@
-"""Scorer kernels (knorm, keydiff, snapkv) against evicctl.manager.scorers."""
+"""Scorer kernels (knorm, keydiff, snapkv) against evicctl.manager.codecs.scorers."""
 
 from __future__ import annotations
 
 import pytest
 from _kernel_env import CUDA, DEVICE, kv_like, rel_err, torch
 
-from evicctl.manager import scorers as ref
+from evicctl.manager.codecs import scorers as ref
 from evicctl.manager.kv import KV
 
 ks = pytest.importorskip("evicctl.kernels.scorers")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from evicctl.manager.gpu_tier import TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
+from evicctl.manager.tiers.gpu import TREE_CHUNK_BYTES, TREE_PREFIX, tree_checksum
 
 
 def test_tree_checksum_is_the_digest_of_chunk_digests(tmp_path):

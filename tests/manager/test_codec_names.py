@@ -7,11 +7,11 @@ import torch
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import UnknownNameError, UsageError
-from evicctl.manager import codec_names as cn
-from evicctl.manager import codecs
-from evicctl.manager.codecs import example_codec_names, get_codec
+from evicctl.manager.codecs import codec as codecs
+from evicctl.manager.codecs import names as cn
+from evicctl.manager.codecs.codec import example_codec_names, get_codec
+from evicctl.manager.codecs.scorers import SCORERS
 from evicctl.manager.kv import KV
-from evicctl.manager.scorers import SCORERS
 
 # (tokens, layers, kv_heads, head_dim, dtype_bytes, window_numel): SmolLM2-like, head_dim 80
 # (value group 16), a partial key group, fewer tokens than the protected 20, past int16 positions

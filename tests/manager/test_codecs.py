@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
-from evicctl.manager import quant
-from evicctl.manager.codecs import (
+from evicctl.manager.codecs import quant
+from evicctl.manager.codecs.codec import (
     Stored,
     codec_family,
     codec_names,
@@ -26,8 +26,8 @@ from evicctl.manager.codecs import (
     to_safetensors_dict,
     validate_codec_name,
 )
+from evicctl.manager.codecs.scorers import SCORERS, SINK_TOKENS, WINDOW_TOKENS, kept_count, snapkv
 from evicctl.manager.kv import KV
-from evicctl.manager.scorers import SCORERS, SINK_TOKENS, WINDOW_TOKENS, kept_count, snapkv
 
 ALL_CODECS = sorted({*example_codec_names(), *example_codec_names(0.3), *DEFAULT_CODECS})
 
@@ -497,8 +497,8 @@ def test_kernel_dispatch_skips_shapes_the_kernels_do_not_take(monkeypatch) -> No
 
 def test_importing_storage_modules_is_light() -> None:
     code = (
-        "import sys, evicctl.manager.codecs, evicctl.manager.tiers, evicctl.manager.costs, "
-        "evicctl.manager.scorers, evicctl.manager.quant, torch\n"
+        "import sys, evicctl.manager.codecs.codec, evicctl.manager.tiers.tier, evicctl.manager.costs, "
+        "evicctl.manager.codecs.scorers, evicctl.manager.codecs.quant, torch\n"
         "bad = [m for m in ('triton', 'redis', 'safetensors', 'scipy', 'textual', 'typer') if m in sys.modules]\n"
         "assert not bad, bad\n"
         "assert not torch.cuda.is_initialized()\n"

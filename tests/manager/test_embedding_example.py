@@ -47,7 +47,7 @@ def test_example_is_short_and_runs(in_tmp):
     assert (tier, codec) == ("cpu", "none")
     assert (in_tmp / "state" / "evicctl.db").exists()
 
-    from evicctl.store import Store
+    from evicctl.store.database import Store
 
     with Store.open(in_tmp / "state" / "evicctl.db", readonly=True) as store:
         placement = store.query("SELECT tier, codec FROM placements WHERE context_id = 'doc-42'")[0]

@@ -9,7 +9,7 @@ from manager_helpers import KV_BYTES, make_config, make_kv
 
 from evicctl.control import ControlClient
 from evicctl.manager.manager import Manager, disk_dir_of
-from evicctl.manager.placer import Move
+from evicctl.manager.placer.place import Move
 
 
 class OnePlan:

@@ -11,7 +11,7 @@ from manager_helpers import KV_BYTES, make_config, make_kv
 from evicctl.control import ControlClient
 from evicctl.errors import NoSuchContextError, UnknownNameError, UsageError
 from evicctl.manager.manager import HEARTBEATS_PER_TIMEOUT, Manager, heartbeat_every_s
-from evicctl.manager.placer import place
+from evicctl.manager.placer.place import place
 from evicctl.manager.reprofile import MIN_SAMPLES, OnlineQuality
 
 

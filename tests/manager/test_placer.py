@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evicctl.manager.exact import lagrangian_bound, naive_place, random_problem, solve_exact
 from evicctl.manager.freq import DecayedRate
-from evicctl.manager.placer import (
+from evicctl.manager.placer.exact import lagrangian_bound, naive_place, random_problem, solve_exact
+from evicctl.manager.placer.place import (
     DROPPED,
     KINDS,
     NEW,
@@ -17,7 +17,7 @@ from evicctl.manager.placer import (
     derivable_matrix,
     place,
 )
-from evicctl.manager.utility import miss_utility, utility
+from evicctl.manager.placer.pricing import miss_utility, utility
 
 CODECS = ("none", "int8", "knorm@0.5")
 TIERS = ("cpu", "disk")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from evicctl.manager.costs import CostModel
-from evicctl.manager.placer import DROPPED, NEW, NO_PIN
+from evicctl.manager.placer.place import DROPPED, NEW, NO_PIN
+from evicctl.manager.placer.pricing import codec_sizes, option_rows, price_problem
 from evicctl.manager.state import ContextState
-from evicctl.manager.utility import codec_sizes, option_rows, price_problem
 
 CODECS = ("none", "int8", "int4", "knorm@0.5")
 SHAPE = (2, 2, 32, 4, 0)  # layers, kv_heads, head_dim, dtype_bytes, window_numel

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evicctl.manager.exact import random_problem
-from evicctl.manager.placer import DROPPED, NO_PIN, PlacementProblem, build_options, place
+from evicctl.manager.placer.exact import random_problem
+from evicctl.manager.placer.place import DROPPED, NO_PIN, PlacementProblem, build_options, place
 
 CODECS = ("none", "int8", "int4", "knorm@0.5", "snapkv@0.5", "knorm@0.75", "snapkv@0.5+int8")
 

@@ -18,11 +18,12 @@ import torch
 
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
-from evicctl.manager import checksum, disk_tier
-from evicctl.manager.checksum import TREE_PREFIX, tree_checksum
-from evicctl.manager.codecs import Stored, decode, get_codec
+from evicctl.manager.codecs.codec import Stored, decode, get_codec
 from evicctl.manager.kv import KV
-from evicctl.manager.tiers import CpuTier, DiskTier, HeldEntry, RedisTier, make_tier
+from evicctl.manager.tiers import checksum
+from evicctl.manager.tiers import disk as disk_tier
+from evicctl.manager.tiers.checksum import TREE_PREFIX, tree_checksum
+from evicctl.manager.tiers.tier import CpuTier, DiskTier, HeldEntry, RedisTier, make_tier
 
 
 def make_stored(codec: str = "int8", tokens: int = 100, seed: int = 0) -> Stored:
@@ -438,13 +439,13 @@ def test_make_tier_cpu_and_disk(tmp_path: Path) -> None:
 
 def test_backends_load_on_first_use_and_redis_only_when_built(tmp_path: Path) -> None:
     """tiers.py re-exports the backends of disk_tier.py / redis_tier.py; no module imports redis."""
-    from evicctl.manager import redis_tier
+    from evicctl.manager.tiers import remote as redis_tier
 
     assert DiskTier is disk_tier.DiskTier and RedisTier is redis_tier.RedisTier
     code = (
         "import sys\n"
-        "import evicctl.manager.tiers as t, evicctl.manager.redis_tier\n"
-        "from evicctl.manager.tiers import RedisTier, DiskTier, stored_from_buffer\n"
+        "import evicctl.manager.tiers.tier as t, evicctl.manager.tiers.remote\n"
+        "from evicctl.manager.tiers.tier import RedisTier, DiskTier, stored_from_buffer\n"
         "assert RedisTier.backend == 'redis' and DiskTier.backend == 'disk'\n"
         "assert 'redis' not in sys.modules, 'importing the tiers loaded the redis client'\n"
         "try:\n"

@@ -8,7 +8,7 @@ import pytest
 from tui_helpers import loaded, make_app, notifications, screen_text, wait_for
 
 from evicctl.errors import UnknownNameError, UsageError
-from evicctl.store import Store
+from evicctl.store.database import Store
 from evicctl.tui import keys
 from evicctl.tui.app import MainScreen, TopApp, run_top
 from evicctl.tui.screens import DetailScreen, HelpScreen

@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # tests/fixtures.py, when pytest runs without the rootdir on the path
-    sys.path.insert(0, str(ROOT))
-
-from evicctl.control import Command, ControlServer  # noqa: E402
-from evicctl.errors import RefusedError  # noqa: E402
-from evicctl.store import Store  # noqa: E402
-from evicctl.tui.app import TopApp  # noqa: E402
-from evicctl.tui.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry  # noqa: E402
-from tests.fixtures import FIXTURE_NOW, make_fixture_db  # noqa: E402, F401 (re-exported)
+from evicctl.control import Command, ControlServer
+from evicctl.errors import RefusedError
+from evicctl.store.database import Store
+from evicctl.store.synthetic import FIXTURE_NOW, make_fixture_db  # noqa: F401 (re-exported)
+from evicctl.tui.app import TopApp
+from evicctl.tui.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry
 
 GIB = 1 << 30
 

@@ -1,0 +1,316 @@
+"""Codecs: one compression configuration each, as a pure pair encode(kv) -> Stored, decode.
+
+Names (DESIGN §3; parsed, validated and sized in codec_names.py, which needs no torch):
+``none``; quantization ``int8`` / ``int4`` (group-wise, quant.py); token dropping
+``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's tokens removed,
+0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
+
+Stored layout (flat, so safetensors saves it as is):
+- ``k.{i}`` / ``v.{i}``: layer i's keys / values [1, H, K, D] in the KV's dtype, or when
+  quantized ``k.{i}.codes`` [1, H, K, D*bits/8] uint8, ``k.{i}.scale`` / ``k.{i}.mn`` fp16
+  (and the same for ``v.{i}``), shapes as in quant.py.
+- ``pos`` [L, H, K] int16 (int32 past 32,768 tokens): original positions of the kept tokens,
+  present only when tokens were dropped (K < tokens); absent means arange(tokens).
+- ``wq`` [L, q_heads, W, D] fp16 (bf16 stays bf16): the KV's window queries, when it has
+  them. They are kept so that a stored context can still be re-scored with ``snapkv``
+  later (recompress, after a restart). They are counted in ``Stored.nbytes`` (the tiers
+  account true bytes); ``stored_bytes`` counts them through ``window_numel`` (0 = none).
+  For SmolLM2 (30 layers, 9 query heads, head_dim 64) a 16-query window is 0.55 MB in
+  fp16, against 46 MB of fp32 KV for a 1k-token context.
+
+Encoding a KV whose tokens were already dropped keeps them dropped (positions travel), and
+a drop codec's ratio is of the full context, so ``knorm@0.5`` applied to a ``knorm@0.5``
+KV drops nothing more: the result of encoding with ``int8`` is then effectively
+``knorm@0.5+int8`` (see ``combined_name``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from evicctl.config import DEFAULT_CODECS
+from evicctl.errors import CorruptDataError, UnknownNameError
+from evicctl.manager.codecs import quant
+from evicctl.manager.codecs.names import (
+    FAMILIES,
+    POS16_MAX_TOKENS,
+    QUANTIZERS,
+    VALID_FORMS,
+    CodecParts,
+    codec_family,
+    parse_codec_name,
+    validate_codec_name,
+)
+from evicctl.manager.codecs.scorers import SCORERS, keep_indices
+from evicctl.manager.kv import KV
+
+
+@dataclass(frozen=True, eq=False)
+class Stored:
+    """A context's KV in one codec's stored form.
+
+    tensors: flat name -> tensor (layout in the module docstring); may share memory with
+        the KV it was encoded from (``none`` does), so tiers copy what they keep.
+    meta: strings: codec, tokens, kept, layers, kv_heads, head_dim, dtype (+ bits, group,
+        value_group when quantized).
+    """
+
+    codec: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Codec:
+    """One compression configuration. Subclasses fill in encode/decode/stored_bytes."""
+
+    name: str = ""
+    family: str = "none"  # none | drop | quant | drop+quant
+    keep_fraction: float = 1.0  # nominal fraction of tokens kept
+
+    def kept(self, tokens: int) -> int:
+        """Tokens per head this codec keeps of a `tokens`-token context."""
+        return tokens
+
+    def encode(self, kv: KV) -> Stored:
+        raise NotImplementedError
+
+    def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        """The KV of a stored form, on `device` (default: where the stored tensors are)."""
+        raise NotImplementedError
+
+    def stored_bytes(
+        self, tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, *, window_numel: int = 0
+    ) -> int:
+        """Exact ``encode(kv).nbytes`` of a full (undropped) KV of that shape, predicted.
+
+        window_numel: elements of the KV's window_queries (layers*q_heads*window*head_dim), 0 if none."""
+        raise NotImplementedError
+
+    def predict_bytes(self, kv: KV) -> int:
+        """stored_bytes for this KV (full, or already dropped by at most this codec's ratio)."""
+        wq = kv.window_queries
+        return self.stored_bytes(
+            kv.tokens, kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(),
+            window_numel=0 if wq is None else wq.numel(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<codec {self.name}>"
+
+
+class PipelineCodec(Codec):
+    """Optional token dropping, then optional quantization; ``none`` when neither."""
+
+    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None) -> None:
+        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits)
+        self.scorer, self.ratio, self.bits = scorer, self.parts.ratio, bits
+        self.name, self.family = self.parts.name, self.parts.family
+        self.keep_fraction = self.parts.keep_fraction
+
+    # ------------------------------------------------------------ sizes
+
+    def kept(self, tokens: int) -> int:
+        return self.parts.kept(tokens)
+
+    def stored_bytes(
+        self, tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int, *, window_numel: int = 0
+    ) -> int:
+        return self.parts.stored_bytes(tokens, layers, kv_heads, head_dim, dtype_bytes, window_numel=window_numel)
+
+    # ------------------------------------------------------------ encode
+
+    def encode(self, kv: KV) -> Stored:
+        """Drop (per layer and head), then quantize, every layer at once: on CUDA with the
+        kernels that is a few launches for the whole context, the gather fused into the
+        quantizer; on CPU the torch reference, layer by layer."""
+        idx = keep_indices(kv, self.scorer, self.ratio) if self.scorer else None  # [L, 1, H, keep]
+        positions = kv.positions if idx is None else kv.positions.gather(2, idx[:, 0].to(kv.positions.device))
+        tensors: dict[str, torch.Tensor] = {}
+        if self.bits:
+            keys = quant.quantize_layers("keys", kv.keys, self.bits, quant.DEFAULT_GROUP, idx)
+            values = quant.quantize_layers("values", kv.values, self.bits, quant.value_group(kv.head_dim), idx)
+            for i in range(kv.layers):
+                for side, parts in (("k", keys), ("v", values)):
+                    for part, layers in zip(("codes", "scale", "mn"), parts, strict=True):
+                        tensors[f"{side}.{i}.{part}"] = layers[i]
+        else:
+            keys = kv.keys if idx is None else quant.gather_layers(kv.keys, idx)
+            values = kv.values if idx is None else quant.gather_layers(kv.values, idx)
+            for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+                tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous(), v.contiguous()
+        kept = positions.shape[-1]
+        if kept < kv.tokens:
+            tensors["pos"] = positions.to(_pos_dtype(kv.tokens)).contiguous()  # [L, H, K]
+        if kv.window_queries is not None:
+            wq = kv.window_queries
+            tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
+        return Stored(self.name, tensors, self._meta(kv, kept))
+
+    def _meta(self, kv: KV, kept: int) -> dict[str, str]:
+        meta = {
+            "codec": self.name,
+            "tokens": str(kv.tokens),
+            "kept": str(kept),
+            "layers": str(kv.layers),
+            "kv_heads": str(kv.kv_heads),
+            "head_dim": str(kv.head_dim),
+            "dtype": str(kv.dtype).removeprefix("torch."),
+        }
+        if self.bits:
+            meta |= {
+                "bits": str(self.bits),
+                "group": str(quant.DEFAULT_GROUP),
+                "value_group": str(quant.value_group(kv.head_dim)),
+            }
+        return meta
+
+    # ------------------------------------------------------------ decode
+
+    def decode(self, stored: Stored, device: torch.device | str | None = None) -> KV:
+        """The KV of a stored form, on `device` (default: where the stored tensors are).
+
+        A form another codec wrote is decoded by that codec; a damaged one raises CorruptDataError."""
+        if stored.codec != self.name:
+            return decode(stored, device)
+        try:
+            return self._decode(stored, device)
+        except (KeyError, ValueError, RuntimeError, TypeError, StopIteration) as exc:
+            raise CorruptDataError(f"cannot decode a {stored.codec!r} KV: {exc}") from exc
+
+    def _decode(self, stored: Stored, device) -> KV:
+        meta, t = stored.meta, stored.tensors
+        layers, tokens = int(meta["layers"]), int(meta["tokens"])
+        dtype = _dtype(meta["dtype"])
+        target = torch.device(device) if device is not None else next(iter(t.values())).device
+        # async only host -> GPU (ordered before any use on the stream); GPU -> host must
+        # finish before the CPU reads it
+        move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
+        if self.bits:
+            group, vgroup = int(meta["group"]), int(meta["value_group"])
+            keys = quant.dequantize_layers("keys", *_parts(t, "k", layers), self.bits, group, dtype, target)
+            values = quant.dequantize_layers("values", *_parts(t, "v", layers), self.bits, vgroup, dtype, target)
+        else:
+            keys = [move(t[f"k.{i}"]) for i in range(layers)]
+            values = [move(t[f"v.{i}"]) for i in range(layers)]
+        heads, kept = keys[0].shape[1], keys[0].shape[2]
+        if "pos" in t:
+            positions = move(t["pos"]).long()
+        else:
+            positions = torch.arange(kept, device=target).expand(layers, heads, kept)
+        wq = t.get("wq")
+        if wq is not None:
+            wq = move(wq).to(dtype)
+        return KV(tuple(keys), tuple(values), positions, tokens, wq)
+
+
+def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:
+    """([codes], [scale], [mn]) of every layer of one side ("k" | "v")."""
+    return tuple([tensors[f"{side}.{i}.{part}"] for i in range(layers)] for part in ("codes", "scale", "mn"))
+
+
+def _pos_dtype(tokens: int) -> torch.dtype:
+    return torch.int16 if tokens <= POS16_MAX_TOKENS else torch.int32
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+# ---------------------------------------------------------------- registry and names
+
+
+@functools.lru_cache(maxsize=256)
+def _codec(parts: CodecParts) -> PipelineCodec:
+    return PipelineCodec(parts.scorer, parts.ratio, parts.bits)
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called `name` (``none``, ``int4``, ``keydiff@0.4``, ``knorm@0.5+int8``, ...).
+
+    Raises UnknownNameError (a UsageError) listing the valid forms."""
+    return _codec(parse_codec_name(name))
+
+
+def codec_names() -> tuple[str, ...]:
+    """The default menu the placer chooses from (config.DEFAULT_CODECS)."""
+    return DEFAULT_CODECS
+
+
+def example_codec_names(ratio: float = 0.5) -> tuple[str, ...]:
+    """One codec of every form: none, each quantizer, each scorer, each scorer+quantizer."""
+    drops = [f"{s}@{ratio!r}" for s in SCORERS]
+    return ("none", *QUANTIZERS, *drops, *(f"{d}+{q}" for d in drops for q in QUANTIZERS))
+
+
+def combined_name(current: str, target: str) -> str:
+    """The effective codec of encoding a KV held in `current` with `target`.
+
+    Dropped tokens stay dropped, and the harder drop wins (same scorer family or not, the
+    tokens already gone are gone); quantization is the target's."""
+    cur, tgt = parse_codec_name(current), parse_codec_name(target)
+    scorer, ratio = tgt.scorer, tgt.ratio
+    if cur.scorer and (not tgt.scorer or cur.ratio >= tgt.ratio):
+        scorer, ratio = cur.scorer, cur.ratio
+    return CodecParts(scorer, ratio, tgt.bits).name
+
+
+def decode(stored: Stored, device: torch.device | str | None = None) -> KV:
+    """Decode with the codec named in the stored form."""
+    try:
+        codec = get_codec(stored.codec)
+    except UnknownNameError as exc:
+        raise CorruptDataError(f"stored KV names an unknown codec {stored.codec!r}") from exc
+    return codec.decode(stored, device)
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def to_safetensors_dict(stored: Stored) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) ready for safetensors.torch.save: contiguous CPU tensors, string meta."""
+    tensors = {name: t.detach().contiguous().cpu() for name, t in stored.tensors.items()}
+    return tensors, {**stored.meta, "codec": stored.codec}
+
+
+def from_safetensors_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> Stored:
+    """Inverse of to_safetensors_dict; raises CorruptDataError without a codec name."""
+    meta = dict(metadata or {})
+    codec = meta.get("codec")
+    if not codec:
+        raise CorruptDataError("stored KV has no codec in its metadata")
+    return Stored(codec, dict(tensors), meta)
+
+
+def raw_stored_bytes(kv: KV) -> int:
+    """Bytes the ``none`` codec stores for this KV (keys, values and any positions/window)."""
+    return get_codec("none").predict_bytes(kv)
+
+
+__all__ = [
+    "Codec",
+    "FAMILIES",
+    "PipelineCodec",
+    "QUANTIZERS",
+    "Stored",
+    "VALID_FORMS",
+    "codec_family",
+    "codec_names",
+    "combined_name",
+    "decode",
+    "example_codec_names",
+    "from_safetensors_dict",
+    "get_codec",
+    "raw_stored_bytes",
+    "to_safetensors_dict",
+    "validate_codec_name",
+]

@@ -1,0 +1,346 @@
+"""Group-wise asymmetric quantization of keys and values (KIVI-style), pure torch reference.
+
+Format (shared with the CUDA kernels in ``evicctl.kernels.quant``, same signatures/outputs):
+
+- bits in {8, 4}; group size G (default 32).
+- Keys [1, H, T, D] are quantized per channel over groups of G consecutive tokens (the last
+  group may be partial): scale, mn are [1, H, ceil(T/G), D] float16. Keys have outlier
+  channels, so a per-channel range keeps them from blowing up every other channel's error.
+- Values [1, H, T, D] are quantized per token over groups of G channels (D % G == 0):
+  scale, mn are [1, H, T, D/G] float16.
+- mn, mx are the group's min and max in fp32; scale = (mx - mn) / (2**bits - 1); both are cast
+  to fp16, and a fp16 scale of 0 (mx == mn, or a range below fp16's smallest subnormal) is
+  replaced by 1 so that no group divides by zero. codes = clamp(round((x - mn16) / scale16),
+  0, 2**bits - 1) with the fp16 values upcast to fp32 and torch.round (half to even).
+- Dequantize: x = codes * scale16 + mn16 in fp32, cast to the requested dtype.
+- Codes are uint8 [1, H, T, D] for 8 bits; for 4 bits two codes per byte along D:
+  [1, H, T, D/2], low nibble = even channel, high nibble = odd channel.
+
+Error bound per element: scale16 / 2, plus the fp16 rounding of mn and of scale * (2**bits-1)
+for elements clamped at the ends of their group's range.
+
+The scale's division is by a tensor, never by a Python scalar: PyTorch on CUDA turns a
+scalar divisor into a multiplication by its reciprocal, which moves a scale by one fp16
+step in rare groups; a tensor divisor is an IEEE division on both devices (and in the
+kernels), so a context quantizes to the same bytes wherever it is encoded.
+
+The public functions dispatch to the ``evicctl.kernels`` function of the same name when
+given CUDA tensors and the kernels can run (triton and CUDA present) and the shapes suit
+them (power-of-two head_dim and group). The ``*_layers`` functions take every layer of a
+context at once and, on CUDA, make one kernel launch for all of them (a launch per layer
+from Python costs more host time than the kernels take on short contexts). On CPU they
+never try, so nothing imports triton on a CPU-only machine. The ``*_ref`` functions are
+the torch reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+import torch
+
+# group sizes are shared with the torch-free size arithmetic (stored_bytes from a codec name)
+from evicctl.manager.codecs.names import DEFAULT_GROUP, key_groups
+from evicctl.manager.codecs.names import value_group as value_group  # re-exported: codecs, kernels
+
+_SUPPORTED_BITS = (8, 4)
+
+
+@functools.cache
+def _kernels_module() -> ModuleType | None:
+    """evicctl.kernels where its kernels can run (triton and CUDA present), else None."""
+    try:
+        import evicctl.kernels as kernels
+
+        if not kernels.available():
+            return None
+        kernels.quantize_keys  # noqa: B018  (imports Triton: a broken install shows here)
+    except ImportError:
+        return None
+    return kernels
+
+
+def kernels_for(x: torch.Tensor) -> ModuleType | None:
+    """evicctl.kernels when `x` is a CUDA tensor and the kernels can run here, else None.
+
+    Checks nothing but the device for a CPU tensor: no import, so triton never loads on a
+    CPU-only machine."""
+    return _kernels_module() if x.is_cuda else None
+
+
+def _cuda_kernel(x: torch.Tensor, name: str) -> Callable | None:
+    """The CUDA kernel `name` for a CUDA tensor, or None (CPU tensor, or kernels absent)."""
+    kernels = kernels_for(x)
+    return getattr(kernels, name) if kernels is not None else None
+
+
+def _pow2(n: int) -> bool:
+    return n >= 2 and n & (n - 1) == 0
+
+
+def same_layout(xs: Sequence[torch.Tensor]) -> bool:
+    """Every layer one shape, dtype, device and strides, channels contiguous (one kernel launch
+    addresses them all from the first layer's strides)."""
+    first = xs[0]
+    sig = (first.shape, first.dtype, first.device, first.stride())
+    return first.stride(-1) == 1 and all((x.shape, x.dtype, x.device, x.stride()) == sig for x in xs)
+
+
+def _quant_kernel_fits(xs: Sequence[torch.Tensor], bits: int, group: int, side: str) -> bool:
+    """The quantization kernels' limits: float input, power-of-two head_dim and group (values:
+    whole channel groups). Outside them the torch reference runs (and raises its errors)."""
+    x = xs[0]
+    return (
+        bits in _SUPPORTED_BITS
+        and x.dim() == 4
+        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and _pow2(x.shape[3])
+        and _pow2(group)
+        and (side == "keys" or x.shape[3] % group == 0)
+        and same_layout(xs)
+    )
+
+
+def _dequant_kernel_fits(codes: Sequence[torch.Tensor], bits: int, group: int, dtype: torch.dtype) -> bool:
+    c = codes[0]
+    head_dim = c.shape[-1] * (2 if bits == 4 else 1)
+    return (
+        bits in _SUPPORTED_BITS
+        and c.dim() == 4
+        and _pow2(head_dim)
+        and _pow2(group)
+        and dtype in (torch.float16, torch.bfloat16, torch.float32)
+    )
+
+
+def _check(x: torch.Tensor, bits: int, group: int) -> None:
+    if bits not in _SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {_SUPPORTED_BITS}; got {bits}")
+    if group <= 0:
+        raise ValueError(f"group must be positive; got {group}")
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected [1, H, T, D]; got {tuple(x.shape)}")
+    if bits == 4 and x.shape[3] % 2:
+        raise ValueError(f"int4 packs two channels per byte: head_dim must be even; got {x.shape[3]}")
+
+
+def _scale_min(mn: torch.Tensor, mx: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp16 (scale, mn) of groups with fp32 range [mn, mx]."""
+    # a tensor divisor: an IEEE division on CPU and CUDA alike (see the module docstring)
+    scale16 = ((mx - mn) / torch.full_like(mx, 2**bits - 1)).to(torch.float16)
+    scale16 = torch.where(scale16 == 0, torch.ones_like(scale16), scale16)
+    return scale16, mn.to(torch.float16)
+
+
+def _codes(x: torch.Tensor, scale16: torch.Tensor, mn16: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes of fp32 x with scale16/mn16 already broadcast to x's shape."""
+    q = torch.sub(x, mn16.float()).div_(scale16.float()).round_()  # in place: one temporary
+    return q.clamp_(0, 2**bits - 1).to(torch.uint8)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """[..., D] uint8 codes in [0, 15] -> [..., D/2]: low nibble even channel, high odd."""
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """[..., D/2] packed -> [..., D] uint8 codes."""
+    out = torch.stack((packed & 0x0F, packed >> 4), dim=-1)  # [..., D/2, 2]
+    return out.flatten(-2)
+
+
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    return pack_int4(codes) if bits == 4 else codes
+
+
+def _unpack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    return unpack_int4(codes) if bits == 4 else codes
+
+
+# ---------------------------------------------------------------- keys: per channel
+
+
+def quantize_keys_ref(
+    k: torch.Tensor, bits: int, group: int = DEFAULT_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k [1, H, T, D] -> codes [1, H, T, D or D/2] uint8, scale and mn [1, H, ceil(T/G), D] fp16."""
+    _check(k, bits, group)
+    _, heads, tokens, dim = k.shape
+    groups = key_groups(tokens, group)
+    x = k.float()
+    pad = groups * group - tokens
+    # repeat the last token so that a partial group's min/max is its own
+    x_pad = torch.cat((x, x[:, :, -1:].expand(1, heads, pad, dim)), dim=2) if pad else x
+    grouped = x_pad.view(1, heads, groups, group, dim)
+    # amin + amax: torch.aminmax is ~40x slower on CPU (torch 2.13) for these reductions
+    scale16, mn16 = _scale_min(grouped.amin(dim=3), grouped.amax(dim=3), bits)  # [1, H, Tg, D]
+    codes = _codes(grouped, scale16.unsqueeze(3), mn16.unsqueeze(3), bits)  # [1, H, Tg, G, D]
+    codes = codes.view(1, heads, groups * group, dim)[:, :, :tokens]
+    return _pack(codes, bits).contiguous(), scale16, mn16
+
+
+def dequantize_keys_ref(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    mn: torch.Tensor,
+    bits: int,
+    group: int = DEFAULT_GROUP,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """codes [1, H, T, D or D/2], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`."""
+    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
+    _, heads, tokens, dim = q.shape
+    groups = key_groups(tokens, group)
+    if groups * group != tokens:
+        q = torch.cat((q, q.new_zeros(1, heads, groups * group - tokens, dim)), dim=2)
+    grouped = q.view(1, heads, groups, group, dim)
+    out = grouped.mul_(scale.float().unsqueeze(3)).add_(mn.float().unsqueeze(3))  # [1, H, Tg, G, D]
+    return out.view(1, heads, groups * group, dim)[:, :, :tokens].to(dtype).contiguous()
+
+
+# ---------------------------------------------------------------- values: per token
+
+
+def quantize_values_ref(
+    v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """v [1, H, T, D] -> codes [1, H, T, D or D/2] uint8, scale and mn [1, H, T, D/G] fp16."""
+    _check(v, bits, group)
+    _, heads, tokens, dim = v.shape
+    if dim % group:
+        raise ValueError(f"values need head_dim % group == 0; got {dim} % {group}")
+    x = v.float()
+    grouped = x.view(1, heads, tokens, dim // group, group)
+    scale16, mn16 = _scale_min(grouped.amin(dim=4), grouped.amax(dim=4), bits)  # [1, H, T, D/G]
+    codes = _codes(grouped, scale16.unsqueeze(-1), mn16.unsqueeze(-1), bits)
+    return _pack(codes.view(1, heads, tokens, dim), bits), scale16, mn16
+
+
+def dequantize_values_ref(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    mn: torch.Tensor,
+    bits: int,
+    group: int = DEFAULT_GROUP,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """codes [1, H, T, D or D/2], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`."""
+    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
+    _, heads, tokens, dim = q.shape
+    grouped = q.view(1, heads, tokens, dim // group, group)
+    out = grouped.mul_(scale.float().unsqueeze(-1)).add_(mn.float().unsqueeze(-1))  # q is ours: in place
+    return out.view(1, heads, tokens, dim).to(dtype)
+
+
+# ---------------------------------------------------------------- dispatching entry points
+
+
+def quantize_keys(k: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
+    kernel = _cuda_kernel(k, "quantize_keys") if _quant_kernel_fits([k], bits, group, "keys") else None
+    return (kernel or quantize_keys_ref)(k, bits, group)
+
+
+def dequantize_keys(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
+    kernel = _cuda_kernel(codes, "dequantize_keys") if _dequant_kernel_fits([codes], bits, group, dtype) else None
+    return (kernel or dequantize_keys_ref)(codes, scale, mn, bits, group, dtype)
+
+
+def quantize_values(v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
+    kernel = _cuda_kernel(v, "quantize_values") if _quant_kernel_fits([v], bits, group, "values") else None
+    return (kernel or quantize_values_ref)(v, bits, group)
+
+
+def dequantize_values(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
+    kernel = _cuda_kernel(codes, "dequantize_values") if _dequant_kernel_fits([codes], bits, group, dtype) else None
+    return (kernel or dequantize_values_ref)(codes, scale, mn, bits, group, dtype)
+
+
+def gather_tokens_ref(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [1, H, T, D], idx [1, H, K] int64 -> [1, H, K, D] (the kept tokens of each head)."""
+    _, heads, tokens, dim = x.shape
+    # one row index_select over [H*T, D]: ~10x faster on CPU than gather with an expanded index
+    rows = (idx[0] + torch.arange(heads, device=idx.device)[:, None] * tokens).reshape(-1)
+    return x.reshape(heads * tokens, dim).index_select(0, rows).view(1, heads, idx.shape[2], dim)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    kernel = _cuda_kernel(x, "gather_tokens") if _pow2(x.shape[-1]) and x.stride(-1) == 1 else None
+    return (kernel or gather_tokens_ref)(x, idx)
+
+
+def dequantize_layers(
+    side: str,
+    codes: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    mns: list[torch.Tensor],
+    bits: int,
+    group: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """Every layer's (codes, scale, mn) of `side` ("keys" | "values") -> [1, H, T, D] per layer
+    on `device` (default: where the codes are).
+
+    To CUDA with the kernels present: the stored tensors are copied to the device first
+    (async from pinned memory), then one launch dequantizes every layer. The copy runs at
+    94-96% of the pinned host-to-device bandwidth on the H200, a kernel reading pinned
+    memory over the bus at 91%."""
+    if side not in ("keys", "values"):
+        raise ValueError(f"side must be 'keys' or 'values'; got {side!r}")
+    target = torch.device(device) if device is not None else codes[0].device
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    # async only host -> GPU (ordered before the dequantize on the stream)
+    move = lambda t: t.to(target, non_blocking=target.type == "cuda")  # noqa: E731
+    codes, scales, mns = [move(c) for c in codes], [move(s) for s in scales], [move(m) for m in mns]
+    kernels = kernels_for(codes[0])  # codes are on the target now
+    if (
+        kernels is not None
+        and _dequant_kernel_fits(codes, bits, group, dtype)
+        and all(same_layout(parts) and parts[0].is_contiguous() for parts in (codes, scales, mns))
+    ):
+        kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
+        return list(kernel(codes, scales, mns, bits, group, dtype))  # [L, 1, H, T, D] -> L views
+    one = dequantize_keys if side == "keys" else dequantize_values
+    return [one(c, s, m, bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]
+
+
+def quantize_layers(
+    side: str,
+    xs: Sequence[torch.Tensor],
+    bits: int,
+    group: int,
+    idx: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Every layer's [1, H, T, D] tensor of `side` ("keys" | "values") -> ([codes], [scale],
+    [mn]), one entry per layer; with idx [L, 1, H, K] int64 (ascending kept rows per layer
+    and head), of the kept tokens only.
+
+    On CUDA with the kernels: one launch for every layer, the gather fused into the
+    quantizer (the kept rows are read straight from x, never copied out first). Else layer
+    by layer with the torch reference (gather, then quantize)."""
+    if side not in ("keys", "values"):
+        raise ValueError(f"side must be 'keys' or 'values'; got {side!r}")
+    kernels = kernels_for(xs[0])
+    if kernels is not None and _quant_kernel_fits(xs, bits, group, side):
+        if idx is None:
+            kernel = kernels.quantize_keys_layers if side == "keys" else kernels.quantize_values_layers
+            codes, scale, mn = kernel(list(xs), bits, group)
+        else:
+            kernel = kernels.gather_quantize_keys if side == "keys" else kernels.gather_quantize_values
+            codes, scale, mn = kernel(list(xs), idx.to(xs[0].device).contiguous(), bits, group)
+        return list(codes), list(scale), list(mn)  # stacked [L, ...] -> L views
+    one = quantize_keys if side == "keys" else quantize_values
+    parts = [one(x if idx is None else gather_tokens(x, idx[i]), bits, group) for i, x in enumerate(xs)]
+    return [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
+
+
+def gather_layers(xs: Sequence[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's x [1, H, T, D] and idx [L, 1, H, K] -> [1, H, K, D] per layer (one
+    launch for all layers on CUDA with the kernels, else gather_tokens per layer)."""
+    kernels = kernels_for(xs[0])
+    if kernels is not None and _pow2(xs[0].shape[3]) and same_layout(xs):
+        return list(kernels.gather_tokens_layers(list(xs), idx.to(xs[0].device).contiguous()))
+    return [gather_tokens(x, idx[i]) for i, x in enumerate(xs)]

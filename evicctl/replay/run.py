@@ -1,0 +1,202 @@
+"""`evicctl bench`: build the scenario's catalog and trace, replay every policy, report.
+
+Everything a run needs is chosen here from the options; the modules it calls are pure
+(catalog, trace, policies, replay, compare) or render (report, plot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from evicctl.errors import UsageError
+
+# Defaults per scenario: arrivals that keep the modelled server under saturation (the
+# replay does not model queueing: TTFT is a request's own service time).
+DEFAULT_QPS = {"cpu-local": 0.5, "h200": 4.0}
+ALPHA_CURVE = (1 / 16, 1 / 4, 1, 4, 16)  # multiples of the scenario's alpha: our TTFT-quality curve
+OUTPUTS = ("table", "json", "jsonl", "csv")
+WIDE = 150
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    scenario: str = "cpu-local"
+    policy: tuple[str, ...] = ()  # empty: every policy
+    contexts: int = 10_000
+    requests: int = 100_000
+    qps: float | None = None
+    zipf: float = 1.0
+    seed: int = 0
+    live: bool = False
+    output: str = "table"
+    plot: Path | None = None
+    trace: Path | None = None
+    sweep: str | None = None
+    capacity: float | None = None  # all tiers together, fraction of the workload's raw KV
+    drift: float = 0.0
+    profile_noise: float = 0.0
+    disk_bps: float | None = None
+    alpha: float | None = None
+    half_life_s: float | None = None  # access-rate half-life of the placer policies (default: the manager's)
+    warmup: float = 0.1
+    profiles: Path | None = None
+    jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
+    live_calibrate: bool = True  # live: also time prefills before serving (a second replay)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise UsageError(f"unknown output {self.output!r}; valid: {', '.join(OUTPUTS)}")
+        if self.contexts <= 0 or self.requests <= 0:
+            raise UsageError("--contexts and --requests must be > 0")
+        if not 0 <= self.warmup < 1:
+            raise UsageError(f"warmup must be in [0, 1); got {self.warmup}")
+
+
+def options_from(**kw) -> BenchOptions:
+    """BenchOptions from keyword options as the CLI names them (None means the default)."""
+    known = set(BenchOptions.__dataclass_fields__)
+    unknown = sorted(set(kw) - known - {"policies"})
+    if unknown:
+        raise UsageError(f"unknown bench option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    if "policies" in kw:
+        kw["policy"] = kw.pop("policies")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if "policy" in kw:
+        kw["policy"] = (kw["policy"],) if isinstance(kw["policy"], str) else tuple(kw["policy"])
+    for key in ("plot", "trace", "profiles"):
+        if key in kw:
+            kw[key] = Path(kw[key])
+    return BenchOptions(**kw)
+
+
+def prepare(opts: BenchOptions):
+    """(scenario, catalog, trace) of a replay run."""
+    from evicctl.replay.catalog import build_catalog
+    from evicctl.replay.profiles import DEFAULT_PROFILES, load_profiles
+    from evicctl.replay.scenario import load_scenario
+    from evicctl.replay.trace import csv_trace, zipf_trace
+
+    scenario = load_scenario(opts.scenario)
+    if opts.capacity is not None:
+        scenario = scenario.with_capacity(opts.capacity)
+    if opts.disk_bps is not None:
+        scenario = scenario.with_tier_bps("disk", opts.disk_bps)
+    if opts.alpha is not None:
+        scenario = replace(scenario, alpha=float(opts.alpha))
+    profiles = load_profiles(opts.profiles or DEFAULT_PROFILES)
+    catalog = build_catalog(scenario, profiles, opts.contexts, seed=opts.seed, noise_sd=opts.profile_noise)
+    qps = opts.qps or DEFAULT_QPS.get(opts.scenario, 1.0)
+    if opts.trace is not None:
+        trace = csv_trace(opts.trace, opts.contexts, zipf=opts.zipf, seed=opts.seed,
+                          query_tokens=scenario.query_tokens, context_ids=catalog.context_ids.tolist())
+    else:
+        trace = zipf_trace(opts.contexts, opts.requests, qps=qps, zipf=opts.zipf, seed=opts.seed,
+                           query_tokens=scenario.query_tokens, drift=opts.drift)
+    return scenario, catalog, trace, profiles
+
+
+def policy_specs(opts: BenchOptions, alpha: float) -> list[str]:
+    from evicctl.replay.policies import default_policies
+
+    if opts.policy:
+        return list(dict.fromkeys(opts.policy))
+    return default_policies(opts.contexts, alpha, ALPHA_CURVE)
+
+
+def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) -> dict:
+    """Replay every selected policy on one catalog and trace; the JSON-ready document."""
+    from evicctl.replay.compare import comparisons
+    from evicctl.replay.parallel import replay_policies
+    from evicctl.replay.policies import EXACT_MAX_CONTEXTS, make_policy
+
+    scenario, catalog, trace, profiles = prepare(opts)
+    specs = policy_specs(opts, scenario.alpha)
+    kw = {} if opts.half_life_s is None else {"half_life_s": opts.half_life_s}
+    policies = [make_policy(s, alpha=scenario.alpha, **kw) for s in specs]  # fail fast on a bad name
+    notes = []
+    if not opts.policy and opts.contexts > EXACT_MAX_CONTEXTS:
+        notes.append(f"exact (MILP per re-plan) left out above {EXACT_MAX_CONTEXTS} contexts; run --policy exact --policy evicpress --contexts 200 for the greedy-vs-exact gap")
+    with _progress(console, show_progress) as bar:
+        tasks = [bar.add_task(p.name, total=len(trace)) for p in policies]
+        summaries = replay_policies(
+            policies, catalog, trace, warmup=opts.warmup, jobs=_jobs(opts.jobs),
+            progress=lambda k, n: bar.advance(tasks[k], n),
+        )
+    doc = {
+        "scenario": scenario.to_json(),
+        "catalog": catalog.to_json(),
+        "profiles": profiles.to_json(),
+        "trace": trace.to_json(),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()},
+        "runs": summaries,
+        "comparisons": comparisons(summaries),
+        "notes": notes,
+    }
+    return doc
+
+
+def _jobs(jobs: int) -> int:
+    import os
+
+    return jobs if jobs > 0 else max(1, min(2, len(os.sched_getaffinity(0))))
+
+
+def _progress(console, show: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not show, transient=False,
+    )
+
+
+def run_bench(**options) -> dict:
+    """Entry point of `evicctl bench` (see BenchOptions for the options and their names).
+
+    Prints a table (or JSON with output="json") to stdout, writes the plot if asked, and
+    returns the JSON-ready document. Raises UsageError for bad options.
+    """
+    from rich.console import Console
+
+    console = options.pop("console", None) or Console()
+    if not console.is_terminal and console.width < WIDE:  # piped: do not wrap the tables at 80 columns
+        console = Console(file=console.file, width=WIDE)
+    progress = options.pop("progress", None)
+    opts = options_from(**options)
+    err = Console(stderr=True)
+    show = err.is_terminal if progress is None else bool(progress)
+    if opts.sweep:
+        from evicctl.replay.robustness import run_sweep
+
+        doc = run_sweep(opts, console=err, show_progress=show)
+    elif opts.live:
+        from evicctl.replay.live import run_live
+
+        doc = run_live(opts, console=err, show_progress=show)
+    else:
+        doc = replay_all(opts, console=err, show_progress=show)
+    if opts.plot is not None and doc.get("runs"):
+        from evicctl.replay.plot import plot_runs
+
+        plot_runs(doc["runs"], opts.plot, title=f"{opts.scenario}: TTFT vs quality")
+        doc.setdefault("notes", []).append(f"plot written to {opts.plot}")
+    _emit(doc, opts, console)
+    return doc
+
+
+def _emit(doc: dict, opts: BenchOptions, console) -> None:
+    from evicctl.replay.report import print_report, to_csv, to_json, to_jsonl
+
+    if opts.output != "table":
+        render = {"json": to_json, "jsonl": to_jsonl, "csv": to_csv}[opts.output]
+        print(render(doc), file=console.file)
+        return
+    if opts.sweep:
+        from evicctl.replay.robustness import print_sweep
+
+        print_sweep(doc, console)
+        return
+    print_report(doc, console)

@@ -1,0 +1,97 @@
+"""Fixtures for the bench: measured-like quality profiles and a small two-tier scenario, so
+replays run in milliseconds without the model or the shipped data files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evicctl.config import DEFAULT_CODECS
+from evicctl.replay.profiles import profiles_from_scores
+from evicctl.replay.scenario import scenario_from_dict
+
+# Mean quality per codec, shaped like DESIGN §8's measurements (int8 nearly free, int4 and
+# token dropping lossy, harder dropping worse).
+BASE = {"none": 1.0, "int8": 0.99, "int4": 0.85}
+
+
+def codec_mean(codec: str) -> float:
+    if codec in BASE:
+        return BASE[codec]
+    ratio = float(codec.split("@")[1].split("+")[0])
+    return (0.95 - 0.3 * ratio) * (0.99 if codec.endswith("+int8") else 1.0)
+
+
+def measured_scores(n_contexts: int = 12, questions: int = 6, seed: int = 0) -> list[dict[str, list[float]]]:
+    """Per-question scores: a per-context sensitivity plus question noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_contexts):
+        offset = rng.normal(0, 0.05)
+        out.append({
+            c: [1.0] * questions if c == "none"
+            else np.clip(rng.normal(codec_mean(c) + offset, 0.03, questions), 0, 1).round(4).tolist()
+            for c in DEFAULT_CODECS
+        })
+    return out
+
+
+@pytest.fixture(scope="session")
+def profiles():
+    scores = measured_scores()
+    return profiles_from_scores(
+        codecs=DEFAULT_CODECS, scores=scores, context_ids=tuple(f"m{i}" for i in range(len(scores))),
+        tokens=[1000 + 40 * i for i in range(len(scores))], source="test fixture",
+    )
+
+
+@pytest.fixture
+def profiles_file(tmp_path: Path) -> Path:
+    """The same kind of profiles, in the file format measure_profiles writes."""
+    scores = measured_scores()
+    doc = {
+        "format": 1, "model": "fixture", "metric": "teacher-forced", "questions_per_context": 6,
+        "codecs": list(DEFAULT_CODECS),
+        "contexts": [{"id": f"m{i}", "source": "squad", "tokens": 1000 + 40 * i, "scores": s} for i, s in enumerate(scores)],
+    }
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+SMALL = {
+    "name": "small",
+    "description": "a SmolLM2-shaped KV on a cpu tier and a disk tier",
+    "model": {"name": "SmolLM2", "layers": 30, "kv_heads": 3, "head_dim": 64, "dtype_bytes": 4, "q_heads": 9, "window": 16},
+    "prefill_samples": [[128, 0, 0.2], [512, 0, 0.85], [1024, 0, 1.8], [2048, 0, 3.9], [24, 1024, 0.09]],
+    "tiers": [{"name": "cpu", "read_bps": 8e9, "share": 80}, {"name": "disk", "read_bps": 1e9, "share": 800}],
+    "decode_bps": {"quant": 1e9, "drop+quant": 1e9},
+    "context_tokens": {"distribution": "measured"},
+    "query_tokens": [18, 20, 22, 24, 30],
+    "alpha": 2.0,
+    "capacity": 0.2,
+}
+
+
+@pytest.fixture
+def scenario():
+    return scenario_from_dict(SMALL)
+
+
+@pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    """The small scenario as a cost file (`--scenario path.json`)."""
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL))
+    return path
+
+
+@pytest.fixture
+def slow_disk_scenario():
+    """A disk slower than recomputing: a sane policy must never load from it."""
+    d = json.loads(json.dumps(SMALL))
+    d["tiers"][1]["read_bps"] = 5e6
+    return scenario_from_dict(d)
