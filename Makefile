@@ -37,8 +37,11 @@ $(STAMP): pyproject.toml Makefile $(LOCKS)
 demo: install
 	$(BIN)/evicctl demo $(ARGS)
 
+# Off the GPU the Triton kernels run a second time through Triton's CPU interpreter (small
+# shapes), so kernels/ is exercised on every run; on a GPU the first run covers them.
 test: install
 	$(call PYTEST,$(BIN)) $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(call PYTEST,$(BIN)) tests/kernels $(PYTEST_ARGS)
 
 # Timing comparisons on a shared machine are noisy: they run here, never in the default suite.
 test-timing: install
@@ -53,6 +56,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q --no-deps --require-hashes -r requirements/data.lock.txt
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
 	$(call PYTEST,.venv-latest/bin) $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(call PYTEST,.venv-latest/bin) tests/kernels $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check evicctl kernels tests bench

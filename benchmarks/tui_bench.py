@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
 from evicctl.store.synthetic import make_fixture_db
-from evicctl.tui.query import ViewQuery, parse_filter  # noqa: E402
-from evicctl.tui.source import DashboardSource, Frame  # noqa: E402
-from evicctl.tui.telemetry import TelemetryReader  # noqa: E402
+from evicctl.tui.query import ViewQuery, parse_filter
+from evicctl.tui.source import DashboardSource, Frame
+from evicctl.tui.telemetry import TelemetryReader
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:

@@ -13,6 +13,15 @@ floating-point differences that remain).
 
 from __future__ import annotations
 
+if __name__ != "evicctl.kernels":
+    # The repository root is on sys.path (python -m / -c run from the checkout): this folder
+    # would shadow the `kernels` distribution transformers imports. Say so instead of failing
+    # later with a missing name deep inside transformers.
+    raise ImportError(
+        f"the checkout's kernels/ folder was imported as {__name__!r}; it is evicctl.kernels. "
+        "Run with `python -P` (or the `evicctl` command) so the checkout root is not on sys.path."
+    )
+
 import importlib
 import importlib.util
 import os

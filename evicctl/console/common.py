@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer._click import exceptions as click_exc  # typer vendors click; its errors live here
+from typer.exceptions import TyperException
 from typer.core import TyperGroup
 
 from evicctl.console.output import OutputFormat
@@ -124,13 +124,15 @@ class EvicctlGroup(TyperGroup):
     def _run(self, args, prog_name, complete_var, **extra) -> int:
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
-        except click_exc.NoArgsIsHelpError as exc:
-            sys.stdout.write(exc.ctx.get_help() + "\n")
-            return EXIT_USAGE
-        except click_exc.ClickException as exc:
-            hint = ""
+        except TyperException as exc:
+            # Typer's public base class of its (vendored click) usage errors; which one it is
+            # shows in the exit code (2 for usage) and in the class name, not a private import.
             ctx = getattr(exc, "ctx", None)
-            if isinstance(exc, click_exc.UsageError) and ctx is not None:
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                sys.stdout.write(ctx.get_help() + "\n")
+                return EXIT_USAGE
+            hint = ""
+            if exc.exit_code == EXIT_USAGE and ctx is not None:
                 hint = f" (see '{ctx.command_path} --help')"
             err(_one_line(exc.format_message()) + hint)
             return exc.exit_code

@@ -46,4 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from evicctl.entry import keep_checkout_root_off_path
+
+    keep_checkout_root_off_path()
     sys.exit(main())

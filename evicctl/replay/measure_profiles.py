@@ -88,4 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from evicctl.entry import keep_checkout_root_off_path
+
+    keep_checkout_root_off_path()
     main()

@@ -6,15 +6,17 @@ import importlib.util
 import os
 
 import pytest
+from needs import missing
 
 torch = pytest.importorskip("torch")
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 CUDA = torch.cuda.is_available()
 if not (CUDA or INTERPRET):
+    # the main run off the GPU: `make test` runs these again with TRITON_INTERPRET=1
     pytest.skip("kernel tests need CUDA (or TRITON_INTERPRET=1 with Triton installed)", allow_module_level=True)
 if importlib.util.find_spec("triton") is None:
-    pytest.skip("kernel tests need Triton", allow_module_level=True)
+    missing("Triton is not installed (the `gpu` extra; make install puts it in .venv)")
 DEVICE = "cuda" if CUDA else "cpu"
 
 

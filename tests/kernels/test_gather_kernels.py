@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import evicctl.kernels.gather as kg  # noqa: E402
 import pytest
 from _kernel_env import CUDA, DEVICE, assert_same, kv_like, torch
 
 from evicctl.manager.codecs import quant as ref
 
-kg = pytest.importorskip("evicctl.kernels.gather")
 pytestmark = pytest.mark.gpu
 
 # (heads, tokens, kept, head_dim)

@@ -7,12 +7,12 @@ so a context quantizes to the same bytes on either device."""
 
 from __future__ import annotations
 
+import evicctl.kernels.quant as kq  # noqa: E402
 import pytest
 from _kernel_env import CUDA, DEVICE, assert_same, kv_like, rel_err, torch
 
 from evicctl.manager.codecs import quant as ref
 
-kq = pytest.importorskip("evicctl.kernels.quant")
 pytestmark = pytest.mark.gpu
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import evicctl.kernels.scorers as ks  # noqa: E402
 import pytest
 from _kernel_env import CUDA, DEVICE, kv_like, rel_err, torch
 
 from evicctl.manager.codecs import scorers as ref
 from evicctl.manager.kv import KV
 
-ks = pytest.importorskip("evicctl.kernels.scorers")
 pytestmark = pytest.mark.gpu
 
 # (kv heads, tokens, head_dim)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from needs import missing
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
@@ -600,7 +601,7 @@ def _kvpress_presses():
     if "kvpress" not in sys.modules:
         spec = importlib.util.find_spec("kvpress")
         if spec is None:
-            pytest.skip("kvpress not installed (pip install --no-deps kvpress==0.5.5)")
+            missing("kvpress is not installed (make install puts it in .venv)")
         package = types.ModuleType("kvpress")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["kvpress"] = package

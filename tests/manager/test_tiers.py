@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from needs import missing
 
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
@@ -55,7 +56,7 @@ def _free_port() -> int:
 def redis_url(tmp_path_factory):
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server not on PATH (apt-get install redis-server)")
+        missing("redis-server is not on PATH (apt-get install redis-server)")
     port = _free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

@@ -14,6 +14,7 @@ from evicctl.replay.profiles import DEFAULT_PROFILES
 
 
 @pytest.mark.e2e
+@pytest.mark.timing
 def test_replay_predicts_live_ttft_within_20_percent():
     """The replay, with the prefill costs the engine timed in the same run, makes the same
     decisions as the Manager and predicts the mean TTFT within 20%. (Costs timed apart, before

@@ -1,0 +1,87 @@
+"""The import graph is the architecture: no cycles (function-level imports included), no
+private names taken from another module, and the wheel's package list matches the tree."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import networkx as nx
+
+from evicctl.entry import CHECKOUT_ROOT
+
+PACKAGE_DIRS = {"evicctl": CHECKOUT_ROOT / "evicctl", "evicctl.kernels": CHECKOUT_ROOT / "kernels"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for prefix, folder in PACKAGE_DIRS.items():
+        for path in folder.rglob("*.py"):
+            rel = path.relative_to(folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            name = ".".join([prefix, *parts])
+            if prefix == "evicctl" and parts[:1] == ["kernels"]:
+                continue
+            found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path):
+    """(imported module, imported names) for every import statement, at any depth."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            yield base, [a.name for a in node.names]
+
+
+def _resolve(target: str, names: list[str]) -> list[str]:
+    """Project modules an import statement loads (a `from pkg import mod` loads pkg.mod)."""
+    out = [target] if target in MODULES else []
+    out += [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+    return out
+
+
+def _graph() -> nx.DiGraph:
+    g = nx.DiGraph()
+    for name, path in MODULES.items():
+        for target, names in _imports(name, path):
+            for dep in _resolve(target, names):
+                # a package importing its own submodule lazily (a registry) is not a cycle edge
+                if dep != name and not dep.startswith(name + "."):
+                    g.add_edge(name, dep)
+    return g
+
+
+def test_no_import_cycles():
+    cycles = sorted(nx.simple_cycles(_graph()), key=len)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c + c[:1]) for c in cycles[:10])
+
+
+def test_no_private_names_across_modules():
+    offenders = []
+    for name, path in MODULES.items():
+        for target, names in _imports(name, path):
+            if not (target.startswith("evicctl") and target != name):
+                continue
+            for n in names:
+                if n.startswith("_") and not n.startswith("__") and f"{target}.{n}" not in MODULES:
+                    offenders.append(f"{name} imports {target}.{n}")
+    assert not offenders, offenders
+
+
+def test_wheel_package_list_matches_the_tree():
+    declared = set(tomllib.loads((CHECKOUT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert declared == on_disk
