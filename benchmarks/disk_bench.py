@@ -37,7 +37,7 @@ from codec_bench import smollm2_kv  # noqa: E402
 
 from evicctl.manager.codecs.codec import get_codec  # noqa: E402
 from evicctl.manager.tiers.checksum import HASH_WORKERS  # noqa: E402
-from evicctl.manager.tiers.tier import DiskTier  # noqa: E402
+from evicctl.manager.tiers.disk import DiskTier  # noqa: E402
 
 
 def drop_cache(path: Path) -> None:

@@ -387,8 +387,9 @@ def stored_for(tokens: int, codec: str):
 
 @section("tiers")
 def tiers(ceil: dict, workdir: Path) -> list[dict]:
+    from evicctl.manager.tiers.disk import DiskTier
     from evicctl.manager.tiers.gpu import HASH_WORKERS, GpuTier, tree_checksum
-    from evicctl.manager.tiers.tier import CpuTier, DiskTier
+    from evicctl.manager.tiers.tier import CpuTier
 
     rows = []
     gpu = GpuTier(capacity_bytes=64 * GIB)

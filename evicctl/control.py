@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from evicctl.errors import (
     UsageError,
 )
 from evicctl.store.database import Store
+from evicctl.units import fmt_ago_now, fmt_time
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,7 @@ def current_actor() -> str:
 
 
 def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    age_s = max(0.0, time.time() - ts)
-    stamp = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-    if age_s < 120:
-        return f"{stamp} ({age_s:.0f} s ago)"
-    if age_s < 7200:
-        return f"{stamp} ({age_s / 60:.0f} min ago)"
-    if age_s < 172800:
-        return f"{stamp} ({age_s / 3600:.1f} h ago)"
-    return f"{stamp} ({age_s / 86400:.0f} days ago)"
+    return "never" if ts is None else f"{fmt_time(ts)} ({fmt_ago_now(ts)})"
 
 
 def read_manager_status(store: Store, *, now: float | None = None) -> ManagerStatus:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from datetime import datetime
@@ -51,41 +50,3 @@ def parse_size_bytes(text: str) -> int:
     if not m or unit not in _SIZE_UNITS:
         raise UsageError(f"invalid size {text!r}; examples: 256MiB, 2GiB, 500MB, 1000000")
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def format_bps(bps: float | None) -> str:
-    if not bps:
-        return "-"
-    for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.1f} {unit}"
-    return f"{bps:.0f} B/s"
-
-
-def format_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def format_ago(ts: float | None, now: float | None = None) -> str:
-    if ts is None:
-        return "-"
-    age_s = (time.time() if now is None else now) - ts
-    if age_s < 0 or not math.isfinite(age_s):
-        return format_time(ts)
-    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
-        if age_s >= scale:
-            return f"{age_s / scale:.0f}{unit} ago"
-    return f"{age_s:.0f}s ago"

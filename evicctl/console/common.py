@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.exceptions import TyperException
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from evicctl.console.output import OutputFormat
 from evicctl.errors import (

@@ -164,28 +164,3 @@ def print_csv_rows(rows: Iterable[Sequence[Any]], fields: Sequence[str]) -> int:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def fmt_float(digits: int = 3) -> Callable[[Any], str]:
-    return lambda v: "-" if v is None else f"{v:.{digits}f}"
-
-
-def fmt_ratio(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}x"
-
-
-def fmt_percent(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.0f}%"
-
-
-def fmt_int(v: int | None) -> str:
-    return "-" if v is None else f"{v:,}"
-
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: Sequence[float], width: int = 20) -> str:
-    """Occupancy history (fractions 0-1) as block characters, the last `width` points."""
-    pts = list(values)[-width:]
-    return "".join(SPARK[min(len(SPARK) - 1, max(0, int(v * len(SPARK))))] for v in pts)

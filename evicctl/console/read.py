@@ -14,21 +14,28 @@ from evicctl.console.common import DbOpt, OutputOpt, open_reader, validate_sort,
 from evicctl.console.output import (
     Column,
     OutputFormat,
-    fmt_float,
-    fmt_int,
-    fmt_percent,
-    fmt_ratio,
     print_csv_rows,
     print_json,
     print_json_chunks,
     print_json_lines,
     print_records,
     print_table,
-    sparkline,
     stdout_is_terminal,
 )
 from evicctl.errors import NoSuchContextError, UsageError
-from evicctl.timeparse import format_ago, format_bps, format_bytes, format_time, parse_since
+from evicctl.timeparse import parse_since
+from evicctl.units import (
+    decimals,
+    fmt_ago_now,
+    fmt_bps,
+    fmt_bytes,
+    fmt_float,
+    fmt_int,
+    fmt_pct,
+    fmt_ratio,
+    fmt_time,
+    sparkline,
+)
 
 TABLE_DEFAULT_LIMIT = 100
 FOLLOW_POLL_S = 0.2
@@ -48,13 +55,13 @@ CONTEXT_COLUMNS = (
     Column("tenant", "TENANT", priority=3),
     Column("tier", "TIER"),
     Column("codec", "CODEC"),
-    Column("stored_bytes", "SIZE", format_bytes, "right"),
+    Column("stored_bytes", "SIZE", fmt_bytes, "right"),
     Column("compression_ratio", "RATIO", fmt_ratio, "right", priority=4),
-    Column("quality", "QUALITY", fmt_float(3), "right"),
-    Column("utility", "UTILITY", fmt_float(3), "right"),
-    Column("freq", "FREQ", fmt_float(4), "right", priority=2),
+    Column("quality", "QUALITY", decimals(3), "right"),
+    Column("utility", "UTILITY", decimals(3), "right"),
+    Column("freq", "FREQ", decimals(4), "right", priority=2),
     Column("hits", "HITS", fmt_int, "right", priority=5),
-    Column("last_access_at", "LAST ACCESS", format_ago, "right", priority=6),
+    Column("last_access_at", "LAST ACCESS", fmt_ago_now, "right", priority=6),
     Column("pin", "PIN", priority=7),
 )
 
@@ -128,21 +135,21 @@ OPTION_COLUMNS = (
     Column("mark", ""),
     Column("codec", "CODEC"),
     Column("tier", "TIER"),
-    Column("stored_bytes", "SIZE", format_bytes, "right"),
-    Column("quality", "QUALITY", fmt_float(3), "right"),
-    Column("predicted_ttft_s", "TTFT (s)", fmt_float(4), "right"),
-    Column("utility", "UTILITY", fmt_float(4), "right"),
+    Column("stored_bytes", "SIZE", fmt_bytes, "right"),
+    Column("quality", "QUALITY", decimals(3), "right"),
+    Column("predicted_ttft_s", "TTFT (s)", decimals(4), "right"),
+    Column("utility", "UTILITY", decimals(4), "right"),
     Column("fit", "FITS"),
 )
 PROFILE_COLUMNS = (
     Column("codec", "CODEC"),
     Column("metric", "METRIC"),
-    Column("quality", "QUALITY", fmt_float(3), "right"),
-    Column("quality_sd", "SD", fmt_float(3), "right"),
-    Column("raw_mean", "RAW MEAN", fmt_float(3), "right"),
-    Column("f1", "F1", fmt_float(3), "right"),
+    Column("quality", "QUALITY", decimals(3), "right"),
+    Column("quality_sd", "SD", decimals(3), "right"),
+    Column("raw_mean", "RAW MEAN", decimals(3), "right"),
+    Column("f1", "F1", decimals(3), "right"),
     Column("n_queries", "QUERIES", fmt_int, "right"),
-    Column("measured_at", "MEASURED", format_ago, "right"),
+    Column("measured_at", "MEASURED", fmt_ago_now, "right"),
 )
 
 
@@ -170,15 +177,15 @@ def show(
 
 def _print_detail(detail, data: dict) -> None:
     r, p = detail.row, detail.placement
-    where = f"{p.tier} / {p.codec}, {format_bytes(p.stored_bytes)} since {format_time(p.since)}" if p else "not placed"
+    where = f"{p.tier} / {p.codec}, {fmt_bytes(p.stored_bytes)} since {fmt_time(p.since)}" if p else "not placed"
     pin = _pin(data["context"]) or "none"
     lines = [
         f"context   {r.id}  ({r.label or 'no label'}, tenant {r.tenant})",
-        f"size      {r.tokens:,} tokens, {format_bytes(r.raw_bytes)} raw"
+        f"size      {r.tokens:,} tokens, {fmt_bytes(r.raw_bytes)} raw"
         + (f", {r.compression_ratio:.1f}x compressed" if r.compression_ratio else ""),
         f"placement {where}" + (f"  (reason: {detail.reason})" if detail.reason else ""),
-        f"usage     freq {r.freq:.4f}/s, {r.hits:,} hits, {r.misses:,} misses, last access {format_ago(r.last_access_at)}",
-        f"utility   {fmt_float(4)(r.utility)} (alpha {detail.alpha:g})   pin {pin}   quality floor {fmt_float(2)(r.quality_floor)}",
+        f"usage     freq {r.freq:.4f}/s, {r.hits:,} hits, {r.misses:,} misses, last access {fmt_ago_now(r.last_access_at)}",
+        f"utility   {fmt_float(r.utility, 4)} (alpha {detail.alpha:g})   pin {pin}   quality floor {fmt_float(r.quality_floor, 2)}",
     ]
     sys.stdout.write("\n".join(lines) + "\n\n")
     print_table([dataclasses.asdict(x) for x in detail.profiles], PROFILE_COLUMNS, title="Profiles")
@@ -199,10 +206,10 @@ def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
     if output is OutputFormat.table:
         cols = (
             Column("name", "TIER", style="bold"), Column("backend", "BACKEND"),
-            Column("capacity_bytes", "CAPACITY", format_bytes, "right"), Column("used_bytes", "USED", format_bytes, "right"),
-            Column("used_fraction", "USE", fmt_percent, "right"), Column("read_bps", "READ", format_bps, "right"),
-            Column("write_bps", "WRITE", format_bps, "right"), Column("contexts", "CONTEXTS", fmt_int, "right"),
-            Column("hits", "HITS", fmt_int, "right"), Column("hit_rate_1m", "HIT RATE 1m", fmt_percent, "right"),
+            Column("capacity_bytes", "CAPACITY", fmt_bytes, "right"), Column("used_bytes", "USED", fmt_bytes, "right"),
+            Column("used_fraction", "USE", fmt_pct, "right"), Column("read_bps", "READ", fmt_bps, "right"),
+            Column("write_bps", "WRITE", fmt_bps, "right"), Column("contexts", "CONTEXTS", fmt_int, "right"),
+            Column("hits", "HITS", fmt_int, "right"), Column("hit_rate_1m", "HIT RATE 1m", fmt_pct, "right"),
             Column("occupancy_history", "OCCUPANCY", sparkline),
         )
         print_table(records, cols)
@@ -216,9 +223,9 @@ def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
 
 GPU_COLUMNS = (
     Column("index", "GPU", str, "right"), Column("name", "NAME"),
-    Column("memory_used_bytes", "MEM USED", format_bytes, "right"),
-    Column("memory_total_bytes", "MEM TOTAL", format_bytes, "right"),
-    Column("utilization", "UTIL", fmt_percent, "right"),
+    Column("memory_used_bytes", "MEM USED", fmt_bytes, "right"),
+    Column("memory_total_bytes", "MEM TOTAL", fmt_bytes, "right"),
+    Column("utilization", "UTIL", fmt_pct, "right"),
 )
 
 
@@ -267,14 +274,14 @@ def _event_record(e) -> dict:
     d["from"] = _place(e.from_tier, e.from_codec)
     d["to"] = _place(e.to_tier, e.to_codec)
     if e.utility_before is not None or e.utility_after is not None:
-        d["utility"] = f"{fmt_float(3)(e.utility_before)} -> {fmt_float(3)(e.utility_after)}"
+        d["utility"] = f"{fmt_float(e.utility_before, 3)} -> {fmt_float(e.utility_after, 3)}"
     return d
 
 
 EVENT_COLUMNS = (
-    Column("id", "ID", str, "right", priority=3), Column("ts", "TIME", format_time), Column("context_id", "CONTEXT"),
+    Column("id", "ID", str, "right", priority=3), Column("ts", "TIME", fmt_time), Column("context_id", "CONTEXT"),
     Column("kind", "KIND", style="bold"), Column("from", "FROM"), Column("to", "TO"),
-    Column("bytes", "BYTES", format_bytes, "right", priority=2), Column("utility", "UTILITY", priority=1),
+    Column("bytes", "BYTES", fmt_bytes, "right", priority=2), Column("utility", "UTILITY", priority=1),
     Column("reason", "REASON"), Column("actor", "ACTOR", priority=4),
     Column("command_id", "CMD", lambda v: "" if v is None else str(v), priority=0),
 )
@@ -283,7 +290,7 @@ EVENT_COLUMNS = (
 def event_line(e) -> str:
     """One event as one line (history --follow on a terminal, mutation reports)."""
     rec = _event_record(e)
-    parts = [format_time(e.ts), f"#{e.id}", e.context_id or "-", e.kind]
+    parts = [fmt_time(e.ts), f"#{e.id}", e.context_id or "-", e.kind]
     if rec["from"] != "-" or rec["to"] != "-":
         parts.append(f"{rec['from']} -> {rec['to']}")
     if e.reason:

@@ -91,12 +91,12 @@ class Manager:
         from evicctl.manager.codecs.codec import validate_codec_name
         from evicctl.manager.commands import CommandHandler
         from evicctl.manager.costs import CostModel
-        from evicctl.manager.tiers.tier import make_tier
+        from evicctl.manager.tiers.build import make_tier
         from evicctl.store.database import Store
 
         self.config = config = config or ManagerConfig()
         self._heartbeat_every_s = heartbeat_every_s(config)
-        # dict.fromkeys: a repeated name would give two options naming one copy (see placer._finish)
+        # dict.fromkeys: a repeated name would give two options naming one copy (see placer.place.finish_plan)
         self.codec_names = tuple(dict.fromkeys(validate_codec_name(c) for c in config.codecs))
         if "none" not in self.codec_names:
             self.codec_names = ("none", *self.codec_names)  # a fresh context can always be kept whole

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def run_bench(**options) -> dict:
     """Run `evicctl bench` (see evicctl.replay.run.BenchOptions for the options)."""
-    from evicctl.replay.run import run_bench as _run
+    from evicctl.replay.bench import run_bench as _run
 
     return _run(**options)
 

@@ -64,7 +64,8 @@ def _timed(fn, repeats: int, stat) -> float:
 
 def tier_bandwidths(repeats: int = 3) -> dict[str, float]:
     """Best probed read bandwidth of a CpuTier and a DiskTier (in a temp directory)."""
-    from evicctl.manager.tiers.tier import CpuTier, DiskTier
+    from evicctl.manager.tiers.disk import DiskTier
+    from evicctl.manager.tiers.tier import CpuTier
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="evicctl-calibrate-") as tmp:

@@ -141,8 +141,8 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
     from evicctl.engine.engine import Engine
     from evicctl.manager.costs import CostModel
     from evicctl.replay.catalog import build_catalog
+    from evicctl.replay.progress import progress_bar
     from evicctl.replay.replay import MISS
-    from evicctl.replay.run import _progress
     from evicctl.replay.trace import Trace, zipf_trace
 
     index = np.array([profiles.context_ids.index(c.id) for c in contexts])
@@ -159,7 +159,7 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
     ttft, served_t, served_c, at = [], [], [], []
     start = time.perf_counter()
     try:
-        with _progress(console, show) as bar:
+        with progress_bar(console, show) as bar:
             task = bar.add_task(f"live {name}", total=n_requests)
             for k, ci in enumerate(drawn.context.tolist()):
                 ctx = contexts[ci]

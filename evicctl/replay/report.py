@@ -8,19 +8,13 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from evicctl.units import fmt_bytes
+
 
 def _s(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _ratio(x: float | None) -> str:
@@ -47,8 +41,8 @@ def runs_table(doc: dict) -> Table:
             *(f"{s['hit_rate'][t]:.1%}" for t in tiers),
             f"{s['miss_rate'] + s['recompute_rate']:.1%}",
             _ratio(vs_lru),
-            _bytes(s["bytes_moved"]),
-            _bytes(s["bytes_loaded"]),
+            fmt_bytes(s["bytes_moved"]),
+            fmt_bytes(s["bytes_loaded"]),
         )
     return table
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evicctl.errors import UsageError
+from evicctl.replay.progress import progress_bar
 
 # Defaults per scenario: arrivals that keep the modelled server under saturation (the
 # replay does not model queueing: TTFT is a request's own service time).
@@ -117,7 +118,7 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
     notes = []
     if not opts.policy and opts.contexts > EXACT_MAX_CONTEXTS:
         notes.append(f"exact (MILP per re-plan) left out above {EXACT_MAX_CONTEXTS} contexts; run --policy exact --policy evicpress --contexts 200 for the greedy-vs-exact gap")
-    with _progress(console, show_progress) as bar:
+    with progress_bar(console, show_progress) as bar:
         tasks = [bar.add_task(p.name, total=len(trace)) for p in policies]
         summaries = replay_policies(
             policies, catalog, trace, warmup=opts.warmup, jobs=_jobs(opts.jobs),
@@ -140,63 +141,3 @@ def _jobs(jobs: int) -> int:
     import os
 
     return jobs if jobs > 0 else max(1, min(2, len(os.sched_getaffinity(0))))
-
-
-def _progress(console, show: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = console or Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not show, transient=False,
-    )
-
-
-def run_bench(**options) -> dict:
-    """Entry point of `evicctl bench` (see BenchOptions for the options and their names).
-
-    Prints a table (or JSON with output="json") to stdout, writes the plot if asked, and
-    returns the JSON-ready document. Raises UsageError for bad options.
-    """
-    from rich.console import Console
-
-    console = options.pop("console", None) or Console()
-    if not console.is_terminal and console.width < WIDE:  # piped: do not wrap the tables at 80 columns
-        console = Console(file=console.file, width=WIDE)
-    progress = options.pop("progress", None)
-    opts = options_from(**options)
-    err = Console(stderr=True)
-    show = err.is_terminal if progress is None else bool(progress)
-    if opts.sweep:
-        from evicctl.replay.robustness import run_sweep
-
-        doc = run_sweep(opts, console=err, show_progress=show)
-    elif opts.live:
-        from evicctl.replay.live import run_live
-
-        doc = run_live(opts, console=err, show_progress=show)
-    else:
-        doc = replay_all(opts, console=err, show_progress=show)
-    if opts.plot is not None and doc.get("runs"):
-        from evicctl.replay.plot import plot_runs
-
-        plot_runs(doc["runs"], opts.plot, title=f"{opts.scenario}: TTFT vs quality")
-        doc.setdefault("notes", []).append(f"plot written to {opts.plot}")
-    _emit(doc, opts, console)
-    return doc
-
-
-def _emit(doc: dict, opts: BenchOptions, console) -> None:
-    from evicctl.replay.report import print_report, to_csv, to_json, to_jsonl
-
-    if opts.output != "table":
-        render = {"json": to_json, "jsonl": to_jsonl, "csv": to_csv}[opts.output]
-        print(render(doc), file=console.file)
-        return
-    if opts.sweep:
-        from evicctl.replay.robustness import print_sweep
-
-        print_sweep(doc, console)
-        return
-    print_report(doc, console)

@@ -13,8 +13,9 @@ if not torch.cuda.is_available():
 from evicctl.errors import CorruptDataError  # noqa: E402
 from evicctl.manager.codecs.codec import Stored, get_codec  # noqa: E402
 from evicctl.manager.kv import KV  # noqa: E402
+from evicctl.manager.tiers.disk import DiskTier  # noqa: E402
 from evicctl.manager.tiers.gpu import GpuTier  # noqa: E402
-from evicctl.manager.tiers.tier import CpuTier, DiskTier  # noqa: E402
+from evicctl.manager.tiers.tier import CpuTier  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

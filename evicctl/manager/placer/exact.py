@@ -23,9 +23,9 @@ from evicctl.manager.placer.place import (
     DROPPED,
     PlacementProblem,
     Plan,
-    _finish,
-    _initial_options,
     build_options,
+    finish_plan,
+    initial_options,
 )
 
 
@@ -151,7 +151,7 @@ def naive_place(problem: PlacementProblem) -> Plan:
     """
     p = problem
     opts = build_options(p)
-    opt, conflicts = _initial_options(p, opts)
+    opt, conflicts = initial_options(p, opts)
     opt = [int(o) for o in opt]
     value = opts.flat_value().tolist()
     freq = p.freq.tolist()
@@ -204,7 +204,7 @@ def naive_place(problem: PlacementProblem) -> Plan:
                 m = next_move(i, t, exits[i])
                 if m is not None:
                     heapq.heappush(heap, (m[0], m[1], i, m[2]))
-    return _finish(p, opts, np.asarray(opt, dtype=np.int64), conflicts)
+    return finish_plan(p, opts, np.asarray(opt, dtype=np.int64), conflicts)
 
 
 # --- random instances -------------------------------------------------------------------------

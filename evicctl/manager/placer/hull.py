@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from evicctl.manager.placer.options import _first_equal
+from evicctl.manager.placer.options import first_equal
 
 
-def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int) -> tuple[list[tuple], float]:
+def hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int) -> tuple[list[tuple], float]:
     """The first steps of each context's lower convex hull from (0, 0) over its (freed, loss)
     points ([K, n]; freed < 0 = no point), enough to free `need` bytes greedily.
 
@@ -48,7 +48,7 @@ def _hull_steps(freed: np.ndarray, loss: np.ndarray, freq: np.ndarray, need: int
             # Points behind (dx < 0) get +inf, the current one (0/0) nan, which fmin skips.
             np.maximum(slope, dx, out=slope)
             best = np.fmin.reduce(slope, axis=0)
-            col = _first_equal(slope, best)
+            col = first_equal(slope, best)
             pos = np.flatnonzero(best < np.inf)  # the contexts with a point ahead
             if len(pos) == 0:
                 break

@@ -59,12 +59,12 @@ class Options:
 
     def allowed_at(self, t: int, rows: np.ndarray) -> np.ndarray:
         """[C, len(rows)] float32 allowed values on tier t. Read only: it may be a view of value."""
-        out = _cols(self.value[t], rows)
+        out = row_columns(self.value[t], rows)
         fresh = len(rows) != self.value.shape[2]  # np.take made a copy we may add into
         if self._codec_penalty is not None:
-            out, fresh = out + _cols(self._codec_penalty, rows), True
+            out, fresh = out + row_columns(self._codec_penalty, rows), True
         if self._tier_penalty is not None:
-            penalty = _cols(self._tier_penalty[t], rows)[None]
+            penalty = row_columns(self._tier_penalty[t], rows)[None]
             out = np.add(out, penalty, out=out) if fresh else out + penalty
         return out
 
@@ -157,7 +157,7 @@ def _size_classes(stored_bytes: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(classes)
 
 
-def _cols(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def row_columns(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """a[..., rows] for rows from flatnonzero; a itself (no copy) when rows is every column.
 
     np.take, not a[:, rows]: fancy indexing on the last axis returns a Fortran-ordered array,
@@ -169,7 +169,7 @@ def _cols(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
 _WEIGHTS: dict[int, np.ndarray] = {}
 
 
-def _first_argmax(a: np.ndarray, amax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def first_argmax(a: np.ndarray, amax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(first index of the max along axis 0 of [K, n], the max). argmax(axis=0) runs ~6x
     slower here than a max reduction and a comparison."""
     k = a.shape[0]
@@ -177,10 +177,10 @@ def _first_argmax(a: np.ndarray, amax: np.ndarray | None = None) -> tuple[np.nda
         amax = a.max(axis=0)
     if k == 1:
         return np.zeros(a.shape[1], dtype=np.int64), amax
-    return _first_equal(a, amax), amax
+    return first_equal(a, amax), amax
 
 
-def _first_equal(a: np.ndarray, target: np.ndarray) -> np.ndarray:
+def first_equal(a: np.ndarray, target: np.ndarray) -> np.ndarray:
     """[n] int64: the first k with a[k, i] == target[i] (k = K, never returned, if none)."""
     k = a.shape[0]
     dtype = np.int8 if k < 127 else np.int32

@@ -24,20 +24,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from evicctl.manager.placer.hull import _hull_steps
-from evicctl.manager.placer.options import NOT_ALLOWED, Options, _cols, _first_argmax, build_options
+from evicctl.manager.placer.hull import hull_steps
+from evicctl.manager.placer.options import (
+    NOT_ALLOWED,
+    Options,
+    build_options,
+    first_argmax,
+    row_columns,
+)
 from evicctl.manager.placer.types import (
-    _ADMIT,
-    _CAPACITY,
-    _FLOOR,
-    _OPERATOR,
-    _PIN,
-    _UTILITY,
     DROPPED,
     DROPPED_TIER,
     KINDS,
     NEW,
     NO_PIN,
+    REASON_ADMIT,
+    REASON_CAPACITY,
+    REASON_FLOOR,
+    REASON_OPERATOR,
+    REASON_PIN,
+    REASON_UTILITY,
     REASONS,
     Move,
     PlacementProblem,
@@ -60,14 +66,14 @@ REBALANCE_GAIN_ABS_S = 0.002
 def place(problem: PlacementProblem) -> Plan:
     """Plan every context's option (see the module docstring for the algorithm)."""
     opts = build_options(problem)
-    opt, conflicts = _initial_options(problem, opts)
+    opt, conflicts = initial_options(problem, opts)
     for t in range(len(problem.tiers)):
         _relieve_tier(problem, opts, opt, t)
     _rehome_undroppable(problem, opts, opt)
-    return _finish(problem, opts, opt, conflicts)
+    return finish_plan(problem, opts, opt, conflicts)
 
 
-def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np.ndarray]:
+def initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np.ndarray]:
     """Each context starts where it is if that is still allowed, else at its best allowed option."""
     n_tiers = len(p.tiers)
     opt = opts.current.copy()
@@ -87,11 +93,11 @@ def _initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np
     best_codec = np.empty((n_tiers, len(rows)), dtype=np.int64)
     best_value = np.empty((n_tiers + 1, len(rows)), dtype=np.float32)
     for t in range(n_tiers):
-        best_codec[t], best_value[t] = _first_argmax(opts.allowed_at(t, rows))
+        best_codec[t], best_value[t] = first_argmax(opts.allowed_at(t, rows))
         if len(rows) == p.n_contexts:  # relieving the tiers looks these up again
             opts.tier_best[t] = (best_codec[t], best_value[t])
     best_value[n_tiers] = opts.drop_allowed[rows]
-    tier, top = _first_argmax(best_value)
+    tier, top = first_argmax(best_value)
     found = top > -1e29
     chosen = np.where(
         tier == n_tiers,
@@ -134,7 +140,7 @@ def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -
         # that the next rebalance would reverse.
         incumbent = (opt[rows] == opts.current[rows])[None, :] & (loss > 0)
         loss = np.where(incumbent, loss * (1 + REBALANCE_GAIN_REL) + REBALANCE_GAIN_ABS_S, loss).astype(np.float32)
-    steps, cutoff = _hull_steps(freed, loss, p.freq[rows], excess)
+    steps, cutoff = hull_steps(freed, loss, p.freq[rows], excess)
     if not steps:
         return
     seg_bytes = np.concatenate([b for _, _, b, _ in steps])
@@ -200,7 +206,7 @@ def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
     for k, low in enumerate(lower):
         exit_codec[k], exit_value[k] = _best_no_larger(p, opts, low, rows, cur_bytes)
     exit_value[-1] = opts.drop_allowed[rows]
-    which, best_exit = _first_argmax(exit_value)  # ties: faster tier, then storing over dropping
+    which, best_exit = first_argmax(exit_value)  # ties: faster tier, then storing over dropping
     chosen_tier = np.array(lower + [0])[which]
     exit_target = np.where(
         which == len(lower),
@@ -219,7 +225,7 @@ def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
     k = 1
     here = opts.allowed_at(t, rows)  # [C, n]
     for members in opts.size_classes:
-        size = _cols(p.stored_bytes[members[0]], rows)  # the same for every member
+        size = row_columns(p.stored_bytes[members[0]], rows)  # the same for every member
         smaller = size < cur_bytes
         if not smaller.any():
             continue
@@ -227,7 +233,7 @@ def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
             best = here[members[0]]
             target[k] = members[0] * n_tiers + t
         else:
-            pick, best = _first_argmax(here[members])
+            pick, best = first_argmax(here[members])
             np.add(members[pick] * n_tiers, t, out=target[k])
         usable = smaller & (best > -1e29)
         if usable.any():
@@ -255,11 +261,11 @@ def _best_no_larger(p, opts, t, rows, cur_bytes) -> tuple[np.ndarray, np.ndarray
 
 
 def _search_no_larger(p, opts, t, rows, cur_bytes) -> tuple[np.ndarray, np.ndarray]:
-    too_big = np.multiply(_cols(p.stored_bytes, rows) > cur_bytes, NOT_ALLOWED, dtype=np.float32)
-    return _first_argmax(opts.allowed_at(t, rows) + too_big)
+    too_big = np.multiply(row_columns(p.stored_bytes, rows) > cur_bytes, NOT_ALLOWED, dtype=np.float32)
+    return first_argmax(opts.allowed_at(t, rows) + too_big)
 
 
-def _finish(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.ndarray) -> Plan:
+def finish_plan(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: np.ndarray) -> Plan:
     n_tiers, n_stored, n = len(p.tiers), p.n_options - 1, p.n_contexts
     _keep_self_moves_put(p, opts, opt)
     dropped = opt == n_stored
@@ -319,21 +325,21 @@ def _value_at(opts: Options, opt: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _reasons(p, opts, changed, before, after) -> np.ndarray:
     """Why each changed context moves; later rules override earlier ones."""
-    reason = np.where(after >= before, _UTILITY, _CAPACITY)
+    reason = np.where(after >= before, REASON_UTILITY, REASON_CAPACITY)
     cur_t, cur_c = p.current_tier[changed], p.current_codec[changed]
     below_floor = np.zeros(len(changed), dtype=bool)
     stored = np.flatnonzero(cur_t >= 0)
     if len(stored):
         lower = p.quality_lower.reshape(-1).take(cur_c[stored] * p.n_contexts + changed[stored])
         below_floor[stored] = lower < p.quality_floor[changed[stored]]
-    reason = np.where(below_floor & (p.pin_codec[changed] < 0), _FLOOR, reason)
+    reason = np.where(below_floor & (p.pin_codec[changed] < 0), REASON_FLOOR, reason)
     pin_t, pin_c = p.pin_tier[changed], p.pin_codec[changed]
     breaks_pin = ((pin_t >= 0) & (cur_t != pin_t)) | ((pin_c >= 0) & (cur_c != pin_c))
-    reason = np.where(breaks_pin, _PIN, reason)
+    reason = np.where(breaks_pin, REASON_PIN, reason)
     forced = (p.force_tier[changed] != NO_PIN) | (p.force_codec[changed] != NO_PIN)
     evicted = (cur_t >= 0) & (cur_t < p.min_tier[changed])  # an evict raised min_tier
-    reason = np.where(forced | evicted, _OPERATOR, reason)
-    reason = np.where(opts.current[changed] < 0, _ADMIT, reason)
+    reason = np.where(forced | evicted, REASON_OPERATOR, reason)
+    reason = np.where(opts.current[changed] < 0, REASON_ADMIT, reason)
     return reason.astype(np.int64)
 
 

@@ -96,7 +96,7 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
     """
     from evicctl.manager.codecs.codec import get_codec
     from evicctl.manager.costs import miss_ttft_s
-    from evicctl.manager.placer.place import (
+    from evicctl.manager.placer.types import (
         DROPPED,
         DROPPED_TIER,
         NEW,

@@ -25,7 +25,7 @@ NO_PIN = -1
 DROPPED_TIER = "dropped"  # tier name of the dropped option in plans and in the store
 
 REASONS = ("admit", "capacity", "utility", "pin", "quality-floor", "operator")
-_ADMIT, _CAPACITY, _UTILITY, _PIN, _FLOOR, _OPERATOR = range(len(REASONS))
+REASON_ADMIT, REASON_CAPACITY, REASON_UTILITY, REASON_PIN, REASON_FLOOR, REASON_OPERATOR = range(len(REASONS))
 KINDS = ("admit", "compress", "demote", "promote", "move", "drop")
 _K_ADMIT, _K_COMPRESS, _K_DEMOTE, _K_PROMOTE, _K_MOVE, _K_DROP = range(len(KINDS))
 _CHUNK = 4096  # moves built per batch when a plan is iterated

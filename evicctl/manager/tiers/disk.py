@@ -32,9 +32,9 @@ from evicctl.manager.codecs.codec import Stored, from_safetensors_dict
 from evicctl.manager.tiers.checksum import HASH_WORKERS, HashLanes, TreeHasher, hasher_for, is_tree
 from evicctl.manager.tiers.tier import (
     PROBE_ID,
+    Entry,
     PutResult,
     Tier,
-    _Entry,
     payload_nbytes,
     serialize,
 )
@@ -148,7 +148,7 @@ class DiskTier(Tier):
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            self._entries[context_id] = _Entry(stored.nbytes, str(final), checksum)
+            self._entries[context_id] = Entry(stored.nbytes, str(final), checksum)
         self._fsync_dir()  # the rename itself is durable before put returns
         seconds = time.perf_counter() - start
         self.observe("write", stored.nbytes, seconds)
@@ -235,7 +235,7 @@ class DiskTier(Tier):
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise CorruptDataError(f"stored KV file {path} is truncated or has an unreadable header") from exc
         with self._lock:
-            self._entries[context_id] = _Entry(nbytes, str(path), checksum)
+            self._entries[context_id] = Entry(nbytes, str(path), checksum)
         return nbytes
 
     def _before_probe_read(self) -> None:

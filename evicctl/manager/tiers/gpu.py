@@ -49,7 +49,7 @@ from evicctl.manager.tiers.checksum import (
     TREE_PREFIX,
     tree_checksum,
 )
-from evicctl.manager.tiers.tier import PutResult, Tier, _Entry
+from evicctl.manager.tiers.tier import Entry, PutResult, Tier
 
 # before probe(): an H200's measured copy bandwidth (read) and pinned H2D (write), B/s
 DEFAULT_GPU_BPS = (4.2e12, 5.5e10)
@@ -182,7 +182,7 @@ class GpuTier(Tier):
     def _hold(self, context_id: str, stored: Stored, pending: _Pending | None) -> None:
         with self._lock:
             self._held[context_id] = stored
-            self._entries[context_id] = _Entry(stored.nbytes)
+            self._entries[context_id] = Entry(stored.nbytes)
             if pending is None:
                 self._pending.pop(context_id, None)
             else:
@@ -250,7 +250,7 @@ class GpuTier(Tier):
         Returns the seconds until the data is on the device (wait=True), or the seconds
         spent launching (wait=False; ``get`` waits for the rest). The measured transfer
         refines this tier's write_bps and the source's read_bps."""
-        from evicctl.manager.tiers.tier import DiskTier
+        from evicctl.manager.tiers.disk import DiskTier
 
         self._settle(context_id)
         start = time.perf_counter()
@@ -296,7 +296,7 @@ class GpuTier(Tier):
     def _hold_placeholder(self, context_id: str, nbytes: int, pending: _Pending) -> None:
         # accounted at once (the memory is being taken); the tensors arrive with the future
         with self._lock:
-            self._entries[context_id] = _Entry(nbytes)
+            self._entries[context_id] = Entry(nbytes)
             self._pending[context_id] = pending
 
     def _background_file(self, context_id: str, source: Tier, path: Path, checksum: str | None) -> None:
@@ -304,7 +304,7 @@ class GpuTier(Tier):
         stored, nbytes = self._load_file(path, checksum)
         with self._lock:
             self._held[context_id] = stored
-            self._entries[context_id] = _Entry(stored.nbytes)
+            self._entries[context_id] = Entry(stored.nbytes)
         self._observe_load(source, nbytes, time.perf_counter() - start)
 
     def _watch(self, done: torch.cuda.Event, start: float, nbytes: int, source: Tier) -> None:

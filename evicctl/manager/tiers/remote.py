@@ -14,9 +14,9 @@ from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError
 from evicctl.manager.codecs.codec import Stored
 from evicctl.manager.tiers.tier import (
+    Entry,
     PutResult,
     Tier,
-    _Entry,
     configured_capacity_bytes,
     deserialize,
     host_available_bytes,
@@ -63,7 +63,7 @@ class RedisTier(Tier):
         key = self.key_for(context_id)
         with self._lock:  # the write and the index switch together (see get)
             self.client.hset(key, mapping={"data": data, "sha256": checksum})
-            self._entries[context_id] = _Entry(stored.nbytes, key, checksum)
+            self._entries[context_id] = Entry(stored.nbytes, key, checksum)
         seconds = time.perf_counter() - start
         self.observe("write", stored.nbytes, seconds)
         return PutResult(key, checksum, seconds)
@@ -109,7 +109,7 @@ class RedisTier(Tier):
         (header_len,) = struct.unpack_from("<Q", data, 0)
         nbytes = payload_nbytes(data[8 : 8 + header_len])
         with self._lock:
-            self._entries[context_id] = _Entry(nbytes, location, checksum)
+            self._entries[context_id] = Entry(nbytes, location, checksum)
         return nbytes
 
 

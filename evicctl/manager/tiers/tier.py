@@ -3,19 +3,18 @@
 - CpuTier: the stored tensors in host memory (pinned when CUDA is present, so that a load to
   the GPU is one fast async copy). ``put`` copies; ``get`` hands out the tier's own tensors
   (read-only by convention: nothing in evicctl writes into a stored tensor).
-- DiskTier (disk_tier.py): one safetensors file per context in a directory, written to a
+- DiskTier (disk.py): one safetensors file per context in a directory, written to a
   temp name in the same directory, fsynced, renamed over the final name, directory fsynced.
   The file's checksum (``sha256-tree:``, checksum.py: verifiable on several threads) is
   returned by ``put``, kept by the caller (the store's placements.checksum) and verified
   on every ``get``: a file that fails it raises CorruptDataError, never a KV.
-- RedisTier (redis_tier.py): the same serialized bytes and sha256 in a Redis hash per
+- RedisTier (remote.py): the same serialized bytes and sha256 in a Redis hash per
   context (a remote tier that engines on several hosts share).
-- GpuTier (gpu_tier.py): device memory.
+- GpuTier (gpu.py): device memory.
 
-Those three load on first use (``make_tier``, or ``from evicctl.manager.tiers.tier import
-DiskTier``), so that importing this module imports no redis client. This module keeps the
-base class, the host-memory tier, the safetensors serialization the others share, and
-``make_tier``.
+This module keeps the base class, the host-memory tier and the safetensors serialization
+the others share; build.py's ``make_tier`` builds any backend from its TierConfig, importing
+each backend's module (and the redis client) only when it is configured.
 
 Accounting: ``used_bytes`` is the sum of ``Stored.nbytes`` held (the bytes the placer plans
 with; a safetensors file adds a header of ~100 bytes per tensor). ``put`` does not refuse
@@ -33,25 +32,17 @@ call ``observe`` themselves.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import shutil
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from evicctl.config import TierConfig, default_cache_dir
-from evicctl.errors import CorruptDataError, UnknownNameError, UsageError
+from evicctl.config import TierConfig
+from evicctl.errors import CorruptDataError, UsageError
 from evicctl.manager.codecs.codec import Stored, from_safetensors_dict, to_safetensors_dict
-
-if TYPE_CHECKING:  # at run time these load on first use: see __getattr__ at the end
-    from evicctl.manager.tiers.disk import DiskTier, stored_from_buffer
-    from evicctl.manager.tiers.remote import RedisTier
 
 EWMA_WEIGHT = 0.2  # weight of a new observation in the bandwidth average
 MIN_OBSERVED_BYTES = 256 << 10  # smaller transfers are dominated by fixed costs
@@ -79,7 +70,7 @@ class HeldEntry:
     checksum: str | None = None  # as PutResult.checksum
 
 
-_Entry = HeldEntry  # the backends' short name
+Entry = HeldEntry  # the backends' short name
 
 
 class Tier:
@@ -92,7 +83,7 @@ class Tier:
             raise UsageError(f"tier {name}: capacity_bytes must be >= 0; got {capacity_bytes}")
         self.name, self.rank, self.capacity_bytes = name, rank, int(capacity_bytes)
         self.read_bps, self.write_bps = DEFAULT_BPS.get(self.backend, (1e9, 1e9))
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ accounting
@@ -199,7 +190,7 @@ class CpuTier(Tier):
         seconds = time.perf_counter() - start
         with self._lock:
             self._held[context_id] = copy
-            self._entries[context_id] = _Entry(copy.nbytes)
+            self._entries[context_id] = Entry(copy.nbytes)
         self.observe("write", copy.nbytes, seconds)
         return PutResult(None, None, seconds)
 
@@ -292,60 +283,15 @@ def host_available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def make_tier(cfg: TierConfig, rank: int, *, cache_dir: Path | None = None) -> Tier:
-    """Build the tier a TierConfig describes. Capacity fractions are of available host memory
-    (cpu), free space under the directory (disk), free device memory (gpu), and of the
-    server's maxmemory, or available host memory when it has none (redis)."""
-    if cfg.name == "cpu":
-        return CpuTier(capacity_bytes=configured_capacity_bytes(cfg, host_available_bytes), name=cfg.name, rank=rank)
-    if cfg.name == "disk":
-        from evicctl.manager.tiers.disk import DiskTier
-
-        path = Path(cfg.path) if cfg.path else Path(cache_dir or default_cache_dir()) / "disk"
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        capacity = configured_capacity_bytes(cfg, lambda: shutil.disk_usage(path).free)
-        return DiskTier(path, capacity_bytes=capacity, name=cfg.name, rank=rank)
-    if cfg.name == "redis":
-        from evicctl.manager.tiers.remote import make_redis_tier
-
-        return make_redis_tier(cfg, rank)
-    if cfg.name == "gpu":
-        from evicctl.manager.tiers.gpu import GpuTier
-
-        capacity = configured_capacity_bytes(cfg, lambda: torch.cuda.mem_get_info()[0])
-        return GpuTier(capacity_bytes=capacity, name=cfg.name, rank=rank)
-    raise UnknownNameError("tier", cfg.name, TIER_BACKENDS)
-
-
-# The backends with their own modules, loaded on first use: they import this one (a cycle
-# if loaded here), and the redis client must not load with the library.
-_LAZY = {
-    "DiskTier": "evicctl.manager.tiers.disk",
-    "stored_from_buffer": "evicctl.manager.tiers.disk",
-    "RedisTier": "evicctl.manager.tiers.remote",
-}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
 __all__ = [
     "CpuTier",
-    "DiskTier",
     "HeldEntry",
     "PutResult",
-    "RedisTier",
     "TIER_BACKENDS",
     "Tier",
     "configured_capacity_bytes",
     "deserialize",
-    "make_tier",
     "payload_nbytes",
     "serialize",
     "sha256_hex",
-    "stored_from_buffer",
 ]
