@@ -23,7 +23,9 @@ from evicctl.console.common import (
     open_reader,
 )
 from evicctl.console.output import OutputFormat, console, stdout_is_terminal
+from evicctl.engine import demo_defaults as DEMO  # noqa: N812
 from evicctl.errors import UsageError
+from evicctl.timeparse import format_size
 
 app = typer.Typer(
     cls=EvicctlGroup,
@@ -88,21 +90,18 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-SizeOpt = Annotated[str | None, typer.Option(help="Capacity, e.g. 256MiB, 2GiB.", show_default=False)]
-
-
 @app.command()
 def demo(
     headless: Annotated[bool, typer.Option("--headless", help="No dashboard: a progress bar and a summary table.")] = False,
-    duration: Annotated[float | None, typer.Option(min=0.0, help="Seconds to run [default: until Ctrl-C, or --requests].")] = None,
-    contexts: Annotated[int | None, typer.Option(min=1, help="Number of contexts in the workload.")] = None,
-    requests: Annotated[int | None, typer.Option(min=1, help="Stop after N requests.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Workload seed.")] = None,
-    gpu_capacity: SizeOpt = None,
-    cpu_capacity: SizeOpt = None,
-    disk_capacity: SizeOpt = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache [default: $XDG_CACHE_HOME/evicctl].", file_okay=False)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [default: cuda when available].")] = None,
+    duration: Annotated[float | None, typer.Option(min=0.0, help="Seconds to run (default: until Ctrl-C; headless: until every context was asked 3 times, or --requests).")] = None,
+    contexts: Annotated[int, typer.Option(min=1, help="Number of contexts in the workload.")] = DEMO.DEFAULT_CONTEXTS,
+    requests: Annotated[int | None, typer.Option(min=1, help="Stop after N requests (default: no limit).")] = None,
+    seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
+    gpu_capacity: Annotated[str | None, typer.Option(help=f"GPU tier capacity, e.g. 2GiB (default: {format_size(DEMO.DEFAULT_GPU_BYTES)}; only with a CUDA device).")] = None,
+    cpu_capacity: Annotated[str, typer.Option(help="CPU tier capacity, e.g. 256MiB, 2GiB.")] = format_size(DEMO.DEFAULT_CPU_BYTES),
+    disk_capacity: Annotated[str, typer.Option(help="Disk tier capacity, e.g. 256MiB, 2GiB.")] = format_size(DEMO.DEFAULT_DISK_BYTES),
+    cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache (default: $XDG_CACHE_HOME/evicctl).", file_okay=False)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     db: DbOpt = None,
 ) -> None:
     """Run an embedded engine, workload and manager (the store others can watch with evicctl top)."""
@@ -121,7 +120,7 @@ def demo(
 @app.command()
 def bench(
     scenario: Annotated[str | None, typer.Option(help="cpu-local (this machine, measured) or h200.")] = None,
-    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="prefill, lru, fixed:<codec>, evicpress, exact, placement-only; repeat [default: all].")] = None,
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="prefill, lru, fixed:<codec>, evicpress, exact, placement-only; repeat (default: all).")] = None,
     trace: Annotated[Path | None, typer.Option(help="Replay arrival times from a CSV file.", exists=True, dir_okay=False)] = None,
     contexts: Annotated[int | None, typer.Option(min=1, help="Number of contexts.")] = None,
     requests: Annotated[int | None, typer.Option(min=1, help="Number of requests.")] = None,

@@ -50,3 +50,11 @@ def parse_size_bytes(text: str) -> int:
     if not m or unit not in _SIZE_UNITS:
         raise UsageError(f"invalid size {text!r}; examples: 256MiB, 2GiB, 500MB, 1000000")
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_size(n_bytes: int) -> str:
+    """The shortest text parse_size_bytes reads back as exactly n_bytes: 64MiB, 1GiB, 1000."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= scale and n_bytes % scale == 0:
+            return f"{n_bytes // scale}{unit}"
+    return str(n_bytes)

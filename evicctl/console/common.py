@@ -28,7 +28,7 @@ DbOpt = Annotated[
     typer.Option(
         "--db",
         envvar="EVICCTL_DB",
-        help="Database file [default: $XDG_STATE_HOME/evicctl/evicctl.db].",
+        help="Database file (default: $XDG_STATE_HOME/evicctl/evicctl.db).",
         show_default=False,
         readable=False,  # the store checks access and says what is wrong in one line
     ),

@@ -129,7 +129,7 @@ def recompress(
 
 def promote(
     context: ContextArg,
-    tier: Annotated[str | None, typer.Option(help="Target tier [default: the fastest that fits].")] = None,
+    tier: Annotated[str | None, typer.Option(help="Target tier (default: the fastest that fits).")] = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     no_wait: NoWaitOpt = False,
     output: OutputOpt = OutputFormat.table,

@@ -79,7 +79,7 @@ def ls(
     search: Annotated[str | None, typer.Option("--search", "-s", help="Substring of id/label/tenant; also tier:X codec:X pinned.")] = None,
     sort: Annotated[str, typer.Option(help="utility|size|hits|age|quality (also freq, ratio, tier, codec, id, tenant, ...).")] = "utility",
     ascending: Annotated[bool, typer.Option("--asc", help="Ascending order (default: descending).")] = False,
-    limit: Annotated[int | None, typer.Option(min=0, help=f"At most N rows [default: all; {TABLE_DEFAULT_LIMIT} for a table].")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help=f"At most N rows (default: all; {TABLE_DEFAULT_LIMIT} for a table).")] = None,
     output: OutputOpt = OutputFormat.table,
     db: DbOpt = None,
 ) -> None:

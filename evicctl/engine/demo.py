@@ -35,12 +35,16 @@ from evicctl.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTEXTS = 12
-DEFAULT_RATE_RPS = 0.3  # a hit takes ~1.7 s, a miss ~3.5 s on 2 cores: leaves idle time to profile
-DEFAULT_ZIPF = 1.0
-DEFAULT_GPU_BYTES = 256 << 20
-DEFAULT_CPU_BYTES = 64 << 20  # ~1 raw context; all 12 at int4 (~7 MB each) do not fit either
-DEFAULT_DISK_BYTES = 1 << 30
+from evicctl.engine.demo_defaults import (  # noqa: E402 (kept beside the module's own constants)
+    DEFAULT_CONTEXTS,
+    DEFAULT_CPU_BYTES,
+    DEFAULT_DISK_BYTES,
+    DEFAULT_GPU_BYTES,
+    DEFAULT_RATE_RPS,
+    DEFAULT_ZIPF,
+)
+
+PLAIN_PROGRESS_S = 10.0  # headless without a terminal: one progress line this often
 HEADLESS_REQUESTS_PER_CONTEXT = 3  # headless with neither --requests nor --duration
 STARVED_S = 20.0  # without idle time for this long, profile one unit anyway
 STALE_CHECK_S = 10.0  # how often an idle engine asks the manager which profiles went stale
@@ -339,8 +343,16 @@ def _run_headless(setup: _Setup) -> DemoSummary:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = setup.console
+    # Without a terminal, rich draws neither the spinner nor the bar: a plain line every
+    # PLAIN_PROGRESS_S keeps a log (CI, `| tee`) showing that the run is alive and where.
+    plain = None if console.is_terminal else PlainProgress(console, PLAIN_PROGRESS_S)
     with console.status("starting") as status:
-        run = setup.build(lambda text: status.update(text))
+        def starting(text: str) -> None:
+            status.update(text)
+            if plain:
+                plain.update(f"starting: {text}")
+
+        run = setup.build(starting)
     total = setup.requests if setup.requests is not None else None
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TextColumn("{task.fields[stats]}")]  # fmt: skip
@@ -353,13 +365,41 @@ def _run_headless(setup: _Setup) -> DemoSummary:
             stats = (f"hits {len(s.served) - s.misses} misses {s.misses} | last {where} "
                      f"ttft {served.ttft_s:.2f}s | profiling queue {run.profiler.pending}")  # fmt: skip
             progress.update(task, advance=1, stats=stats)
+            if plain:
+                plain.update(f"served {len(s.served)}{'/' + str(total) if total else ''} | {stats}")
 
         run.on_served = on_served
         try:
             run.run()
         except KeyboardInterrupt:
             console.print("interrupted: summarising")
+        finally:
+            if plain:
+                plain.stop()
     return run.summary
+
+
+class PlainProgress:
+    """Prints the latest status as one plain line every `every_s` seconds from a thread."""
+
+    def __init__(self, console, every_s: float) -> None:
+        self._console, self._every_s = console, every_s
+        self._status, self._started = "starting", time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="demo-progress", daemon=True)
+        self._thread.start()
+
+    def update(self, status: str) -> None:
+        self._status = status
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            elapsed_s = time.monotonic() - self._started
+            self._console.print(f"[{elapsed_s:5.0f} s] {self._status}", markup=False, highlight=False)
 
 
 def _run_with_dashboard(setup: _Setup, db_path: Path) -> DemoSummary:
