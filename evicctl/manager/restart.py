@@ -50,6 +50,7 @@ def recover(m, previous_heartbeat_at: float) -> None:
             ctx.keep_profile(r["codec"], r["quality"], r["quality_sd"], r["metric"])
     adopted: set[str] = set()
     for cid, ctx in m._contexts.items():
+        refuse_unconfigured_pin(m._batch, ctx, m._tier_by_name, m.codec_names)
         location = _adopt(m, ctx, placements.get(cid), now)
         if location:
             adopted.add(location)
@@ -89,6 +90,23 @@ def _adopt(m, ctx: ContextState, row, now: float) -> str | None:
     ctx.since = now
     batch.upsert("placements", ctx.placement_row())
     return None
+
+
+def refuse_unconfigured_pin(batch, ctx, tiers_by_name, codec_names) -> str | None:
+    """A pin naming a tier or codec this manager no longer has is kept (the operator's intent
+    survives a configuration change and comes back with the tier), but cannot be honoured:
+    say so with an event instead of planning as if it were not there. Returns the reason."""
+    problems = []
+    if ctx.pin_tier is not None and ctx.pin_tier != DROPPED_TIER and ctx.pin_tier not in tiers_by_name:
+        problems.append(f"tier {ctx.pin_tier!r} is not configured (tiers: {', '.join(tiers_by_name)})")
+    if ctx.pin_codec is not None and ctx.pin_codec not in codec_names:
+        problems.append(f"codec {ctx.pin_codec!r} is not in the menu")
+    if not problems:
+        return None
+    reason = "pin not honoured: " + "; ".join(problems)
+    log.warning("context %s: %s", ctx.id, reason)
+    batch.event(kind="pin", reason=reason, context_id=ctx.id, to_tier=ctx.pin_tier, to_codec=ctx.pin_codec)
+    return reason
 
 
 def delete_orphans(tiers, adopted: set[str]) -> int:

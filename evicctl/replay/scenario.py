@@ -144,10 +144,15 @@ def load_scenario(name: str, *, data_dir: Path = DATA_DIR) -> Scenario:
     if name == "h200":
         measured = data_dir / "h200_costs.json"
         if measured.is_file():
+            # A malformed measured file is an error, never a silent switch to the design figures:
+            # the tables would report costs nobody measured.
             try:
                 return _from_h200_measured(json.loads(measured.read_text()), measured, data_dir)
-            except (KeyError, TypeError, ValueError):
-                pass  # a file in a shape we do not read yet: fall back to the design figures
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UsageError(
+                    f"scenario h200: {measured} is malformed ({type(exc).__name__}: {exc}); regenerate it with "
+                    "benchmarks/gpu_bench.py on the GPU, or delete it to use the design figures"
+                ) from None
         return _from_file(data_dir / "h200_design_costs.json", name, "the h200_design_costs.json shipped with evicctl")
     raise UnknownNameError("scenario", name, SCENARIOS)
 

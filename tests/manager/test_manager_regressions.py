@@ -140,3 +140,25 @@ def test_two_databases_sharing_a_cache_dir_keep_their_files(tmp_path):
     with Manager(a, probe=False) as ma:
         hit = ma.lookup("x")
         assert hit is not None and hit.tier == "disk"
+
+
+def test_a_pin_to_a_tier_no_longer_configured_is_kept_refused_and_said(tmp_path):
+    """After a restart without the pinned tier, the pin stays in the store (the operator's
+    intent returns with the tier), and an event says it is not honoured, naming the tiers."""
+    import dataclasses
+    import sqlite3
+
+    from evicctl.config import TierConfig
+
+    config = make_config(tmp_path)
+    with Manager(config, probe=False) as m:
+        m.store("c0", make_kv(0))
+    with sqlite3.connect(config.db_path) as db:  # pinned to a gpu tier this machine no longer has
+        db.execute("UPDATE contexts SET pin_tier = 'gpu', pin_codec = 'int3-nope' WHERE id = 'c0'")
+    smaller = dataclasses.replace(config, tiers=(TierConfig("cpu", capacity_bytes=4 * KV_BYTES),))
+    with Manager(smaller, probe=False) as m:
+        refused = [e for e in events(m, context_id="c0", kind="pin")]
+        assert refused and "pin not honoured" in refused[-1]["reason"]
+        assert "'gpu' is not configured (tiers: cpu)" in refused[-1]["reason"] and "int3-nope" in refused[-1]["reason"]
+        row = m.store_db.query("SELECT pin_tier, pin_codec FROM contexts WHERE id = 'c0'")
+        assert [dict(r) for r in row] == [{"pin_tier": "gpu", "pin_codec": "int3-nope"}]

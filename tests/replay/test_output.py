@@ -158,6 +158,19 @@ def test_h200_prefers_the_measured_file(tmp_path):
     assert s.context_tokens["distribution"] == "loguniform"  # the workload shape stays the design's
 
 
+def test_h200_refuses_a_malformed_measured_file(tmp_path):
+    """A measured file it cannot read is an error, not a silent switch to the design figures."""
+    from evicctl.replay.scenario import DATA_DIR
+
+    (tmp_path / "h200_design_costs.json").write_text((DATA_DIR / "h200_design_costs.json").read_text())
+    (tmp_path / "h200_costs.json").write_text(json.dumps({"tiers": "not a list"}))
+    with pytest.raises(UsageError, match="h200_costs.json is malformed"):
+        load_scenario("h200", data_dir=tmp_path)
+    (tmp_path / "h200_costs.json").write_text("{not json")
+    with pytest.raises(UsageError, match="malformed"):
+        load_scenario("h200", data_dir=tmp_path)
+
+
 def test_pareto_and_interpolation():
     front = pareto([(0.9, 1.0), (0.95, 2.0), (0.93, 3.0), (0.99, 4.0)])
     assert front == [(0.9, 1.0), (0.95, 2.0), (0.99, 4.0)]
