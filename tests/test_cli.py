@@ -157,6 +157,23 @@ def test_show_json_shape(run_cli, fixture_db):
     assert all(list(e) == EVENT_FIELDS for e in data["events"])
 
 
+def test_show_says_a_prior_is_a_prior(run_cli, fixture_db):
+    """A profile with no queries of its own is the codec's prior: no measurement time."""
+    import sqlite3
+
+    with sqlite3.connect(fixture_db.path) as db:
+        db.execute("UPDATE profiles SET n_queries = 0 WHERE context_id = 'ctx-00003'")
+        db.execute("UPDATE profiles SET n_queries = 5 WHERE context_id = 'ctx-00003' AND codec = "
+                   "(SELECT MIN(codec) FROM profiles WHERE context_id = 'ctx-00003')")
+    data = json.loads(run_cli("show", "ctx-00003", "--db", fixture_db.path, "-o", "json").stdout)
+    sources = {p["codec"]: (p["source"], p["measured_at"], p["n_queries"]) for p in data["profiles"]}
+    assert any(s == "measured" and at is not None and n == 5 for s, at, n in sources.values())
+    priors = [v for v in sources.values() if v[0] == "prior"]
+    assert priors and all(at is None and n == 0 for _, at, n in priors)
+    table = run_cli("show", "ctx-00003", "--db", fixture_db.path).stdout
+    assert "prior" in table
+
+
 def test_show_table_and_csv(run_cli, fixture_db):
     table = run_cli("show", "ctx-00003", "--db", fixture_db.path)
     assert table.exit_code == 0 and "placement" in table.stdout and "Options" in table.stdout
@@ -403,13 +420,13 @@ def test_top_once_renders_with_a_signed_sort(run_cli, fixture_db):
     assert "ctx-" in result.stdout and result.stderr == ""
 
 
-def test_demo_passes_only_given_options(run_cli, monkeypatch, tmp_path):
+def test_demo_passes_given_options_and_the_defaults_it_prints(run_cli, monkeypatch, tmp_path):
     calls = _fake_module(monkeypatch, "evicctl.engine.demo", "run_demo")
     result = run_cli("demo", "--headless", "--duration", "30", "--contexts", "8", "--cpu-capacity", "64MiB",
                      "--db", tmp_path / "d.db")
     assert result.exit_code == 0, result.stderr
     assert calls == [{"args": (), "headless": True, "db_path": tmp_path / "d.db", "duration_s": 30.0, "contexts": 8,
-                      "cpu_capacity_bytes": 64 << 20}]
+                      "seed": 0, "cpu_capacity_bytes": 64 << 20, "disk_capacity_bytes": 1 << 30}]
     _one_error_line(run_cli("demo", "--cpu-capacity", "lots"), 2, "invalid size")
 
 

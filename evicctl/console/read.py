@@ -125,7 +125,7 @@ def detail_dict(detail) -> dict:
         "reason": detail.reason,
         "alpha": detail.alpha,
         "cost_model": detail.cost_model,
-        "profiles": [dataclasses.asdict(p) for p in detail.profiles],
+        "profiles": [profile_record(p) for p in detail.profiles],
         "options": [dataclasses.asdict(o) for o in detail.options],
         "events": [dataclasses.asdict(e) for e in detail.events],
     }
@@ -149,8 +149,20 @@ PROFILE_COLUMNS = (
     Column("raw_mean", "RAW MEAN", decimals(3), "right"),
     Column("f1", "F1", decimals(3), "right"),
     Column("n_queries", "QUERIES", fmt_int, "right"),
+    Column("source", "SOURCE"),
     Column("measured_at", "MEASURED", fmt_ago_now, "right"),
 )
+
+
+def profile_record(profile) -> dict:
+    """A profile row for people: with no queries of its own it is the codec's prior (pooled
+    over other contexts), so it says so and shows no measurement time."""
+    record = dataclasses.asdict(profile)
+    measured = bool(record["n_queries"])
+    record["source"] = "measured" if measured else "prior"
+    if not measured:
+        record["measured_at"] = None
+    return record
 
 
 def show(
@@ -188,7 +200,7 @@ def _print_detail(detail, data: dict) -> None:
         f"utility   {fmt_float(r.utility, 4)} (alpha {detail.alpha:g})   pin {pin}   quality floor {fmt_float(r.quality_floor, 2)}",
     ]
     sys.stdout.write("\n".join(lines) + "\n\n")
-    print_table([dataclasses.asdict(x) for x in detail.profiles], PROFILE_COLUMNS, title="Profiles")
+    print_table([profile_record(x) for x in detail.profiles], PROFILE_COLUMNS, title="Profiles")
     options = [{**o, "mark": "*" if o["chosen"] else "", "fit": "yes" if o["fits"] else "no"} for o in data["options"]]
     source = {"manager": "the manager's cost model", "default": "default costs (no manager model stored)"}
     title = f"Options (* = current placement; TTFT from {source.get(detail.cost_model, 'no cost model')})"
