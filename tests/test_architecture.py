@@ -98,3 +98,34 @@ def test_wheel_package_list_matches_the_tree():
     declared = set(tomllib.loads((CHECKOUT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {name for name, path in MODULES.items() if path.name == "__init__.py"}
     assert declared == on_disk
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    """Private attributes a module defines itself (methods, assignments to any `x._name`)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("_"):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_no_reaching_into_another_modules_privates():
+    """`obj._x` where `_x` is not defined in the same module: an explicit interface belongs there."""
+    offenders = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        own = _private_names_defined(tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in {"self", "cls"} or node.attr in own:
+                continue
+            if node.attr in {"_replace", "_asdict", "_fields", "_make", "_C"}:  # public by convention
+                continue
+            offenders.append(f"{name}:{node.lineno} .{node.attr}")
+    assert not offenders, offenders

@@ -56,7 +56,7 @@ class CommandHandler:
             if args.get("dry_run"):
                 return {"message": "dry run: " + message, "plan": []}
             return self._set_pin(command, ctx, pin_tier, pin_codec, None, message)
-        plan = m._plan(overrides={ctx.id: {"pin_tier": pin_tier, "pin_codec": pin_codec, "min_tier": 0}})
+        plan = m.plan(overrides={ctx.id: {"pin_tier": pin_tier, "pin_codec": pin_codec, "min_tier": 0}})
         self._refuse_unless_feasible(plan, ctx, f"pin {ctx.id} to {what}")
         self._refuse_unless_planned(plan, ctx, pin_tier, pin_codec, f"pin {ctx.id} to {what}")
         if args.get("dry_run"):
@@ -84,7 +84,7 @@ class CommandHandler:
             batch.event(context_id=ctx.id, kind="unpin", from_tier=had[0], from_codec=had[1],
                         reason="operator", actor=command.actor, command_id=command.id),
         ))  # fmt: skip
-        m._replan_needed = True
+        m.rt.replan_needed = True
         ids = m.flush()
         message = f"unpinned {ctx.id}" if any(had) else f"{ctx.id} was not pinned"
         return {"message": message, "plan": [], "event_ids": ids}
@@ -111,7 +111,7 @@ class CommandHandler:
                 raise UsageError(f"{to} is faster than {tier_name}, where {ctx.id} is; use promote")
             overrides = {"force_tier": to, "min_tier": to}
             target = to
-        plan = m._plan(overrides={ctx.id: overrides})
+        plan = m.plan(overrides={ctx.id: overrides})
         self._refuse_unless_feasible(plan, ctx, f"evict {ctx.id} to {target}")
         if args.get("dry_run"):
             return self._dry(plan)
@@ -136,7 +136,7 @@ class CommandHandler:
             raise RefusedError(f"{ctx.id} is pinned to codec {pin_codec}; unpin it first")
         if not args.get("force"):
             self._check_floor(ctx, codec, "recompress")
-        plan = m._plan(overrides={ctx.id: {"force_codec": codec, "force_tier": tier_name}})
+        plan = m.plan(overrides={ctx.id: {"force_codec": codec, "force_tier": tier_name}})
         self._refuse_unless_feasible(plan, ctx, f"recompress {ctx.id} to {codec}")
         if args.get("dry_run"):
             return self._dry(plan)
@@ -160,7 +160,7 @@ class CommandHandler:
             raise UsageError(f"{dest.name} is not faster than {tier_name}, where {ctx.id} is; use evict")
         if pin_tier and pin_tier != dest.name:
             raise RefusedError(f"{ctx.id} is pinned to tier {pin_tier}; unpin it first")
-        plan = m._plan(overrides={ctx.id: {"force_tier": dest.name, "min_tier": 0}})
+        plan = m.plan(overrides={ctx.id: {"force_tier": dest.name, "min_tier": 0}})
         self._refuse_unless_feasible(plan, ctx, f"promote {ctx.id} to {dest.name}")
         if args.get("dry_run"):
             return self._dry(plan)

@@ -32,6 +32,7 @@ from evicctl.manager.placer.place import PlacementProblem, Plan, place
 from evicctl.manager.placer.pricing import codec_sizes, price_problem
 from evicctl.manager.reprofile import OnlineQuality
 from evicctl.manager.restart import recover
+from evicctl.manager.runtime import Runtime
 from evicctl.manager.state import (
     EVENT_KIND,
     PREFERRED_METRIC,
@@ -100,47 +101,36 @@ class Manager:
         self.codec_names = tuple(dict.fromkeys(validate_codec_name(c) for c in config.codecs))
         if "none" not in self.codec_names:
             self.codec_names = ("none", *self.codec_names)  # a fresh context can always be kept whole
-        self._lock = threading.RLock()
-        self._exec_lock = threading.RLock()
-        self._contexts: dict[str, ContextState] = {}
-        self._freq = DecayedRate(config.freq_half_life_s)
         self._online = OnlineQuality(config.reprofile_drop)
         self._tenant_floors = dict(config.tenant_quality_floors)
         self._query_tokens = float(DEFAULT_QUERY_TOKENS)
-        self._kv_shape: dict | None = None
-        self._tier_hits: dict[str, int] = {}
-        self._misses = 0
-        self._dirty: set[str] = set()
-        self._replan_needed = True
         self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._closed = False
-        self.orphans_deleted = 0
-        # Test hook: called with a stage name between the steps of a move ("copied", "switched",
-        # "admit-copied"); a test raises from it to simulate a crash there.
-        self.fault: Callable[[str], None] | None = None
-        self._moves = MoveExecutor(self)
 
         self.tiers = list(tiers) if tiers is not None else [
             make_tier(per_store_disk(cfg, config), rank, cache_dir=config.cache_dir)
             for rank, cfg in enumerate(config.tiers)
         ]
-        self._tier_by_name = {t.name: t for t in self.tiers}
         if probe:
             for tier in self.tiers:
                 tier.probe()
-        self._store = Store.open(config.db_path, samples_retention_s=config.samples_retention_s)
-        self._batch = self._store.batch()
-        previous = self._store.query("SELECT heartbeat_at, config_json FROM manager WHERE id = 1")
+        store = Store.open(config.db_path, samples_retention_s=config.samples_retention_s)
+        # the state moves, restart and commands share with this class (see runtime.py)
+        self.rt = Runtime(store=store, tier_by_name={t.name: t for t in self.tiers},
+                          freq=DecayedRate(config.freq_half_life_s))  # fmt: skip
+        self._moves = MoveExecutor(self.rt, heartbeat=self.heartbeat_if_due, running=lambda: self.running)
+        previous = self.rt.store.query("SELECT heartbeat_at, config_json FROM manager WHERE id = 1")
         prev_config = json.loads(previous[0]["config_json"] or "{}") if previous else {}
         self.cost_model = CostModel.from_dict(prev_config["cost_model"]) if prev_config.get("cost_model") else CostModel()
         self._query_tokens = float(prev_config.get("query_tokens", DEFAULT_QUERY_TOKENS))
-        self._kv_shape = prev_config.get("kv_shape")
-        self._control = ControlServer(self._store, __version__, self.config_json())
+        self.rt.kv_shape = prev_config.get("kv_shape")
+        self._control = ControlServer(self.rt.store, __version__, self.config_json())
         self._commands = CommandHandler(self)
-        recover(self, previous[0]["heartbeat_at"] if previous else time.time())
+        self.orphans_deleted = recover(self.rt, self.codec_names, self.tiers,
+                                       previous[0]["heartbeat_at"] if previous else time.time())
         self._control.heartbeat(self.config_json())
         self._last_heartbeat = time.time()
 
@@ -163,12 +153,12 @@ class Manager:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        with self._exec_lock:
+        with self.rt.exec_lock:
             self._write_state(time.time(), force=True)
-            self._flush()
+            self.rt.flush()
             self._control.heartbeat(self.config_json())  # the latest cost model and KV shape
             self._control.stop()
-            self._store.close()
+            self.rt.store.close()
         for tier in self.tiers:
             close = getattr(tier, "close", None)
             if close is not None:
@@ -202,25 +192,25 @@ class Manager:
         if not isinstance(context_id, str) or not context_id:
             raise UsageError("context_id must be a non-empty string")
         now = time.time()
-        with self._exec_lock:
-            with self._lock:
-                ctx = self._contexts.get(context_id)
+        with self.rt.exec_lock:
+            with self.rt.lock:
+                ctx = self.rt.contexts.get(context_id)
                 if ctx is not None and ctx.stored:  # already kept: nothing new to store
-                    self._freq.record(context_id, now)
+                    self.rt.freq.record(context_id, now)
                     ctx.last_access_at = now
-                    self._dirty.add(context_id)
+                    self.rt.dirty.add(context_id)
                     return ctx.placement()
                 ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
-            plan = self._plan(admit=context_id)
+            plan = self.plan(admit=context_id)
             self._moves.admit(ctx, kv, plan, now)
             pressure = self._over_capacity()
         if pressure:
-            self._replan_needed = True
+            self.rt.replan_needed = True
             if self.running:
                 self._wake.set()
             else:
                 self.tick()
-        with self._lock:
+        with self.rt.lock:
             return ctx.placement()
 
     def lookup(self, context_id: str, device=None) -> Lookup | None:
@@ -229,14 +219,14 @@ class Manager:
 
         now = time.time()
         for _attempt in range(3):  # a concurrent move may delete the copy we were about to read
-            with self._lock:
-                ctx = self._contexts.get(context_id)
+            with self.rt.lock:
+                ctx = self.rt.contexts.get(context_id)
                 if ctx is None:
                     return None
                 if not ctx.stored:
                     self._count_miss(ctx, now)
                     return None
-                tier, key, codec, nbytes = self._tier_by_name[ctx.tier], ctx.key, ctx.codec, ctx.stored_bytes
+                tier, key, codec, nbytes = self.rt.tier_by_name[ctx.tier], ctx.key, ctx.codec, ctx.stored_bytes
             try:
                 stored, load_s = tier.get(key)
             except KeyError:
@@ -250,19 +240,19 @@ class Manager:
                 return self._lost_on_read(ctx, key, exc, now)
             decode_s = time.perf_counter() - start
             self.cost_model.observe_decode(get_codec(codec).family, nbytes, decode_s)
-            with self._lock:
-                freq = self._freq.record(context_id, now)
+            with self.rt.lock:
+                freq = self.rt.freq.record(context_id, now)
                 ctx.hits += 1
                 ctx.last_access_at = now
                 ctx.min_tier = 0  # used again: an operator's evict no longer holds it down
-                self._tier_hits[tier.name] = self._tier_hits.get(tier.name, 0) + 1
-                self._dirty.add(context_id)
+                self.rt.tier_hits[tier.name] = self.rt.tier_hits.get(tier.name, 0) + 1
+                self.rt.dirty.add(context_id)
             return Lookup(kv, tier.name, codec, nbytes, load_s, decode_s, freq)
         # Every read missed. A concurrent move switches the row before deleting the old copy, so
         # a context still pointing at a key its tier does not hold has lost that copy: record it
         # (placement dropped, a "lost" event, a miss) instead of failing the same way forever.
-        with self._lock:
-            still = self._contexts.get(context_id) is ctx and ctx.stored and ctx.key == key
+        with self.rt.lock:
+            still = self.rt.contexts.get(context_id) is ctx and ctx.stored and ctx.key == key
         if still and not tier.contains(key):
             return self._lost_on_read(ctx, key, KeyError(f"tier {tier.name} no longer holds {key}"), now)
         return None
@@ -272,18 +262,18 @@ class Manager:
                        f1: float | None = None) -> None:  # fmt: skip
         """Store a codec's measured quality for a context; the placer uses it from the next plan."""
         codec = self._checked_quality(codec, quality)
-        with self._lock:
+        with self.rt.lock:
             ctx = self.context(context_id)
             ctx.keep_profile(codec, quality, quality_sd, metric)
             self._online.profiled(context_id, codec)  # a fresh profile: the online check starts over
-            self._batch.upsert("profiles", {
+            self.rt.batch.upsert("profiles", {
                 "context_id": context_id, "codec": codec, "metric": metric, "quality": float(quality),
                 "quality_sd": quality_sd, "raw_mean": raw_mean, "f1": f1, "n_queries": int(n_queries),
                 "measured_at": time.time(),
             })  # fmt: skip
-            self._replan_needed = True
+            self.rt.replan_needed = True
         if not self.running:
-            self._flush()
+            self.rt.flush()
 
     def record_online_quality(self, context_id: str, codec: str, quality: float) -> bool:
         """One served answer's measured quality in [0, 1] (the profiling metric), with the codec
@@ -295,7 +285,7 @@ class Manager:
         record_profile brings a new profile of that codec.
         """
         codec = self._checked_quality(codec, quality)
-        with self._lock:
+        with self.rt.lock:
             ctx = self.context(context_id)
             profile = ctx.profiles.get(codec)
             profile_quality = 1.0 if codec == "none" else (profile[0] if profile else None)  # none is the reference
@@ -303,24 +293,24 @@ class Manager:
             if shortfall is not None:
                 log.info("context %s: online quality of %s is %.2f below its profile; re-profile it",
                          context_id, codec, shortfall)  # fmt: skip
-                self._batch.event(context_id=context_id, kind="reprofile", reason="quality-drop",
+                self.rt.batch.event(context_id=context_id, kind="reprofile", reason="quality-drop",
                                   from_tier=ctx.tier, from_codec=codec, utility_before=ctx.utility)  # fmt: skip
             needs = self._online.needs_reprofile(context_id)
         if shortfall is not None and not self.running:
-            self._flush()
+            self.rt.flush()
         return needs
 
     def needs_reprofile(self, context_id: str) -> bool:
         """Whether online quality says one of the context's profiles no longer holds."""
-        with self._lock:
+        with self.rt.lock:
             self.context(context_id)
             return self._online.needs_reprofile(context_id)
 
     def reprofile_candidates(self) -> list[str]:
         """Contexts that need re-profiling, the costliest first (access rate times the drop)."""
-        with self._lock:
-            ids = [cid for cid in self._contexts if self._online.needs_reprofile(cid)]
-            rates = self._freq.rates(ids, time.time())
+        with self.rt.lock:
+            ids = [cid for cid in self.rt.contexts if self._online.needs_reprofile(cid)]
+            rates = self.rt.freq.rates(ids, time.time())
             return self._online.candidates(dict(zip(ids, rates.tolist(), strict=True)))
 
     def report_prefill(self, new_tokens: int, cached_tokens: int, seconds: float) -> None:
@@ -330,17 +320,17 @@ class Manager:
             self._query_tokens += QUERY_EWMA * (new_tokens - self._query_tokens)
 
     def known(self, context_id: str) -> bool:
-        with self._lock:
-            return context_id in self._contexts
+        with self.rt.lock:
+            return context_id in self.rt.contexts
 
     def placement(self, context_id: str) -> Placement | None:
-        with self._lock:
-            ctx = self._contexts.get(context_id)
+        with self.rt.lock:
+            ctx = self.rt.contexts.get(context_id)
             return None if ctx is None else ctx.placement()
 
     def context_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._contexts)
+        with self.rt.lock:
+            return list(self.rt.contexts)
 
     def config_json(self) -> dict:
         """What readers (snapshot, CLI) need to price options as the placer does."""
@@ -349,7 +339,7 @@ class Manager:
             "codecs": list(self.codec_names),
             "cost_model": self.cost_model.to_dict(),
             "query_tokens": round(self._query_tokens, 2),
-            "kv_shape": self._kv_shape,
+            "kv_shape": self.rt.kv_shape,
             "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
             "heartbeat_every_s": self._heartbeat_every_s,
             "tick_s": self.config.tick_s,
@@ -374,18 +364,18 @@ class Manager:
     def tick(self) -> None:
         """One control step: heartbeat, operator commands, re-plan if due, write state."""
         now = time.time()
-        with self._exec_lock:
+        with self.rt.exec_lock:
             if self._closed and self._thread is None:
                 return
             self.heartbeat_if_due(now)
             self._control.poll(self._commands)
             timer = now - self._last_replan >= self.config.replan_s
-            if timer or self._replan_needed or self._over_capacity():
-                self._replan_needed = False
+            if timer or self.rt.replan_needed or self._over_capacity():
+                self.rt.replan_needed = False
                 self._last_replan = now
-                self.execute(self._plan(rebalance=timer))
+                self.execute(self.plan(rebalance=timer))
             self._write_state(now)
-            self._flush()
+            self.rt.flush()
 
     def heartbeat_if_due(self, now: float | None = None) -> None:
         """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old."""
@@ -399,9 +389,10 @@ class Manager:
 
     # ------------------------------------------------------------------ planning and moves
 
-    def _plan(self, *, admit: str | None = None, rebalance: bool = False,
+    def plan(self, *, admit: str | None = None, rebalance: bool = False,
               overrides: dict[str, dict] | None = None) -> Plan:  # fmt: skip
-        """Place every stored context (and `admit`, held whole by the caller)."""
+        """Place every stored context (and `admit`, held whole by the caller); operator commands
+        plan with `overrides` (see problem())."""
         return place(self.problem(admit=admit, rebalance=rebalance, overrides=overrides))
 
     def problem(self, *, admit: str | None = None, rebalance: bool = False,
@@ -410,15 +401,15 @@ class Manager:
         pin_tier, pin_codec, force_tier, force_codec, min_tier (by name), for plans the
         operator asks about before they take effect."""
         now = time.time()
-        with self._lock:
-            states = [ctx for cid, ctx in self._contexts.items() if ctx.stored or cid == admit]
+        with self.rt.lock:
+            states = [ctx for cid, ctx in self.rt.contexts.items() if ctx.stored or cid == admit]
             in_use = {ctx.codec for ctx in states if ctx.stored} - set(self.codec_names)
             # A copy at a codec no longer offered adds it. The same tuple object otherwise: the
             # priced rows cached on each context are checked against it by identity first.
             codecs = self.codec_names + tuple(sorted(in_use)) if in_use else self.codec_names
             return price_problem(
                 states,
-                self._freq.rates([ctx.id for ctx in states], now),
+                self.rt.freq.rates([ctx.id for ctx in states], now),
                 codecs=codecs,
                 tiers=self.tiers,
                 cost_model=self.cost_model,
@@ -439,10 +430,10 @@ class Manager:
         """Create (or refresh a dropped) context's state for admission. Under _lock."""
         wq = kv.window_queries
         shape = (kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(), 0 if wq is None else wq.numel())
-        self._kv_shape = dict(zip(("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel"), shape, strict=True))
+        self.rt.kv_shape = dict(zip(("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel"), shape, strict=True))
         if ctx is None:
             ctx = ContextState(context_id, kv.tokens, raw_kv_bytes(kv.tokens, *shape[:4]), created_at=now)
-            self._contexts[context_id] = ctx
+            self.rt.contexts[context_id] = ctx
         ctx.tokens, ctx.raw_bytes, ctx.shape = kv.tokens, raw_kv_bytes(kv.tokens, *shape[:4]), shape
         ctx.label = label if label is not None else ctx.label
         ctx.tenant = tenant
@@ -450,78 +441,76 @@ class Manager:
         ctx.set_sizes(codec_sizes(self.codec_names, kv.tokens, shape, ctx.raw_bytes))
         if prefill_s is not None and prefill_s > 0:
             ctx.miss_s = float(prefill_s)
-        self._freq.record(context_id, now)
+        self.rt.freq.record(context_id, now)
         return ctx
 
     def _lost_on_read(self, ctx: ContextState, key: str | None, exc: Exception, now: float) -> None:
         """A copy failed its checksum or would not decode: never served, and a miss now."""
         self._moves.lose(ctx.id, key, str(exc))
-        with self._lock:
+        with self.rt.lock:
             self._count_miss(ctx, now)
 
     def _count_miss(self, ctx: ContextState, now: float) -> None:
         """Under _lock."""
-        self._freq.record(ctx.id, now)  # a miss is a use: the context is worth keeping
+        self.rt.freq.record(ctx.id, now)  # a miss is a use: the context is worth keeping
         ctx.misses += 1
         ctx.last_access_at = now
-        self._misses += 1
-        self._dirty.add(ctx.id)
+        self.rt.misses += 1
+        self.rt.dirty.add(ctx.id)
 
     # ------------------------------------------------------------------ state writes
 
     def _write_state(self, now: float, *, force: bool = False) -> None:
         """Batch the dirty contexts, every tier and (each SAMPLE_EVERY_S) occupancy samples."""
-        with self._lock:
-            dirty, self._dirty = self._dirty, set()
+        with self.rt.lock:
+            dirty, self.rt.dirty = self.rt.dirty, set()
             if force or now - self._last_refresh >= FREQ_REFRESH_S:
                 self._last_refresh = now
-                dirty |= set(self._contexts)  # freq decays for everyone: refresh all rows now and then
-            rates = self._freq.rates(list(dirty), now)
+                dirty |= set(self.rt.contexts)  # freq decays for everyone: refresh all rows now and then
+            rates = self.rt.freq.rates(list(dirty), now)
             for cid, rate in zip(dirty, rates, strict=True):
-                ctx = self._contexts.get(cid)
+                ctx = self.rt.contexts.get(cid)
                 if ctx is not None:
-                    self._batch.upsert("contexts", ctx.row(float(rate)))
+                    self.rt.batch.upsert("contexts", ctx.row(float(rate)))
             for tier in self.tiers:
-                self._batch.upsert("tiers", {
+                self.rt.batch.upsert("tiers", {
                     "name": tier.name, "backend": tier.backend, "rank": tier.rank,
                     "capacity_bytes": tier.capacity_bytes, "used_bytes": tier.used_bytes,
                     "read_bps": tier.read_bps, "write_bps": tier.write_bps,
-                    "hits": self._tier_hits.get(tier.name, 0), "updated_at": now,
+                    "hits": self.rt.tier_hits.get(tier.name, 0), "updated_at": now,
                 })  # fmt: skip
             if force or now - self._last_sample >= SAMPLE_EVERY_S:
                 self._last_sample = now
                 for tier in self.tiers:
-                    self._batch.sample(
+                    self.rt.batch.sample(
                         ts=now, tier=tier.name, used_bytes=tier.used_bytes, capacity_bytes=tier.capacity_bytes,
-                        hits=self._tier_hits.get(tier.name, 0), misses=self._misses,
+                        hits=self.rt.tier_hits.get(tier.name, 0), misses=self.rt.misses,
                     )  # fmt: skip
-
-    def _flush(self) -> list[int]:
-        with self._lock:
-            batch, self._batch = self._batch, self._store.batch()
-        if len(batch) == 0:
-            return []
-        return self._store.flush(batch)
 
     # ------------------------------------------------------------------ helpers for commands
 
     def context(self, context_id: str) -> ContextState:
         """The live state of a context (read it under `state_lock`); NoSuchContextError if unknown."""
-        ctx = self._contexts.get(context_id)
+        ctx = self.rt.contexts.get(context_id)
         if ctx is None:
             raise NoSuchContextError(context_id)
         return ctx
 
     @property
     def state_lock(self) -> threading.RLock:
-        return self._lock
+        return self.rt.lock
 
     @property
-    def store_db(self):
-        return self._store
+    def fault(self) -> Callable[[str], None] | None:
+        """Test hook between the steps of a move (see Runtime.fault)."""
+        return self.rt.fault
+
+    @fault.setter
+    def fault(self, hook: Callable[[str], None] | None) -> None:
+        self.rt.fault = hook
 
     def tier_named(self, name: str):
-        tier = self._tier_by_name.get(name)
+        tier = self.rt.tier_by_name.get(name)
         if tier is None:
             raise UnknownNameError("tier", name, [t.name for t in self.tiers])
         return tier
@@ -533,11 +522,11 @@ class Manager:
 
     def queue(self, fn: Callable[[object], None]) -> None:
         """Run fn(batch) under the state lock (commands add rows and events to the tick's batch)."""
-        with self._lock:
-            fn(self._batch)
+        with self.rt.lock:
+            fn(self.rt.batch)
 
     def flush(self) -> list[int]:
-        return self._flush()
+        return self.rt.flush()
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from evicctl.errors import CorruptDataError
 from evicctl.manager.kv import KV
@@ -31,32 +32,34 @@ NOT_ADMISSIONS = ("compress", "demote", "promote", "move", "drop")
 class MoveExecutor:
     """Executes plans (and admissions) for one Manager; see the module docstring."""
 
-    def __init__(self, manager) -> None:
-        self.m = manager
+    def __init__(self, rt, *, heartbeat: Callable[[], None], running: Callable[[], bool]) -> None:
+        self.rt = rt  # runtime.Runtime: the manager's shared state
+        self._heartbeat = heartbeat  # long plans heartbeat as they go (readers must see the manager alive)
+        self._running = running  # without the control thread, writes are flushed at once
 
     def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
         """Carry out a plan's moves (copy, switch rows, delete old copies); returns event ids.
         Admissions are skipped: they carry their KV, and `admit` does them."""
-        m = self.m
-        with m._exec_lock:
-            m.heartbeat_if_due()  # planning may have taken a while
+        m = self.rt
+        with m.exec_lock:
+            self._heartbeat()  # planning may have taken a while
             copies = []
             for move in plan.iter_moves(NOT_ADMISSIONS):
                 copy = self._copy(move)
                 if copy is not None:
                     copies.append((move, copy))
-                m.heartbeat_if_due()
+                self._heartbeat()
             self._fault("copied")
             old_copies = []
-            with m._lock:
+            with m.lock:
                 for move, copy in copies:
                     old = self._switch(move, copy, actor, command_id)
                     if old is not None:
                         old_copies.append(old)
-            event_ids = m._flush()
+            event_ids = m.flush()
             self._fault("switched")
-            with m._lock:
-                live = {(ctx.tier, ctx.key) for ctx in m._contexts.values() if ctx.stored}
+            with m.lock:
+                live = {(ctx.tier, ctx.key) for ctx in m.contexts.values() if ctx.stored}
             for tier, key in old_copies:
                 if (tier.name, key) in live:
                     continue  # the copy a context is served from: deleting it would lose the context
@@ -67,56 +70,55 @@ class MoveExecutor:
         """Store a new context's KV as the plan says (the caller holds `_exec_lock`)."""
         from evicctl.manager.codecs.codec import get_codec
 
-        m = self.m
+        m = self.rt
         move = plan.move_of(ctx.id)
         if move.to_codec is None:
             new = DROP_COPY
         else:
             stored = get_codec(move.to_codec).encode(kv)
             key = tier_key(ctx.id, move.to_codec)
-            put = m._tier_by_name[move.to_tier].put(key, stored)
+            put = m.tier_by_name[move.to_tier].put(key, stored)
             new = (key, put.location, put.checksum, stored.nbytes)
         self._fault("admit-copied")
-        with m._lock:
-            m._batch.upsert("contexts", ctx.row(m._freq.rate(ctx.id, now)))
+        with m.lock:
+            m.batch.upsert("contexts", ctx.row(m.freq.rate(ctx.id, now)))
             self._switch(move, new, "policy", None)
-        m._flush()
+        m.flush()
 
     def lose(self, context_id: str, key: str | None, why: str, *, reason: str = "lost") -> None:
         """A copy failed its checksum or vanished: never served; the context becomes dropped."""
-        m = self.m
-        with m._lock:
-            ctx = m._contexts.get(context_id)
+        m = self.rt
+        with m.lock:
+            ctx = m.contexts.get(context_id)
             if ctx is None or ctx.key != key or not ctx.stored:
                 return
-            tier = m._tier_by_name.get(ctx.tier)
-            m._batch.event(
+            tier = m.tier_by_name.get(ctx.tier)
+            m.batch.event(
                 context_id=context_id, kind="lost", from_tier=ctx.tier, to_tier=DROPPED_TIER,
                 from_codec=ctx.codec, bytes=ctx.stored_bytes, reason=reason, utility_before=ctx.utility,
             )  # fmt: skip
             log.warning("context %s lost: %s", context_id, why)
             ctx.set_dropped(time.time())
-            m._batch.upsert("placements", ctx.placement_row())
+            m.batch.upsert("placements", ctx.placement_row())
         if tier is not None and key is not None:
             tier.delete(key)
-        if not m.running:
-            m._flush()
+        if not self._running():
+            m.flush()
 
     def _fault(self, stage: str) -> None:
-        if self.m.fault:
-            self.m.fault(stage)
+        self.rt.at_fault_point(stage)
 
     def _copy(self, move: Move) -> Copy | None:
         """Step 1 of a move: the new copy, written beside the old one. None if the source is
         unreadable (the context is then lost: an event, a miss next time)."""
         from evicctl.manager.codecs.codec import get_codec
 
-        m = self.m
-        with m._lock:
-            ctx = m._contexts.get(move.context_id)
+        m = self.rt
+        with m.lock:
+            ctx = m.contexts.get(move.context_id)
             if ctx is None or not ctx.stored or ctx.tier != move.from_tier or ctx.codec != move.from_codec:
                 return None  # changed since it was planned; the next plan sees the new state
-            src, key = m._tier_by_name[ctx.tier], ctx.key
+            src, key = m.tier_by_name[ctx.tier], ctx.key
         if move.to_codec is None:
             return DROP_COPY
         if move.to_tier == move.from_tier and tier_key(move.context_id, move.to_codec) == key:
@@ -129,7 +131,7 @@ class MoveExecutor:
             if move.to_codec != move.from_codec:
                 stored = get_codec(move.to_codec).encode(get_codec(move.from_codec).decode(stored, "cpu"))
             new_key = tier_key(move.context_id, move.to_codec)
-            put = m._tier_by_name[move.to_tier].put(new_key, stored)
+            put = m.tier_by_name[move.to_tier].put(new_key, stored)
         except KeyError:
             return None
         except CorruptDataError as exc:
@@ -140,9 +142,9 @@ class MoveExecutor:
     def _switch(self, move: Move, copy: Copy, actor: str, command_id: int | None):
         """Step 2 (under _lock): point the context at its new copy; batch the row and event.
         Returns the old copy (tier, key) to delete once the batch is written."""
-        m = self.m
-        ctx = m._contexts[move.context_id]
-        old = (m._tier_by_name[ctx.tier], ctx.key) if ctx.stored else None
+        m = self.rt
+        ctx = m.contexts[move.context_id]
+        old = (m.tier_by_name[ctx.tier], ctx.key) if ctx.stored else None
         new_key, location, checksum, nbytes = copy
         if old is not None and (move.to_tier, new_key) == (ctx.tier, ctx.key):
             old = None  # the new copy overwrote the old one in place: nothing left to delete
@@ -153,9 +155,9 @@ class MoveExecutor:
             ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = move.to_tier, move.to_codec, new_key, nbytes
             ctx.location, ctx.checksum, ctx.since = location, checksum, now
         ctx.utility = move.utility_after
-        m._batch.upsert("placements", ctx.placement_row())
-        m._batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})
-        m._batch.event(
+        m.batch.upsert("placements", ctx.placement_row())
+        m.batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})
+        m.batch.event(
             ts=now, context_id=ctx.id, kind=EVENT_KIND.get(move.kind, "move"), from_tier=move.from_tier,
             to_tier=move.to_tier, from_codec=move.from_codec, to_codec=move.to_codec, bytes=nbytes,
             utility_before=move.utility_before, utility_after=move.utility_after, reason=move.reason,

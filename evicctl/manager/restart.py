@@ -5,8 +5,9 @@ verified), memory-tier ones are reported gone (an event each; the context is dro
 recomputed on its next use), pins and profiles come back from the store, and files no
 placement points at (a crashed move's half, a lost copy) are deleted.
 
-`recover` fills the Manager's `_contexts`, `_tier_hits`, `_misses`, `_freq`, `_dirty` and
-`orphans_deleted`, batches its events in `_batch` and flushes them.
+`recover` fills the manager's runtime (runtime.Runtime: contexts, tier_hits, misses, freq,
+dirty), batches its events in the runtime's batch, flushes them, and returns how many orphan
+files it deleted.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ log = logging.getLogger(__name__)
 SHAPE_KEYS = ("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel")
 
 
-def recover(m, previous_heartbeat_at: float) -> None:
-    """Rebuild the state a previous manager left in the store (see the module docstring)."""
+def recover(m, codec_names: tuple[str, ...], tiers, previous_heartbeat_at: float) -> int:
+    """Rebuild the state a previous manager left in the store (see the module docstring) into
+    `m` (the manager's runtime.Runtime); returns how many orphan files it deleted."""
     now = time.time()
-    store = m._store
+    store = m.store
     rows = {r["id"]: r for r in store.query("SELECT * FROM contexts")}
-    m._tier_hits = {r["name"]: r["hits"] for r in store.query("SELECT name, hits FROM tiers")}
-    m._misses = sum(r["misses"] for r in rows.values())
+    m.tier_hits = {r["name"]: r["hits"] for r in store.query("SELECT name, hits FROM tiers")}
+    m.misses = sum(r["misses"] for r in rows.values())
     placements = {r["context_id"]: r for r in store.query("SELECT * FROM placements")}
-    shape = tuple(m._kv_shape.get(k, 0) for k in SHAPE_KEYS) if m._kv_shape else None
+    shape = tuple(m.kv_shape.get(k, 0) for k in SHAPE_KEYS) if m.kv_shape else None
     for cid, r in rows.items():
         ctx = ContextState(
             cid, r["tokens"], r["raw_bytes"], tenant=r["tenant"], label=r["label"], created_at=r["created_at"],
@@ -40,33 +42,34 @@ def recover(m, previous_heartbeat_at: float) -> None:
             pin_tier=r["pin_tier"], pin_codec=r["pin_codec"], quality_floor=r["quality_floor"],
             utility=r["utility"],
         )  # fmt: skip
-        ctx.set_sizes(codec_sizes(m.codec_names, ctx.tokens, shape, ctx.raw_bytes))
-        m._contexts[cid] = ctx
+        ctx.set_sizes(codec_sizes(codec_names, ctx.tokens, shape, ctx.raw_bytes))
+        m.contexts[cid] = ctx
         # freq was written as the decayed rate at (about) the last heartbeat
-        m._freq.set(cid, r["freq"], min(previous_heartbeat_at, now))
+        m.freq.set(cid, r["freq"], min(previous_heartbeat_at, now))
     for r in store.query("SELECT * FROM profiles ORDER BY measured_at"):
-        ctx = m._contexts.get(r["context_id"])
+        ctx = m.contexts.get(r["context_id"])
         if ctx is not None:
             ctx.keep_profile(r["codec"], r["quality"], r["quality_sd"], r["metric"])
     adopted: set[str] = set()
-    for cid, ctx in m._contexts.items():
-        refuse_unconfigured_pin(m._batch, ctx, m._tier_by_name, m.codec_names)
+    for cid, ctx in m.contexts.items():
+        refuse_unconfigured_pin(m.batch, ctx, m.tier_by_name, codec_names)
         location = _adopt(m, ctx, placements.get(cid), now)
         if location:
             adopted.add(location)
-        m._dirty.add(cid)
-    m.orphans_deleted = delete_orphans(m.tiers, adopted)
-    m._flush()
+        m.dirty.add(cid)
+    orphans_deleted = delete_orphans(tiers, adopted)
+    m.flush()
+    return orphans_deleted
 
 
 def _adopt(m, ctx: ContextState, row, now: float) -> str | None:
     """Re-attach a context's copy from its placement row; returns its location if adopted."""
-    batch = m._batch
+    batch = m.batch
     if row is None or row["tier"] == DROPPED_TIER:
         ctx.since = row["since"] if row else now
         batch.upsert("placements", ctx.placement_row())
         return None
-    tier = m._tier_by_name.get(row["tier"])
+    tier = m.tier_by_name.get(row["tier"])
     key = tier_key(ctx.id, row["codec"])
     gone = {"context_id": ctx.id, "from_tier": row["tier"], "to_tier": DROPPED_TIER,
             "from_codec": row["codec"], "bytes": row["stored_bytes"], "utility_before": ctx.utility}  # fmt: skip

@@ -71,6 +71,12 @@ class TopApp(ActionFlows, App[None]):
         self._reading = False
         self._again = False
 
+
+    @property
+    def reading(self) -> bool:
+        """A snapshot read is in flight (the frame on screen may be about to change)."""
+        return self._reading
+
     def get_default_screen(self) -> MainScreen:
         return MainScreen()
 

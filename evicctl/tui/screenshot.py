@@ -30,7 +30,7 @@ def save_screenshot(db_path: Path | str, out_path: Path | str, *, size: tuple[in
 
     async def shoot(pilot: Any) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while app.frame is None or app._reading or app.frame.query != app.view:
+        while app.frame is None or app.reading or app.frame.query != app.view:
             if time.monotonic() > deadline:
                 break
             await pilot.pause(0.05)

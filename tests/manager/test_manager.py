@@ -16,7 +16,7 @@ from evicctl.manager.manager import Manager, disk_dir_of
 
 def events(manager: Manager, **where) -> list[dict]:
     sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(f"{k} = ?" for k in where) if where else "") + " ORDER BY id"
-    return [dict(r) for r in manager.store_db.query(sql, tuple(where.values()))]
+    return [dict(r) for r in manager.rt.store.query(sql, tuple(where.values()))]
 
 
 def flip_byte(path: str, offset: int) -> None:
@@ -42,12 +42,12 @@ def test_store_lookup_round_trip(tmp_path):
         assert m.lookup("nobody") is None
         assert m.known("doc") and not m.known("nobody")
     with Manager(make_config(tmp_path), probe=False) as m:  # the rows the first one wrote
-        row = dict(m.store_db.query("SELECT * FROM contexts WHERE id = 'doc'")[0])
+        row = dict(m.rt.store.query("SELECT * FROM contexts WHERE id = 'doc'")[0])
         assert (row["label"], row["hits"], row["tokens"], row["raw_bytes"]) == ("a document", 1, 64, KV_BYTES)
         assert [e["kind"] for e in events(m, context_id="doc")][:1] == ["admit"]
-        tiers = {r["name"]: dict(r) for r in m.store_db.query("SELECT * FROM tiers")}
+        tiers = {r["name"]: dict(r) for r in m.rt.store.query("SELECT * FROM tiers")}
         assert tiers["cpu"]["capacity_bytes"] == 4 * KV_BYTES and tiers["disk"]["read_bps"] > 0
-        assert m.store_db.query("SELECT COUNT(*) FROM samples")[0][0] >= 2
+        assert m.rt.store.query("SELECT COUNT(*) FROM samples")[0][0] >= 2
         config = m.config_json()
         assert config["alpha"] == 2.0 and "cost_model" in config and config["kv_shape"]["layers"] == 2
 
@@ -66,7 +66,7 @@ def test_pressure_compresses_and_demotes_with_events(tmp_path):
         assert any(k == "evict" for k, _ in kinds)
         placements = {c: m.placement(c) for c in m.context_ids()}
         assert {p.codec for p in placements.values() if p.tier != "dropped"} - {"none"}  # something compressed
-        rows = {r["context_id"]: dict(r) for r in m.store_db.query("SELECT * FROM placements")}
+        rows = {r["context_id"]: dict(r) for r in m.rt.store.query("SELECT * FROM placements")}
         assert set(rows) == set(placements)  # exactly one placement row per context
         for cid, p in placements.items():
             assert (rows[cid]["tier"], rows[cid]["codec"]) == (p.tier, p.codec)
@@ -128,7 +128,7 @@ def test_corrupt_file_is_lost_never_served(tmp_path):
         assert m2.placement("b").tier == "dropped"
         m2.tick()
         assert events(m2, context_id="b", kind="lost")
-        row = m2.store_db.query("SELECT misses FROM contexts WHERE id = 'b'")
+        row = m2.rt.store.query("SELECT misses FROM contexts WHERE id = 'b'")
         assert row[0][0] == 1
 
 

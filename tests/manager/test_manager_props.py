@@ -105,13 +105,13 @@ class ManagerMachine(RuleBasedStateMachine):
 
         self.manager.fault = fault
         try:
-            self.manager._replan_needed = True
+            self.manager.rt.replan_needed = True
             self.manager.store(cid, make_kv(int(cid[1:])))  # admission and pressure: moves happen
             self.manager.tick()
         except Crash:
             pass
         # The process dies: memory is gone, nothing is flushed; files and the database stay.
-        self.manager._store.close()
+        self.manager.rt.store.close()
         self.manager = Manager(self.config, probe=False)
         self.check_store_after_restart()
 
@@ -127,11 +127,11 @@ class ManagerMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_placement_each(self):
-        rows = self.manager.store_db.query("SELECT context_id, tier FROM placements")
+        rows = self.manager.rt.store.query("SELECT context_id, tier FROM placements")
         known = set(self.manager.context_ids())
         stored_rows = {r["context_id"] for r in rows}
         assert len(rows) == len(stored_rows)  # one row per context
-        flushed = {r[0] for r in self.manager.store_db.query("SELECT id FROM contexts")}
+        flushed = {r[0] for r in self.manager.rt.store.query("SELECT id FROM contexts")}
         assert stored_rows == flushed and flushed <= known
         for placement in self.placements().values():
             assert placement is not None and (placement.tier in ("cpu", "disk", "dropped"))
@@ -145,7 +145,7 @@ class ManagerMachine(RuleBasedStateMachine):
 
     def check_store_after_restart(self):
         disk = disk_dir_of(self.config)
-        rows = [dict(r) for r in self.manager.store_db.query("SELECT * FROM placements")]
+        rows = [dict(r) for r in self.manager.rt.store.query("SELECT * FROM placements")]
         assert not [r for r in rows if r["tier"] == "cpu"]  # memory does not survive a restart
         locations = set()
         disk_tier = self.manager.tier_named("disk")
@@ -158,7 +158,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 locations.add(r["location"])
         assert {str(p) for p in disk.glob("*.safetensors")} == locations  # no orphans left
         assert not list(disk.glob(".*.tmp"))
-        contexts = {r[0] for r in self.manager.store_db.query("SELECT id FROM contexts")}
+        contexts = {r[0] for r in self.manager.rt.store.query("SELECT id FROM contexts")}
         assert contexts == {r["context_id"] for r in rows}
         for cid, tier in self.pins.items():
             if tier == "disk" and self.manager.known(cid) and self.manager.placement(cid).tier != "dropped":

@@ -24,7 +24,7 @@ class OnePlan:
 
 def events(manager: Manager, **where) -> list[dict]:
     sql = " AND ".join(f"{k} = ?" for k in where) or "1"
-    return [dict(r) for r in manager.store_db.query(f"SELECT * FROM events WHERE {sql} ORDER BY id", list(where.values()))]
+    return [dict(r) for r in manager.rt.store.query(f"SELECT * FROM events WHERE {sql} ORDER BY id", list(where.values()))]
 
 
 def self_move(context_id: str, tier: str, codec: str) -> Move:
@@ -160,5 +160,5 @@ def test_a_pin_to_a_tier_no_longer_configured_is_kept_refused_and_said(tmp_path)
         refused = [e for e in events(m, context_id="c0", kind="pin")]
         assert refused and "pin not honoured" in refused[-1]["reason"]
         assert "'gpu' is not configured (tiers: cpu)" in refused[-1]["reason"] and "int3-nope" in refused[-1]["reason"]
-        row = m.store_db.query("SELECT pin_tier, pin_codec FROM contexts WHERE id = 'c0'")
+        row = m.rt.store.query("SELECT pin_tier, pin_codec FROM contexts WHERE id = 'c0'")
         assert [dict(r) for r in row] == [{"pin_tier": "gpu", "pin_codec": "int3-nope"}]

@@ -16,7 +16,7 @@ from evicctl.manager.reprofile import MIN_SAMPLES, OnlineQuality
 
 
 def reprofile_events(m: Manager, context_id: str) -> list[dict]:
-    rows = m.store_db.query("SELECT * FROM events WHERE kind = 'reprofile' AND context_id = ? ORDER BY id", (context_id,))
+    rows = m.rt.store.query("SELECT * FROM events WHERE kind = 'reprofile' AND context_id = ? ORDER BY id", (context_id,))
     return [dict(r) for r in rows]
 
 

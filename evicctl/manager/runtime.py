@@ -1,0 +1,54 @@
+"""What the Manager shares with the modules that act for it, as one explicit object.
+
+MoveExecutor (moves.py), recover (restart.py) and CommandHandler (commands.py) read and change
+the manager's in-memory state; they get this object instead of the Manager's private
+attributes, so what they may touch is written down here.
+
+Locking: `lock` guards `contexts`, `dirty`, `batch` and the counters, and is never held during
+tier I/O; `exec_lock` lets one thread at a time plan and move data.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evicctl.manager.freq import DecayedRate
+from evicctl.manager.state import ContextState
+
+
+@dataclass(eq=False)
+class Runtime:
+    store: Any  # evicctl.store.database.Store, opened by the manager
+    tier_by_name: dict[str, Any]  # name -> Tier, fastest first
+    freq: DecayedRate
+    contexts: dict[str, ContextState] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # contexts whose row must be rewritten
+    tier_hits: dict[str, int] = field(default_factory=dict)
+    misses: int = 0
+    kv_shape: dict | None = None  # layers, kv_heads, head_dim, dtype_bytes, window_numel
+    replan_needed: bool = True
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    exec_lock: threading.RLock = field(default_factory=threading.RLock)
+    # Test hook: called with a stage name between the steps of a move ("copied", "switched",
+    # "admit-copied"); a test raises from it to simulate a crash there.
+    fault: Callable[[str], None] | None = None
+    batch: Any = None  # the store's open write batch; replaced by flush()
+
+    def __post_init__(self) -> None:
+        if self.batch is None:
+            self.batch = self.store.batch()
+
+    def flush(self) -> list[int]:
+        """Write the batch collected so far in one transaction; returns the new event ids."""
+        with self.lock:
+            batch, self.batch = self.batch, self.store.batch()
+        if len(batch) == 0:
+            return []
+        return self.store.flush(batch)
+
+    def at_fault_point(self, stage: str) -> None:
+        if self.fault is not None:
+            self.fault(stage)
