@@ -242,35 +242,18 @@ GPU_COLUMNS = (
 
 
 def gpu_records() -> list[dict]:
-    """GPU memory and utilisation through NVML; [] without a driver. Never raises."""
-    try:
-        import pynvml
+    """GPU memory and utilisation through NVML (the dashboard's reader); [] without a driver.
+    Never raises: an unreadable field is None (N/A)."""
+    from evicctl.telemetry import TelemetryReader
 
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    out = []
+    reader = TelemetryReader(disk_path=None)
     try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            rec: dict = {"index": i}
-            for key, read in (
-                ("name", lambda h=h: pynvml.nvmlDeviceGetName(h)),
-                ("memory_used_bytes", lambda h=h: pynvml.nvmlDeviceGetMemoryInfo(h).used),
-                ("memory_total_bytes", lambda h=h: pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                ("utilization", lambda h=h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100),
-            ):
-                try:
-                    rec[key] = read()
-                except Exception:  # one unreadable field is N/A, not a failure
-                    rec[key] = None
-            out.append(rec)
-    except Exception:
-        pass
+        gpus = reader.read().gpus
     finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-    return out
+        reader.close()
+    return [{"index": g.index, "name": g.name, "memory_used_bytes": g.memory_used_bytes,
+             "memory_total_bytes": g.memory_total_bytes,
+             "utilization": None if g.utilization_pct is None else g.utilization_pct / 100} for g in gpus]  # fmt: skip
 
 
 EVENT_FIELDS = ("id", "ts", "context_id", "kind", "from_tier", "to_tier", "from_codec", "to_codec", "bytes",

@@ -19,13 +19,13 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from evicctl.errors import EvicctlError, UsageError
+from evicctl.telemetry import TelemetryReader, cache_dir_from_config
 from evicctl.tui.actions import WAIT_TIMEOUT_S, Outcome, Request, perform
 from evicctl.tui.flows import ActionFlows
 from evicctl.tui.main_screen import ActionDone, FrameReady, MainScreen, bindings
 from evicctl.tui.query import COLUMN_BY_KEY, SORT_KEYS, ViewQuery, parse_sort
 from evicctl.tui.screens import DetailReady, DetailScreen, HelpScreen
 from evicctl.tui.source import DashboardSource, Frame, TelemetrySource
-from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config
 
 MIN_INTERVAL_S = 0.25  # below this the refresh itself becomes a visible share of a core
 

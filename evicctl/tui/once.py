@@ -13,10 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from evicctl.telemetry import TelemetryReader, cache_dir_from_config
 from evicctl.tui import render
 from evicctl.tui.query import parse_sort, sort_title, visible_columns
 from evicctl.tui.source import TelemetrySource
-from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config
 
 ONCE_ROWS = 30  # contexts printed; `evicctl ls` lists them all
 ONCE_EVENTS = 10

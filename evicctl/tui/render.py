@@ -13,9 +13,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from evicctl.telemetry import GpuTelemetry, Telemetry
 from evicctl.tui import format as fmt
 from evicctl.tui.query import COLUMNS, Column
-from evicctl.tui.telemetry import GpuTelemetry, Telemetry
 
 KIND_STYLES = {
     "admit": "green",

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evicctl.errors import EvicctlError
+from evicctl.telemetry import Telemetry, TelemetryReader
 from evicctl.tui.query import ViewQuery
-from evicctl.tui.telemetry import Telemetry, TelemetryReader
 
 EVENTS_LIMIT = 50  # the events panel shows at most this many (its height is far less)
 

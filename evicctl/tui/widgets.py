@@ -11,9 +11,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from evicctl.telemetry import Telemetry
 from evicctl.tui import render
 from evicctl.tui.query import Column, sort_title, visible_columns
-from evicctl.tui.telemetry import Telemetry
 
 
 class HeaderBar(Static):

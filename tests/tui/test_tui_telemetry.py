@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from evicctl.tui import render
-from evicctl.tui.telemetry import TelemetryReader, cache_dir_from_config, read_disk, read_host
+from evicctl.telemetry import TelemetryReader, cache_dir_from_config, read_disk, read_host
 
 
 class NVMLError(Exception):

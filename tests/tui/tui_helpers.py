@@ -20,7 +20,7 @@ from evicctl.errors import RefusedError
 from evicctl.store.database import Store
 from evicctl.store.synthetic import FIXTURE_NOW, make_fixture_db  # noqa: F401 (re-exported)
 from evicctl.tui.app import TopApp
-from evicctl.tui.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry
+from evicctl.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry
 
 GIB = 1 << 30
 

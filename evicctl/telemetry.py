@@ -1,4 +1,4 @@
-"""Host telemetry for the dashboard: GPUs (NVML), host memory and swap, disk of the cache dir.
+"""Host telemetry for the dashboard and `evicctl tiers`: GPUs (NVML), host memory and swap, disk.
 
 Every reading degrades instead of raising (the nvitop rule): a field that cannot be read
 is None and renders as N/A; no driver or no GPU gives `gpus=()` and a `gpu_status` line
