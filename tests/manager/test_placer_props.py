@@ -50,17 +50,6 @@ def problems(draw) -> PlacementProblem:
     )
 
 
-def irreducible_bytes(p: PlacementProblem, t: int) -> int:
-    """Bytes that must stay on tier t: contexts pinned to it at their smallest allowed codec."""
-    opts = build_options(p)
-    total = 0
-    for i in np.flatnonzero(p.pin_tier == t):
-        allowed = opts.codec_ok[:, i]
-        if allowed.any():
-            total += int(p.stored_bytes[allowed, i].min())
-    return total
-
-
 @settings(max_examples=150, deadline=None)
 @given(problems())
 def test_plan_invariants(p: PlacementProblem):
@@ -72,14 +61,18 @@ def test_plan_invariants(p: PlacementProblem):
     assert ((plan.tier_index >= 0) | dropped).all()
     # A context with no copy stays dropped; dropped ones use no bytes.
     assert dropped[p.current_tier == DROPPED].all()
-    # No tier over capacity unless pins force it: what is left there may not leave.
+    # No tier over capacity, except by the bytes of contexts that may not leave it (pinned
+    # there, undroppable because of a pinned codec, or reported as conflicts): every other
+    # byte on a tier must fit beside them.
     opts = build_options(p)
+    conflicted = np.zeros(n, dtype=bool)
+    conflicted[plan.conflicts] = True
     for t in range(len(p.tiers)):
-        if plan.used_bytes[t] > p.capacity_bytes[t]:
-            on_tier = np.flatnonzero(plan.tier_index == t)
-            assert len(plan.conflicts) or irreducible_bytes(p, t) > p.capacity_bytes[t] or (
-                not opts.drop_ok[on_tier].all()
-            )
+        on_tier = np.flatnonzero(plan.tier_index == t)
+        held = p.stored_bytes[plan.codec_index[on_tier], on_tier]
+        stuck = (p.pin_tier[on_tier] == t) | conflicted[on_tier] | ~opts.drop_ok[on_tier]
+        assert int(held.sum()) == int(plan.used_bytes[t])
+        assert int(held.sum()) <= max(int(p.capacity_bytes[t]), int(held[stuck].sum())), (t, held, stuck)
     conflicts = set(plan.conflicts.tolist())
     for i in range(n):
         if i in conflicts:
