@@ -31,8 +31,14 @@ def is_tree(checksum: str | None) -> bool:
     return checksum is not None and checksum.startswith(TREE_PREFIX)
 
 
-def _chunk_digest(chunk) -> bytes:
+def chunk_digest(chunk) -> bytes:
+    """One TREE_CHUNK_BYTES chunk's digest (the last chunk may be short)."""
     return hashlib.sha256(chunk).digest()
+
+
+def tree_from_digests(digests) -> str:
+    """The TREE_PREFIX checksum from the chunks' digests, in file order."""
+    return TREE_PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 def tree_checksum(data, *, workers: int = HASH_WORKERS) -> str:
@@ -48,11 +54,11 @@ def tree_checksum(data, *, workers: int = HASH_WORKERS) -> str:
     view = memoryview(data).cast("B")
     chunks = [view[i : i + TREE_CHUNK_BYTES] for i in range(0, len(view), TREE_CHUNK_BYTES)]
     if workers <= 1 or len(chunks) <= 1:
-        digests = [_chunk_digest(c) for c in chunks]
+        digests = [chunk_digest(c) for c in chunks]
     else:
         with ThreadPoolExecutor(min(workers, len(chunks))) as pool:  # hashlib releases the GIL
-            digests = list(pool.map(_chunk_digest, chunks))
-    return TREE_PREFIX + hashlib.sha256(b"".join(digests)).hexdigest()
+            digests = list(pool.map(chunk_digest, chunks))
+    return tree_from_digests(digests)
 
 
 class HashLanes:

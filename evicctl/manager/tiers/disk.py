@@ -17,7 +17,6 @@ threads at once (one sha256 stream is slower than a fast disk).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -29,24 +28,23 @@ import torch
 
 from evicctl.errors import CorruptDataError
 from evicctl.manager.codecs.codec import Stored, from_safetensors_dict
+from evicctl.manager.tiers import st_format
 from evicctl.manager.tiers.checksum import HASH_WORKERS, HashLanes, TreeHasher, hasher_for, is_tree
 from evicctl.manager.tiers.tier import (
     PROBE_ID,
     Entry,
     PutResult,
     Tier,
-    payload_nbytes,
     serialize,
 )
 
 READ_CHUNK_BYTES = 8 << 20  # reads are hashed piece by piece, overlapping the next read
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
+
+
+def _header_len(buf: torch.Tensor) -> int:
+    return st_format.header_len(buf[: st_format.HEADER_LEN_BYTES].numpy().tobytes(), buf.numel())
 
 
 def stored_from_buffer(buf: torch.Tensor) -> Stored:
@@ -54,21 +52,9 @@ def stored_from_buffer(buf: torch.Tensor) -> Stored:
 
     Saves the copy safetensors' own loader makes (a 46 MB context: ~30 ms here); a tensor
     whose offset is not aligned to its element size (safetensors aligns them) is copied."""
-    try:
-        (header_len,) = struct.unpack("<Q", buf[:8].numpy().tobytes())
-        header = json.loads(buf[8 : 8 + header_len].numpy().tobytes())
-        meta = header.pop("__metadata__", None) or {}
-        base = 8 + header_len
-        tensors = {}
-        for name, spec in header.items():
-            dtype = _ST_DTYPES[spec["dtype"]]
-            start, end = (base + o for o in spec["data_offsets"])
-            raw = buf[start:end]
-            if start % dtype.itemsize:
-                raw = raw.clone()
-            tensors[name] = raw.view(dtype).view(spec["shape"])
-    except (ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
-        raise CorruptDataError(f"stored KV is not a readable safetensors file: {exc}") from exc
+    header, base = st_format.split(memoryview(buf[: st_format.HEADER_LEN_BYTES + _header_len(buf)].numpy()))
+    specs, meta = st_format.parse_header(header)
+    tensors = st_format.tensor_views(buf, specs, base)
     meta.pop("context_id", None)
     return from_safetensors_dict(tensors, meta)
 
@@ -224,14 +210,11 @@ class DiskTier(Tier):
         f = self._open(path)
         try:
             if verify:
-                data = memoryview(self._read_verified(f, path, checksum).numpy())
-                (header_len,) = struct.unpack_from("<Q", data, 0)
-                header = bytes(data[8 : 8 + header_len])
+                header, _base = st_format.split(memoryview(self._read_verified(f, path, checksum).numpy()))
             else:
                 with f:
-                    (header_len,) = struct.unpack("<Q", f.read(8))
-                    header = f.read(header_len)
-            nbytes = payload_nbytes(header)
+                    header = f.read(st_format.header_len(f.read(st_format.HEADER_LEN_BYTES), os.fstat(f.fileno()).st_size))
+            nbytes = st_format.payload_nbytes(header)
         except (struct.error, ValueError, KeyError, TypeError) as exc:
             raise CorruptDataError(f"stored KV file {path} is truncated or has an unreadable header") from exc
         with self._lock:

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +38,7 @@ import torch
 
 from evicctl.errors import CorruptDataError, UsageError
 from evicctl.manager.codecs.codec import Stored, from_safetensors_dict
+from evicctl.manager.tiers import st_format
 
 # the "sha256-tree:" checksum the disk tier writes (sha256 of the 32 MiB chunks' digests),
 # verified here on HASH_WORKERS threads as the chunks stream in
@@ -47,7 +46,9 @@ from evicctl.manager.tiers.checksum import (
     HASH_WORKERS,
     TREE_CHUNK_BYTES,
     TREE_PREFIX,
+    chunk_digest,
     tree_checksum,
+    tree_from_digests,
 )
 from evicctl.manager.tiers.tier import Entry, PutResult, Tier
 
@@ -58,11 +59,6 @@ STAGING_BUFFERS = 4
 PROBE_H2D_BYTES = 64 << 20
 PROBE_D2D_BYTES = 256 << 20
 
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
 
 
 @dataclass
@@ -331,14 +327,10 @@ class GpuTier(Tier):
             raise CorruptDataError(f"stored KV file {path} is missing") from exc
         try:
             size = os.fstat(fd).st_size
-            head = os.pread(fd, 8, 0)
-            if len(head) < 8:
-                raise CorruptDataError(f"stored KV file {path} is truncated")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8:
-                raise CorruptDataError(f"stored KV file {path} has a bad header length")
-            header_bytes = os.pread(fd, header_len, 8)
-            data_start = 8 + header_len
+            head = os.pread(fd, st_format.HEADER_LEN_BYTES, 0)
+            header_len = st_format.header_len(head, size)
+            header_bytes = os.pread(fd, header_len, st_format.HEADER_LEN_BYTES)
+            data_start = st_format.HEADER_LEN_BYTES + header_len
             payload = torch.empty(size - data_start, dtype=torch.uint8, device=self.device)  # [N]
             if checksum is not None and checksum.startswith(TREE_PREFIX):
                 digest = self._stream_tree(fd, size, data_start, payload)
@@ -408,7 +400,7 @@ class GpuTier(Tier):
                     if r <= 0:
                         raise CorruptDataError("stored KV file changed size while being read")
                     got += r
-                ring.hashed[i] = self._tree_pool.submit(lambda v: hashlib.sha256(v).digest(), view)
+                ring.hashed[i] = self._tree_pool.submit(chunk_digest, view)
                 digests.append(ring.hashed[i])
                 lo = max(start, data_start)  # the part of this chunk past the header
                 if lo < start + n:
@@ -421,22 +413,11 @@ class GpuTier(Tier):
                     ring.events[i].synchronize()
                     ring.events[i] = None
                 ring.hashed[i] = None
-        return TREE_PREFIX + hashlib.sha256(b"".join(d.result() for d in digests)).hexdigest()
+        return tree_from_digests(d.result() for d in digests)
 
     def _views(self, payload: torch.Tensor, header_bytes: bytes, path: Path) -> Stored:
-        try:
-            header = json.loads(header_bytes)
-            meta = header.pop("__metadata__", None) or {}
-            tensors = {}
-            for name, spec in header.items():
-                dtype = _ST_DTYPES[spec["dtype"]]
-                start, end = spec["data_offsets"]
-                raw = payload[start:end]
-                if start % dtype.itemsize:  # safetensors aligns; a misaligned one is copied
-                    raw = raw.clone()
-                tensors[name] = raw.view(dtype).view(spec["shape"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise CorruptDataError(f"stored KV file {path} is not a readable safetensors file: {exc}") from exc
+        specs, meta = st_format.parse_header(header_bytes)
+        tensors = st_format.tensor_views(payload, specs)
         meta.pop("context_id", None)
         return from_safetensors_dict(tensors, meta)
 

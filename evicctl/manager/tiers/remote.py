@@ -7,12 +7,12 @@ without a client), never when this module is imported.
 
 from __future__ import annotations
 
-import struct
 import time
 
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError
 from evicctl.manager.codecs.codec import Stored
+from evicctl.manager.tiers import st_format
 from evicctl.manager.tiers.tier import (
     Entry,
     PutResult,
@@ -20,7 +20,6 @@ from evicctl.manager.tiers.tier import (
     configured_capacity_bytes,
     deserialize,
     host_available_bytes,
-    payload_nbytes,
     serialize,
     sha256_hex,
 )
@@ -106,8 +105,7 @@ class RedisTier(Tier):
             raise CorruptDataError(f"stored KV {location} is gone from {self.url}")
         if verify and checksum is not None and sha256_hex(data) != checksum:
             raise CorruptDataError(f"stored KV {location} fails its sha256 checksum")
-        (header_len,) = struct.unpack_from("<Q", data, 0)
-        nbytes = payload_nbytes(data[8 : 8 + header_len])
+        nbytes = st_format.payload_nbytes(st_format.split(data)[0])
         with self._lock:
             self._entries[context_id] = Entry(nbytes, location, checksum)
         return nbytes

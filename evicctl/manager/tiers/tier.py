@@ -32,8 +32,6 @@ call ``observe`` themselves.
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ import torch
 from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError, UsageError
 from evicctl.manager.codecs.codec import Stored, from_safetensors_dict, to_safetensors_dict
+from evicctl.manager.tiers import st_format
 
 EWMA_WEIGHT = 0.2  # weight of a new observation in the bandwidth average
 MIN_OBSERVED_BYTES = 256 << 10  # smaller transfers are dominated by fixed costs
@@ -242,22 +241,13 @@ def deserialize(data: bytes | bytearray | memoryview) -> Stored:
     """Inverse of serialize; raises CorruptDataError on anything unreadable."""
     from safetensors.torch import load
 
+    _specs, meta = st_format.parse_header(st_format.split(data)[0])
     try:
-        (header_len,) = struct.unpack_from("<Q", data, 0)
-        header = json.loads(bytes(data[8 : 8 + header_len]))
-        meta = header.get("__metadata__") or {}
         tensors = load(bytes(data) if not isinstance(data, bytes) else data)
     except Exception as exc:  # the safetensors parser raises its own error types
         raise CorruptDataError(f"stored KV is not a readable safetensors blob: {exc}") from exc
     meta.pop("context_id", None)
     return from_safetensors_dict(tensors, meta)
-
-
-def payload_nbytes(header_bytes: bytes) -> int:
-    """Sum of tensor bytes from a safetensors header (the data section's length)."""
-    header = json.loads(header_bytes)
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return max(ends, default=0)
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -291,7 +281,6 @@ __all__ = [
     "Tier",
     "configured_capacity_bytes",
     "deserialize",
-    "payload_nbytes",
     "serialize",
     "sha256_hex",
 ]
