@@ -11,6 +11,10 @@
 3. Tier loads: cpu -> gpu against one pinned copy of as many bytes; pageable put through
    the staging ring against a pageable copy; disk -> gpu against a raw read of the same
    file (cold: the file dropped from the page cache first; and warm), sha256 alone.
+3b. Low-bit codecs (int3 / int2, KIVI-style, packed): each kernel's GB/s against the copy
+   ceiling at 8k and 32k tokens, and whole-context encode / decode through the codec path
+   (get_codec(name).encode / decode, residual window included) as GB/s of bytes moved
+   (stored read + raw written for a decode) and % of the copy ceiling.
 4. Prefill of a random-initialised Llama-3.1-8B-shaped model (bf16, sdpa): vs context
    tokens (1k-32k) and vs query tokens on a cached prefix; fitted with
    evicctl.manager.costs.CostModel; written to DIR/h200_costs.json in the shape
@@ -590,6 +594,56 @@ def codec_decode() -> dict:
     return out
 
 
+@section("low-bit")
+def low_bit(ceil: dict) -> dict:
+    """int3/int2 kernels and whole-context codec paths on Llama-3.1-8B shapes (bf16)."""
+    from evicctl.kernels import quant as kq
+
+    from evicctl.manager.codecs.codec import get_codec
+    from evicctl.manager.kv import KV
+
+    copy_bps = ceil["d2d_bps"]
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    kernel_out, codec_out = [], []
+    for tokens in (8192, 32768):
+        keys, values, wq = make_kv(tokens, gen)
+        raw = nbytes(keys)
+        for bits in (3, 2):
+            for side, quantize, dequantize in (
+                ("keys", kq.quantize_keys_layers, kq.dequantize_keys_layers),
+                ("values", kq.quantize_values_layers, kq.dequantize_values_layers),
+            ):
+                parts = quantize(keys if side == "keys" else values, bits, 32)
+                stored = nbytes(*parts)
+                q_s = time_gpu(lambda f=quantize, x=(keys if side == "keys" else values), b=bits: f(x, b, 32))
+                d_s = time_gpu(lambda f=dequantize, p=parts, b=bits: f(*p, b, 32, DTYPE))
+                for op, secs in ((f"quantize_{side} int{bits}", q_s), (f"dequantize_{side} int{bits}", d_s)):
+                    moved = raw + stored
+                    kernel_out.append({"tokens": tokens, "op": op, "kernel_s": secs, "moved_bytes": moved,
+                                       "gbps": moved / secs / 1e9, "pct_copy": 100 * moved / secs / copy_bps})
+                    print(f"  {tokens:6d} {op:26s} {secs * 1e3:8.3f} ms {moved / secs / 1e9:8.0f} GB/s "
+                          f"({100 * moved / secs / copy_bps:4.0f}% of copy)", flush=True)
+        kv = KV.full(keys, values, window_queries=wq)
+        for name in ("int4", "int3", "int2", "int2-g64", "snapkv@0.5+int4", "snapkv@0.5+int2", "keydiff@0.25+int2"):
+            codec = get_codec(name)
+            stored = codec.encode(kv)
+            encode_s = call_s(lambda c=codec, kv=kv: c.encode(kv), reps=5)
+            decode_s = call_s(lambda c=codec, st=stored: c.decode(st), reps=7)
+            out_bytes = 2 * raw * codec.kept(tokens) // tokens  # decoded keys + values
+            moved = stored.nbytes + out_bytes
+            row = {"tokens": tokens, "codec": name, "stored_bytes": stored.nbytes, "encode_s": encode_s,
+                   "decode_s": decode_s, "decode_gbps": moved / decode_s / 1e9,
+                   "decode_pct_copy": 100 * moved / decode_s / copy_bps, "decode_stored_bps": stored.nbytes / decode_s,
+                   "encode_raw_gbps": 2 * raw / encode_s / 1e9}
+            codec_out.append(row)
+            print(f"  {tokens:6d} {name:18s} decode {decode_s * 1e3:7.2f} ms {row['decode_gbps']:7.0f} GB/s "
+                  f"({row['decode_pct_copy']:4.0f}% of copy), encode {encode_s * 1e3:7.2f} ms", flush=True)
+        del keys, values, wq, kv, stored
+        torch.cuda.empty_cache()
+    RESULTS["low_bit"] = {"kernels": kernel_out, "codecs": codec_out}
+    return RESULTS["low_bit"]
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -671,6 +725,23 @@ def render(out_dir: Path) -> str:
         console.print(t)
         a, b, c = RESULTS["prefill"]["coef"]
         console.print(f"prefill_s = {a:.3g} + {b:.3g}*new + {c:.3g}*new*(new+cached)")
+    low = RESULTS.get("low_bit") or {}
+    if low.get("kernels"):
+        t = Table(title="low-bit kernels (Llama-3.1-8B shapes, bf16, one launch for all 32 layers)")
+        for c in ("tokens", "op", "ms", "moved MB", "GB/s", "% copy"):
+            t.add_column(c, justify="left" if c == "op" else "right")
+        for r in low["kernels"]:
+            t.add_row(str(r["tokens"]), r["op"], f"{r['kernel_s'] * 1e3:.3f}", f"{r['moved_bytes'] / 1e6:,.0f}",
+                      f"{r['gbps']:,.0f}", f"{r['pct_copy']:.0f}")
+        console.print(t)
+    if low.get("codecs"):
+        t = Table(title="whole-context codec path on the GPU (encode / decode of every layer, residual included)")
+        for c in ("tokens", "codec", "stored MB", "encode ms", "decode ms", "decode GB/s moved", "% copy"):
+            t.add_column(c, justify="left" if c == "codec" else "right")
+        for r in low["codecs"]:
+            t.add_row(str(r["tokens"]), r["codec"], f"{r['stored_bytes'] / 1e6:,.1f}", f"{r['encode_s'] * 1e3:.2f}",
+                      f"{r['decode_s'] * 1e3:.2f}", f"{r['decode_gbps']:,.0f}", f"{r['decode_pct_copy']:.0f}")
+        console.print(t)
     if RESULTS.get("codec_decode"):
         console.print("codec decode on GPU: " + ", ".join(
             f"{v['codec']} {v['decode_bps'] / 1e9:,.0f} GB/s" for v in RESULTS["codec_decode"].values()))
@@ -684,7 +755,7 @@ def render(out_dir: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: tuning,kernels,tiers,decode,prefill")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: tuning,kernels,tiers,decode,lowbit,prefill")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_bench needs CUDA", file=sys.stderr)
@@ -714,6 +785,7 @@ def main() -> int:
         "kernels": lambda: kernels(ceil),
         "tiers": lambda: _with_tmp(lambda tmp: tiers(ceil, tmp)),
         "decode": codec_decode,
+        "lowbit": lambda: low_bit(ceil),
         "prefill": lambda: prefill(ceil),
     }
     try:

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from evicctl.store.synthetic import make_fixture_db
+from evicctl.telemetry import TelemetryReader
 from evicctl.tui.query import ViewQuery, parse_filter
 from evicctl.tui.source import DashboardSource, Frame
-from evicctl.telemetry import TelemetryReader
 
 ROOT = Path(__file__).resolve().parents[1]
 

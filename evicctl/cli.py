@@ -22,6 +22,7 @@ from evicctl.console.common import (
     lazy_attr,
     open_reader,
 )
+from evicctl.console.fleet import fleet_app, fleet_argv
 from evicctl.console.output import OutputFormat, console, stdout_is_terminal
 from evicctl.engine import demo_defaults as DEMO  # noqa: N812
 from evicctl.errors import UsageError
@@ -55,6 +56,7 @@ def _root(
 
 cli_read.register(app)
 cli_mutate.register(app)
+app.add_typer(fleet_app, name="fleet")  # also reached as `--fleet URL` (see main)
 
 MIN_INTERVAL_S = 0.25
 
@@ -102,6 +104,7 @@ def demo(
     disk_capacity: Annotated[str, typer.Option(help="Disk tier capacity, e.g. 256MiB, 2GiB.")] = format_size(DEMO.DEFAULT_DISK_BYTES),
     cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache (default: $XDG_CACHE_HOME/evicctl).", file_okay=False)] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on 127.0.0.1:PORT (0: any free port).")] = DEMO.DEFAULT_METRICS_PORT,
     db: DbOpt = None,
 ) -> None:
     """Run an embedded engine, workload and manager (the store others can watch with evicctl top)."""
@@ -114,7 +117,7 @@ def demo(
     }
     run_demo = lazy_attr("evicctl.engine.demo", "run_demo", "evicctl demo")
     options = _given(duration_s=duration, contexts=contexts, requests=requests, seed=seed, cache_dir=cache_dir, device=device)
-    run_demo(headless=headless, db_path=db_path(db), **options, **capacities)
+    run_demo(headless=headless, db_path=db_path(db), metrics_port=metrics_port, **options, **capacities)
 
 
 @app.command()
@@ -150,7 +153,7 @@ def bench(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`evicctl`)."""
-    app(args=argv, prog_name="evicctl")
+    app(args=fleet_argv(sys.argv[1:] if argv is None else argv), prog_name="evicctl")
 
 
 if __name__ == "__main__":

@@ -139,8 +139,10 @@ class ControlServer:
         config_json: dict | str,
         *,
         max_age_s: float = DEFAULT_MAX_AGE_S,
+        on_finish: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store, self.version, self.max_age_s = store, version, max_age_s
+        self.on_finish = on_finish  # (verb, status) of every answered command: the manager's metrics
         self.config_json = config_json if isinstance(config_json, str) else json.dumps(config_json, default=str)
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.started_at = time.time()
@@ -183,9 +185,20 @@ class ControlServer:
         handled = 0
         for command in self.pending():
             if self._claim(command.id):
-                self._apply(command, handler)
+                try:
+                    self._apply(command, handler)
+                except Exception as exc:  # a row no CLI would write must not stay `running` nor stop the loop
+                    log.exception("command %s could not be answered", command.id)
+                    self._fail_plain(command.id, f"internal error: {type(exc).__name__}: {exc}")
                 handled += 1
         return handled
+
+    def _fail_plain(self, command_id: int, message: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE commands SET status = 'failed', result = ?, finished_at = ? WHERE id = ?",
+                (json.dumps({"message": message[:2000], "error": "internal"}), time.time(), command_id),
+            )
 
     def _claim(self, command_id: int) -> bool:
         """pending -> running; a CLI that gave up meanwhile has set it to failed."""
@@ -196,7 +209,11 @@ class ControlServer:
             return cur.rowcount == 1
 
     def _apply(self, command: Command, handler: Callable[[Command], dict | None]) -> None:
-        if time.time() - command.created_at > self.max_age_s:
+        created_at = command.created_at
+        if not isinstance(created_at, int | float):  # written by hand: SQLite columns take any type
+            status, result = "failed", {"message": f"malformed: created_at {str(created_at)[:40]!r} is not a time",
+                                        "error": "usage"}  # fmt: skip
+        elif time.time() - created_at > self.max_age_s:
             status, result = "failed", {
                 "message": f"expired: not picked up within {self.max_age_s:.0f} s", "error": "expired",
             }
@@ -209,8 +226,8 @@ class ControlServer:
     def _finish(self, command: Command, status: str, result: dict) -> None:
         """Status, result and the audit event in ONE transaction."""
         args = command.args
-        to_tier = args.get("tier") or args.get("to")
-        to_codec = args.get("codec")
+        to_tier = _text_or_none(args.get("tier") or args.get("to"))
+        to_codec = _text_or_none(args.get("codec"))
         message = result.get("message") or ""
         reason = f"{command.verb} {status}" + (f": {message}" if message else "")
         now = time.time()
@@ -225,6 +242,8 @@ class ControlServer:
                 "UPDATE commands SET status = ?, result = ?, finished_at = ? WHERE id = ?",
                 (status, json.dumps(result, default=str), now, command.id),
             )
+        if self.on_finish is not None:
+            self.on_finish(command.verb, status)
 
 
 def _run_handler(command: Command, handler: Callable[[Command], dict | None]) -> tuple[str, dict]:
@@ -245,10 +264,37 @@ def _run_handler(command: Command, handler: Callable[[Command], dict | None]) ->
     return "done", result
 
 
+def fail_interrupted(store: Store) -> int:
+    """Answer the commands a previous manager claimed but never answered (it died between
+    applying one and writing its outcome): `failed`, with an audit event each, in one
+    transaction. Without this they stay `running` forever and `evicctl` waits on them in vain.
+    Called at a manager's start, before its first poll; returns how many it answered."""
+    message = "interrupted: the manager stopped while applying it; it may have taken effect (see the context's events)"
+    now = time.time()
+    with store.transaction() as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM commands WHERE status = 'running'")]
+        for command_id in ids:
+            conn.execute(
+                "INSERT INTO events (ts, context_id, kind, reason, actor, command_id)"
+                " SELECT ?, context_id, 'command', verb || ' failed: ' || ?, actor, id FROM commands WHERE id = ?",
+                (now, message, command_id),
+            )
+            conn.execute(
+                "UPDATE commands SET status = 'failed', finished_at = ?, result = ? WHERE id = ?",
+                (now, json.dumps({"message": message, "error": "interrupted"}), command_id),
+            )
+    return len(ids)
+
+
+def _text_or_none(value: Any) -> str | None:
+    """An args value fit for an events column (hand-written rows may hold lists, numbers)."""
+    return value if isinstance(value, str) else None
+
+
 def _loads(text: str | None) -> dict:
     try:
         value = json.loads(text or "{}")
-    except ValueError:
+    except (ValueError, TypeError, RecursionError):  # RecursionError: '[' nested 100,000 deep
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -188,15 +188,12 @@ def read_disk(path: Path) -> DiskTelemetry:
     return DiskTelemetry(str(path), int(usage.used), int(usage.total), int(usage.free))
 
 
-def cache_dir_from_config(config: dict | None) -> Path:
-    """The directory whose disk the dashboard measures: the manager's disk tier, else its
-    cache dir, else the default cache dir (what a manager started with defaults uses)."""
-    config = config or {}
-    for tier in config.get("tiers") or ():
-        if isinstance(tier, dict) and tier.get("name") == "disk" and tier.get("path"):
-            return Path(str(tier["path"]))
-    if config.get("cache_dir"):
-        return Path(str(config["cache_dir"]))
+def disk_folder(description) -> Path:
+    """The folder whose file system the dashboard measures: the disk tier folder the manager
+    described (`ManagerDescription.disk_dir`, the one it writes), else its cache dir, else the
+    default cache dir (no manager has run on this database yet)."""
+    if description is not None and (description.disk_dir or description.cache_dir):
+        return Path(description.disk_dir or description.cache_dir)
     from evicctl.config import default_cache_dir
 
     return default_cache_dir()

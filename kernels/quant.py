@@ -1,4 +1,4 @@
-"""Group-wise int8/int4 quantization of keys and values (KIVI-style), Triton kernels.
+"""Group-wise int8/int4/int3/int2 quantization of keys and values (KIVI-style), Triton kernels.
 
 Same signatures and outputs as the torch reference in evicctl.manager.codecs.quant:
 - keys [B, H, T, D]: per channel, groups of G consecutive tokens (the last may be partial);
@@ -7,8 +7,9 @@ Same signatures and outputs as the torch reference in evicctl.manager.codecs.qua
 - mn, mx in fp32; scale = (mx - mn) / (2**bits - 1); both cast to fp16, a fp16 scale of 0
   replaced by 1;
   codes = clamp(round_half_even((x - mn16) / scale16), 0, 2**bits - 1) in fp32 with the
-  IEEE quotient (computed from the group's reciprocal and one fma correction); uint8 [B, H, T, D] for int8, int4 packed two per byte along D
-  ([B, H, T, D/2], low nibble = even channel).
+  IEEE quotient (computed from the group's reciprocal and one fma correction); packed along
+  D into D*bits/8 bytes a row: uint8 [B, H, T, D] for int8; int4 and int2 8/bits codes a
+  byte, low bits = lower channel; int3 a 2-bit plane (D/4 bytes) then a 1-bit plane (D/8).
 - dequantize: codes * scale16 + mn16 in fp32 (a multiply then an add, no FMA, as torch eager
   rounds), cast to the requested dtype.
 So codes, scales and dequantized values match the reference bit for bit.
@@ -21,6 +22,7 @@ the dequantized tensor on the GPU, which fuses the host-to-device copy into the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,6 +85,60 @@ def _codes(x, scale, recip, mn, QMAX: tl.constexpr):
 
 
 @triton.jit
+def _pack_lanes(q, ROWS: tl.constexpr, D: tl.constexpr, W: tl.constexpr):
+    """[ROWS, D] int32 codes < 2**W -> [ROWS, D*W/8] int32 bytes: channel (8/W)*i + j in bits
+    [W*j, W*(j+1)) of byte i. The lanes' bits are disjoint, so a sum is their bitwise or."""
+    PER: tl.constexpr = 8 // W
+    lanes = tl.reshape(q, (ROWS, D // PER, PER))
+    shifts = tl.arange(0, PER) * W
+    return tl.sum(lanes << shifts[None, None, :], axis=2)
+
+
+@triton.jit
+def _unpack_lanes(p, ROWS: tl.constexpr, D: tl.constexpr, W: tl.constexpr):
+    """[ROWS, D*W/8] int32 bytes -> [ROWS, D] int32 codes (inverse of _pack_lanes)."""
+    PER: tl.constexpr = 8 // W
+    MASK: tl.constexpr = (1 << W) - 1
+    shifts = tl.arange(0, PER) * W
+    return tl.reshape((p[:, :, None] >> shifts[None, None, :]) & MASK, (ROWS, D))
+
+
+@triton.jit
+def _store_low_bit(c_base, row, rmask, q, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """Pack [ROWS, D] 2- or 3-bit codes and store them at rows `row` (D*BITS/8 bytes a row);
+    3 bits as a 2-bit plane then a 1-bit plane, so every access stays a power of two wide."""
+    RB: tl.constexpr = D * BITS // 8
+    if BITS == 3:
+        jl = tl.arange(0, D // 4)
+        jh = tl.arange(0, D // 8)
+        low = _pack_lanes(q & 3, ROWS, D, 2)
+        high = _pack_lanes(q >> 2, ROWS, D, 1)
+        tl.store(c_base + row[:, None] * RB + jl[None, :], low.to(tl.uint8), mask=rmask[:, None])
+        tl.store(c_base + row[:, None] * RB + (D // 4) + jh[None, :], high.to(tl.uint8), mask=rmask[:, None])
+    else:
+        j = tl.arange(0, RB)
+        packed = _pack_lanes(q, ROWS, D, BITS)
+        tl.store(c_base + row[:, None] * RB + j[None, :], packed.to(tl.uint8), mask=rmask[:, None])
+
+
+@triton.jit
+def _load_low_bit(c_base, row, rmask, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """[ROWS, D] int32 codes of rows `row` of 2- or 3-bit packed codes (see _store_low_bit)."""
+    RB: tl.constexpr = D * BITS // 8
+    if BITS == 3:
+        jl = tl.arange(0, D // 4)
+        jh = tl.arange(0, D // 8)
+        low = tl.load(c_base + row[:, None] * RB + jl[None, :], mask=rmask[:, None], other=0).to(tl.int32)
+        high = tl.load(c_base + row[:, None] * RB + (D // 4) + jh[None, :], mask=rmask[:, None], other=0).to(tl.int32)
+        q = _unpack_lanes(low, ROWS, D, 2) | (_unpack_lanes(high, ROWS, D, 1) << 2)
+    else:
+        j = tl.arange(0, RB)
+        p = tl.load(c_base + row[:, None] * RB + j[None, :], mask=rmask[:, None], other=0).to(tl.int32)
+        q = _unpack_lanes(p, ROWS, D, BITS)
+    return q
+
+
+@triton.jit
 def _quant_keys_kernel(
     x_ptr, x_offs, c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, i_ptr, i_offs,
     H, T, NG, sx_b, sx_h, sx_t,
@@ -113,6 +169,10 @@ def _quant_keys_kernel(
         s, r, m = _scale_min(tl.min(x, axis=0), tl.max(x, axis=0), QMAX)
         q = _codes(x, s[None, :], r[None, :], m[None, :], QMAX)
         tl.store(c_ptr + layer_offset(c_offs, layer, ALIGNED) + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
+    elif BITS < 4:  # 3 and 2 bits: per-channel codes as int8, packed along D on the way out
+        s, r, m = _scale_min(tl.min(x, axis=0), tl.max(x, axis=0), QMAX)
+        q = _codes(x, s[None, :], r[None, :], m[None, :], QMAX)
+        _store_low_bit(c_ptr + layer_offset(c_offs, layer, ALIGNED), row_out, tm, q, G, D, BITS)
     else:
         xe, xo = tl.split(tl.reshape(x, (G, D // 2, 2)))  # even, odd channels [G, D/2]
         se, inv_e, me = _scale_min(tl.min(xe, axis=0), tl.max(xe, axis=0), QMAX)
@@ -150,6 +210,9 @@ def _dequant_keys_kernel(
     c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
     if BITS == 8:
         q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
+        x = q * s[None, :] + m[None, :]
+    elif BITS < 4:
+        q = _load_low_bit(c_base, row_in, tm, G, D, BITS).to(tl.float32)
         x = q * s[None, :] + m[None, :]
     else:
         dh = tl.arange(0, D // 2)
@@ -195,6 +258,11 @@ def _quant_values_kernel(
         q = tl.reshape(_codes(xr, s[:, :, None], r[:, :, None], m[:, :, None], QMAX), (BT, D))
         c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
         tl.store(c_base + row_out[:, None] * D + d[None, :], q.to(tl.uint8), mask=tm[:, None])
+    elif BITS < 4:
+        xr = tl.reshape(x, (BT, NGD, G))
+        s, r, m = _scale_min(tl.min(xr, axis=2), tl.max(xr, axis=2), QMAX)  # [BT, NGD]
+        q = tl.reshape(_codes(xr, s[:, :, None], r[:, :, None], m[:, :, None], QMAX), (BT, D))
+        _store_low_bit(c_ptr + layer_offset(c_offs, layer, ALIGNED), row_out, tm, q, BT, D, BITS)
     else:
         xe, xo = tl.split(tl.reshape(x, (BT, NGD, G // 2, 2)))  # [BT, NGD, G/2] each
         mn = tl.minimum(tl.min(xe, axis=2), tl.min(xo, axis=2))
@@ -235,6 +303,9 @@ def _dequant_values_kernel(
     if BITS == 8:
         q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
         x = tl.reshape(tl.reshape(q, (BT, NGD, G)) * s[:, :, None] + m[:, :, None], (BT, D))
+    elif BITS < 4:
+        q = _load_low_bit(c_base, row_in, tm, BT, D, BITS).to(tl.float32)
+        x = tl.reshape(tl.reshape(q, (BT, NGD, G)) * s[:, :, None] + m[:, :, None], (BT, D))
     else:
         dh = tl.arange(0, D // 2)
         p = tl.load(c_base + row_in[:, None] * (D // 2) + dh[None, :], mask=tm[:, None], other=0).to(tl.int32)
@@ -250,12 +321,14 @@ def _dequant_values_kernel(
 
 
 def _check_format(bits: int, group: int, head_dim: int, what: str) -> None:
-    if bits not in (8, 4):
-        raise ValueError(f"{what}: bits must be 8 or 4, got {bits}")
+    if bits not in (8, 4, 3, 2):
+        raise ValueError(f"{what}: bits must be 8, 4, 3 or 2, got {bits}")
     if group < 2 or group & (group - 1):
         raise ValueError(f"{what}: the kernels need a power-of-two group >= 2, got {group}")
     if head_dim < 2 or head_dim & (head_dim - 1):
         raise ValueError(f"{what}: the kernels need a power-of-two head_dim, got {head_dim}")
+    if head_dim * bits % 8 or (bits == 3 and head_dim < 8):
+        raise ValueError(f"{what}: int{bits} rows pack into whole bytes only for head_dim >= {8 // math.gcd(bits, 8)}")
 
 
 def _check_float_input(layers: list[torch.Tensor], what: str) -> None:
@@ -291,7 +364,7 @@ def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
     T = _check_idx(idx_layers, x, what) if idx_layers is not None else T_in
     L = len(layers)
     NG = triton.cdiv(T, group)
-    DC = D if bits == 8 else D // 2
+    DC = D * bits // 8  # packed bytes a row
     shapes = ((L, B, H, T, DC), (L, B, H, NG, D), (L, B, H, NG, D))
     if out is None:
         out = tuple(_layers.new_output(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
@@ -318,7 +391,7 @@ def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
 def quantize_keys_layers(
     ks: torch.Tensor | Sequence[torch.Tensor], bits: int, group: int = 32, *, out=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every layer in one launch. ks: L x [B, H, T, D] -> codes [L, B, H, T, D or D/2] uint8,
+    """Every layer in one launch. ks: L x [B, H, T, D] -> codes [L, B, H, T, D*bits/8] uint8,
     scale, mn [L, B, H, ceil(T/G), D] float16."""
     layers = as_layers(ks, 4, "quantize_keys_layers")
     return _quantize_keys_launch(layers, bits, group, None, out, "quantize_keys_layers")
@@ -336,7 +409,7 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
 def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
     c = codes_l[0]
     B, H, T, DC = c.shape
-    D = DC if bits == 8 else DC * 2
+    D = DC * 8 // bits
     _check_format(bits, group, D, what)
     if dtype not in _FLOAT_OUT:
         raise ValueError(f"{what}: dtype must be float16/bfloat16/float32, got {dtype}")
@@ -381,7 +454,7 @@ def dequantize_keys(
     memory are then read over the bus by the kernel (no separate copy).
     """
     if codes.dim() != 4:
-        raise ValueError(f"dequantize_keys: codes must be [B, H, T, D or D/2]; got {tuple(codes.shape)}")
+        raise ValueError(f"dequantize_keys: codes must be [B, H, T, D*bits/8]; got {tuple(codes.shape)}")
     res = _dequantize_keys_launch(
         [codes], [scale], [mn], bits, group, dtype, None if out is None else [out], device, "dequantize_keys"
     )
@@ -418,7 +491,7 @@ def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
     T = _check_idx(idx_layers, x, what) if idx_layers is not None else T_in
     L = len(layers)
     NGD = D // group
-    DC = D if bits == 8 else D // 2
+    DC = D * bits // 8  # packed bytes a row
     shapes = ((L, B, H, T, DC), (L, B, H, T, NGD), (L, B, H, T, NGD))
     if out is None:
         out = tuple(_layers.new_output(s, dt, device) for s, dt in zip(shapes, (torch.uint8, torch.float16, torch.float16), strict=True))
@@ -446,7 +519,7 @@ def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
 def quantize_values_layers(
     vs: torch.Tensor | Sequence[torch.Tensor], bits: int, group: int = 32, *, out=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every layer in one launch. vs: L x [B, H, T, D] -> codes [L, B, H, T, D or D/2] uint8,
+    """Every layer in one launch. vs: L x [B, H, T, D] -> codes [L, B, H, T, D*bits/8] uint8,
     scale, mn [L, B, H, T, D/G] float16."""
     layers = as_layers(vs, 4, "quantize_values_layers")
     return _quantize_values_launch(layers, bits, group, None, out, "quantize_values_layers")
@@ -464,7 +537,7 @@ def quantize_values(v: torch.Tensor, bits: int, group: int = 32, *, out=None):
 def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
     c = codes_l[0]
     B, H, T, DC = c.shape
-    D = DC if bits == 8 else DC * 2
+    D = DC * 8 // bits
     _check_format(bits, group, D, what)
     if D % group or group > D:
         raise ValueError(f"{what}: head_dim {D} must be a multiple of the group {group}")
@@ -507,7 +580,7 @@ def dequantize_values(
 ):
     """(codes, scale, mn) of one layer -> v [B, H, T, D] of `dtype` (`out`, `device`: see dequantize_keys)."""
     if codes.dim() != 4:
-        raise ValueError(f"dequantize_values: codes must be [B, H, T, D or D/2]; got {tuple(codes.shape)}")
+        raise ValueError(f"dequantize_values: codes must be [B, H, T, D*bits/8]; got {tuple(codes.shape)}")
     res = _dequantize_values_launch(
         [codes], [scale], [mn], bits, group, dtype, None if out is None else [out], device, "dequantize_values"
     )

@@ -144,7 +144,7 @@ def test_show_json_shape(run_cli, fixture_db):
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert list(data) == ["context", "placement", "reason", "alpha", "cost_model", "profiles", "options",
-                          "events"]
+                          "events", "lifetimes"]
     assert data["context"]["id"] == "ctx-00003"
     assert set(data["placement"]) == {"tier", "codec", "stored_bytes", "checksum", "location", "since"}
     assert {"codec", "metric", "quality", "quality_sd", "n_queries", "measured_at"} <= set(data["profiles"][0])
@@ -191,7 +191,8 @@ def test_tiers_json_fields(run_cli, fixture_db):
     tiers = json.loads(result.stdout)
     assert [t["name"] for t in tiers] == ["gpu", "cpu", "disk"]
     assert list(tiers[0]) == ["name", "backend", "rank", "capacity_bytes", "used_bytes", "used_fraction", "read_bps",
-                              "write_bps", "hits", "hit_rate_1m", "contexts", "occupancy_history"]
+                              "write_bps", "hits", "hit_rate_1m", "contexts", "evictions", "median_lifetime_s",
+                              "median_idle_s", "occupancy_history"]
     assert all(0 <= v <= 1 for t in tiers for v in t["occupancy_history"])
     assert sum(t["contexts"] for t in tiers) == len(fixture_db.context_ids) - len(fixture_db.dropped)
     table = run_cli("tiers", "--db", fixture_db.path)

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from evicctl.errors import NoSuchContextError, UnknownNameError
+from evicctl.snapshot.detail import read_context
 from evicctl.snapshot.read import (
     CONTEXT_FIELDS,
     iter_contexts,
-    read_context,
     read_contexts,
     read_events,
     read_snapshot,
@@ -28,7 +28,7 @@ def test_snapshot_parts(store, fixture_db):
     snap = read_snapshot(store, limit=10, now=fixture_db.now)
     assert snap.taken_at == fixture_db.now
     assert snap.manager is not None and snap.manager.alive and snap.manager.pid == 4242
-    assert snap.manager.config["alpha"] == 2.0
+    assert snap.manager.description.alpha == 2.0
     assert [t.name for t in snap.tiers] == ["gpu", "cpu", "disk"]
     assert all(t.used_bytes <= t.capacity_bytes for t in snap.tiers)
     assert len(snap.contexts) == 10 and snap.contexts_total == 50
@@ -101,7 +101,6 @@ def test_context_detail_prices_every_option(store, fixture_db):
     assert {o.tier for o in detail.options} == {"gpu", "cpu", "disk", "dropped"}
     for o in detail.options:
         assert o.predicted_ttft_s is not None and o.predicted_ttft_s > 0
-        assert o.utility == pytest.approx(detail.row.freq * (detail.alpha * o.quality - o.predicted_ttft_s))
     utilities = [o.utility for o in detail.options]
     assert utilities == sorted(utilities, reverse=True)
     # a faster tier never predicts a slower load of the same codec
@@ -138,3 +137,26 @@ def test_context_detail_uses_the_managers_cost_model(tmp_path, make_fixture_db):
     int8_disk = next(o for o in detail.options if o.codec == "int8" and o.tier == "disk")
     # load from disk + decode at 1 MB/s + 0.5 s prefill of the query
     assert int8_disk.predicted_ttft_s == pytest.approx(int8_disk.stored_bytes / 1.2e9 + int8_disk.stored_bytes / 1e6 + 0.5)
+
+
+def test_context_detail_utilities_against_hand_arithmetic(tmp_path, make_fixture_db):
+    """An oracle written out by hand, not pricing's code: with a flat 0.5 s prefill and decode
+    at 1 MB/s, U = freq * (alpha * quality - (bytes / read_bps + bytes / 1e6 + 0.5)); and
+    the gpu tier, probed slower (1 B/s) than the cpu tier below it, is priced at the cpu's rate."""
+    decode_bps = {family: 1e6 for family in ("none", "drop", "quant", "drop+quant")}
+    model = {"prefill_coef": [0.5, 0.0, 0.0], "decode_bps": decode_bps, "history": []}
+    info = make_fixture_db(tmp_path / "cm.db", 10, cost_model=model)
+    with Store.open(info.path) as writer:
+        with writer.transaction() as conn:
+            conn.execute("UPDATE tiers SET read_bps = 1.0 WHERE name = 'gpu'")
+    with Store.open(info.path, readonly=True) as store:
+        detail = read_context(store, "ctx-00001", now=info.now)
+    freq, alpha = detail.row.freq, detail.alpha
+    read_bps = {"gpu": 8e9, "cpu": 8e9, "disk": 1.2e9}  # gpu clamped up to the cpu's bandwidth
+    for o in detail.options:
+        if o.tier == "dropped":
+            ttft = 0.5
+        else:
+            ttft = o.stored_bytes / read_bps[o.tier] + o.stored_bytes / 1e6 + 0.5
+        assert o.predicted_ttft_s == pytest.approx(ttft, rel=1e-6)
+        assert o.utility == pytest.approx(freq * (alpha * o.quality - ttft), rel=1e-5, abs=1e-9)

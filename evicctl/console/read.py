@@ -29,6 +29,7 @@ from evicctl.units import (
     fmt_ago_now,
     fmt_bps,
     fmt_bytes,
+    fmt_duration,
     fmt_float,
     fmt_int,
     fmt_pct,
@@ -41,7 +42,8 @@ TABLE_DEFAULT_LIMIT = 100
 FOLLOW_POLL_S = 0.2
 
 TIER_FIELDS = ("name", "backend", "rank", "capacity_bytes", "used_bytes", "used_fraction", "read_bps", "write_bps",
-               "hits", "hit_rate_1m", "contexts", "occupancy_history")
+               "hits", "hit_rate_1m", "contexts", "evictions", "median_lifetime_s", "median_idle_s",
+               "occupancy_history")
 
 
 def _pin(row: dict) -> str:
@@ -128,6 +130,7 @@ def detail_dict(detail) -> dict:
         "profiles": [profile_record(p) for p in detail.profiles],
         "options": [dataclasses.asdict(o) for o in detail.options],
         "events": [dataclasses.asdict(e) for e in detail.events],
+        "lifetimes": [],  # filled by show(): evictions of this context, with age, idle time, hits, bytes
     }
 
 
@@ -171,11 +174,14 @@ def show(
     db: DbOpt = None,
 ) -> None:
     """One context: placement, profile per codec, utility of every option, recent events."""
-    from evicctl.snapshot.read import read_context
+    from evicctl.snapshot.detail import read_context
+    from evicctl.snapshot.lifetimes import read_lifetimes
 
     with open_reader(db) as store:
         detail = read_context(store, context)
+        lifetimes = read_lifetimes(store, context)
     data = detail_dict(detail)
+    data["lifetimes"] = [dataclasses.asdict(x) for x in lifetimes]
     if output is OutputFormat.json:
         print_json(data)
     elif output is OutputFormat.jsonl:
@@ -206,15 +212,21 @@ def _print_detail(detail, data: dict) -> None:
     title = f"Options (* = current placement; TTFT from {source.get(detail.cost_model, 'no cost model')})"
     print_table(options, OPTION_COLUMNS, title=title)
     print_table([_event_record(e) for e in detail.events], EVENT_COLUMNS, title="Recent events")
+    if data["lifetimes"]:
+        print_table(data["lifetimes"], LIFETIME_COLUMNS, title="Evictions (how long each copy lived, how idle it was)")
 
 
 def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
     """Capacity, use, bandwidth and hit rate per tier (and GPUs through NVML where present)."""
+    from evicctl.snapshot.lifetimes import TierLifetimes, tier_lifetimes
     from evicctl.snapshot.read import read_tiers
 
     with open_reader(db) as store:
         rows = read_tiers(store)
-    records = [{**dataclasses.asdict(t), "used_fraction": t.used_fraction} for t in rows]
+        lifetimes = tier_lifetimes(store, [t.name for t in rows])
+    none = TierLifetimes(0, None, None)
+    records = [{**dataclasses.asdict(t), "used_fraction": t.used_fraction,
+                **dataclasses.asdict(lifetimes.get(t.name, none))} for t in rows]  # fmt: skip
     if output is OutputFormat.table:
         cols = (
             Column("name", "TIER", style="bold"), Column("backend", "BACKEND"),
@@ -222,6 +234,8 @@ def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
             Column("used_fraction", "USE", fmt_pct, "right"), Column("read_bps", "READ", fmt_bps, "right"),
             Column("write_bps", "WRITE", fmt_bps, "right"), Column("contexts", "CONTEXTS", fmt_int, "right"),
             Column("hits", "HITS", fmt_int, "right"), Column("hit_rate_1m", "HIT RATE 1m", fmt_pct, "right"),
+            Column("median_lifetime_s", "LIFETIME p50", fmt_duration, "right"),
+            Column("median_idle_s", "IDLE@EVICT p50", fmt_duration, "right"),
             Column("occupancy_history", "OCCUPANCY", sparkline),
         )
         print_table(records, cols)
@@ -254,6 +268,14 @@ def gpu_records() -> list[dict]:
     return [{"index": g.index, "name": g.name, "memory_used_bytes": g.memory_used_bytes,
              "memory_total_bytes": g.memory_total_bytes,
              "utilization": None if g.utilization_pct is None else g.utilization_pct / 100} for g in gpus]  # fmt: skip
+
+
+LIFETIME_COLUMNS = (
+    Column("ts", "TIME", fmt_time), Column("kind", "KIND", style="bold"), Column("from_tier", "FROM"),
+    Column("to_tier", "TO", lambda v: v or "-"), Column("lifetime_s", "LIFETIME", fmt_duration, "right"),
+    Column("age_s", "AGE", fmt_duration, "right"), Column("idle_s", "IDLE", fmt_duration, "right"),
+    Column("hits", "HITS", fmt_int, "right"), Column("from_bytes", "BYTES", fmt_bytes, "right"),
+)
 
 
 EVENT_FIELDS = ("id", "ts", "context_id", "kind", "from_tier", "to_tier", "from_codec", "to_codec", "bytes",

@@ -13,7 +13,6 @@ calibrated estimate before its own profile exists.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import threading
@@ -30,6 +29,7 @@ from evicctl.config import (
     TierConfig,
     default_cache_dir,
     default_db_path,
+    per_store_disk_dir,
 )
 from evicctl.errors import UsageError
 
@@ -40,6 +40,7 @@ from evicctl.engine.demo_defaults import (  # noqa: E402 (kept beside the module
     DEFAULT_CPU_BYTES,
     DEFAULT_DISK_BYTES,
     DEFAULT_GPU_BYTES,
+    DEFAULT_METRICS_PORT,
     DEFAULT_RATE_RPS,
     DEFAULT_ZIPF,
 )
@@ -103,13 +104,6 @@ class DemoSummary:
     def mean_f1(self) -> float | None:
         f1 = [s.f1 for s in self.served if s.f1 is not None]
         return float(np.mean(f1)) if f1 else None
-
-
-def disk_tier_dir(cache_dir: Path, db_path: Path) -> Path:
-    """One disk-tier folder per store: a manager deletes files its store does not know, so
-    two stores must never share one (e.g. a test's and the user's demo)."""
-    digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:12]
-    return Path(cache_dir) / "disk" / digest
 
 
 def _tier_configs(device: str, gpu_bytes, cpu_bytes, disk_bytes, disk_dir: Path) -> tuple[TierConfig, ...]:
@@ -245,6 +239,7 @@ def run_demo(
     max_new_tokens: int = 24,
     profile_questions: int = 3,
     metric: str = "teacher-forced",
+    metrics_port: int | None = DEFAULT_METRICS_PORT,
     console=None,
 ) -> DemoSummary:
     """Run the demo; returns (and, headless, prints) the summary. See the module docstring."""
@@ -263,15 +258,12 @@ def run_demo(
         requests = HEADLESS_REQUESTS_PER_CONTEXT * contexts
     device = _resolve_device(device)
     _quiet_libraries(cache_dir / "demo.log" if interactive else None)
-
-    from evicctl.manager.manager import Manager
-
     config = ManagerConfig(
-        db_path=db_path, cache_dir=cache_dir, device=device, codecs=DEFAULT_CODECS,
+        db_path=db_path, cache_dir=cache_dir, device=device, codecs=DEFAULT_CODECS, metrics_port=metrics_port,
         tiers=_tier_configs(device, gpu_capacity_bytes, cpu_capacity_bytes, disk_capacity_bytes,
-                            disk_tier_dir(cache_dir, db_path)),
+                            per_store_disk_dir(db_path, cache_dir)),
     )  # fmt: skip
-    manager = Manager(config).start()
+    manager = _start_manager(config, console)
     try:
         setup = _Setup(console, manager, cache_dir, device, contexts, requests, duration_s, seed, rate_rps, zipf,
                        trace, target_tokens, profile_questions, metric, max_new_tokens, started_at)  # fmt: skip
@@ -281,6 +273,25 @@ def run_demo(
         manager.close()
     print_summary(summary, console)
     return summary
+
+
+def _start_manager(config: ManagerConfig, console):
+    """Start the manager and say where its metrics are served; a busy metrics port falls back
+    to any free one (said on the console), since the demo should not fail over telemetry."""
+    import dataclasses
+
+    from evicctl.manager.manager import Manager
+    from evicctl.manager.metrics import MetricsServerError
+
+    try:
+        manager = Manager(config)
+    except MetricsServerError as exc:
+        console.print(f"{exc}; serving metrics on a free port instead", markup=False, highlight=False)
+        manager = Manager(dataclasses.replace(config, metrics_port=0))
+    if manager.metrics_url:
+        console.print(f"metrics: {manager.metrics_url}  (curl it; Prometheus can scrape it)", markup=False,
+                      highlight=False)  # fmt: skip
+    return manager.start()
 
 
 @dataclass

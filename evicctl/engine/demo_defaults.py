@@ -8,3 +8,6 @@ DEFAULT_ZIPF = 1.0
 DEFAULT_GPU_BYTES = 256 << 20
 DEFAULT_CPU_BYTES = 64 << 20  # ~1 raw context; all 12 at int4 (~7 MB each) do not fit either
 DEFAULT_DISK_BYTES = 1 << 30
+# /metrics of the demo's manager (9464: the port OpenTelemetry's Prometheus exporter uses by
+# convention, free on a machine that runs no such exporter); 0 = any free port
+DEFAULT_METRICS_PORT = 9464

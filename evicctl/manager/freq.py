@@ -1,10 +1,24 @@
-"""Access frequency: an exponentially decayed rate per context.
+"""Access frequency per context, in accesses per second.
 
-Each access adds an exponential kernel ``lam * exp(-lam * (now - t_access))`` with
-``lam = ln 2 / half_life_s``; the sum is an unbiased estimate of a steady Poisson rate in
-accesses per second, and it forgets at the configured half-life. Only the value at the last
-access and that time are kept, so an update is O(1) and reading every rate at once is one
-vectorised expression.
+A single exponentially decayed rate with a short half-life (300 s, the manager's old
+estimator) lets a context asked every half hour decay to ~0 between its accesses, so the
+placer drops it first: the rate then ranks contexts by recency, and placement-only was no
+better than LRU (issue 16). Three changes, chosen with the replay's sweeps
+(docs/bench-results.md):
+
+1. **Several half-lives** (`ladder` times the configured one: 300 s ... 90,000 s), each a
+   decayed count per context, kept at the last access (O(K) per access).
+2. **A count prior** (Gamma-Poisson): a context's rate at half-life h is
+   ``(c_h + a) / (W_h + a / p_h)``: c_h its decayed count, W_h the decayed exposure (seconds
+   watched, ``(1 - exp(-lam t)) / lam``), p_h the population's mean rate, a = PRIOR_COUNT.
+   A context seen once keeps a rate near the population's (never 0), a steady one tends
+   to its count over its exposure; without accesses it shrinks towards a / W_h, a floor.
+3. **The half-life learned from the trace**: before each access is counted, every half-life
+   scores the log of the rate it predicted for the context being accessed (a Poisson
+   log-likelihood; the compensator, the sum of all predicted rates, is the same total rate
+   for every half-life, so it cancels); `rates` reads the half-life with the best score over
+   the last ~SCORE_WINDOW accesses. Stationary popularity picks the longest, drift a
+   shorter one.
 """
 
 from __future__ import annotations
@@ -14,20 +28,138 @@ import threading
 
 import numpy as np
 
+HALF_LIFE_LADDER = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # multiples of the configured half-life
+PRIOR_COUNT = 1.0  # a: pseudo-accesses at the population's mean rate
+SCORE_WINDOW = 5000  # accesses the half-life choice remembers (its score decays by 1 - 1/window each)
 
-class DecayedRate:
-    """Decayed access rates (accesses/s) for a growing set of context ids. Thread-safe."""
 
-    def __init__(self, half_life_s: float, capacity: int = 1024) -> None:
+class RateTable:
+    """The estimator over dense integer slots (the replay's context indices, the manager's
+    slots). Not thread-safe; DecayedRate adds ids and a lock."""
+
+    def __init__(self, half_life_s: float, capacity: int = 1024, *, ladder=HALF_LIFE_LADDER,
+                 prior_count: float = PRIOR_COUNT, score_window: int = SCORE_WINDOW) -> None:
         if not half_life_s > 0:
             raise ValueError(f"half_life_s must be > 0; got {half_life_s}")
+        if prior_count < 0 or not ladder:
+            raise ValueError("prior_count must be >= 0 and the ladder non-empty")
+        self.half_lives_s = np.array([half_life_s * m for m in ladder], dtype=float)  # [K]
+        self.lam = math.log(2.0) / self.half_lives_s  # [K] decay rates, 1/s
+        self.prior_count = float(prior_count)
+        self.keep = 1.0 - 1.0 / max(1, score_window)
+        self.count = np.zeros((len(self.lam), capacity))  # [K, n] decayed counts at `at`
+        self.at = np.zeros(capacity)  # [n] time of the last update, s
+        self.known = np.zeros(capacity, dtype=bool)  # [n]
+        self.n_known = 0
+        self.start: float | None = None  # when the table began watching, s
+        self.total = np.zeros(len(self.lam))  # [K] decayed count of every access, at total_at
+        self.total_at = 0.0
+        self.score = np.zeros(len(self.lam))  # [K] decayed log-likelihood of the accesses seen
+        self.scored = 0
+        self._lam_list = self.lam.tolist()
+
+    @property
+    def chosen(self) -> int:
+        """Index of the half-life whose predictions scored best (the longest before any access)."""
+        return int(np.argmax(self.score)) if self.scored else len(self.lam) - 1
+
+    @property
+    def chosen_half_life_s(self) -> float:
+        return float(self.half_lives_s[self.chosen])
+
+    def ensure(self, n: int) -> None:
+        """Room for slots 0..n-1 (amortised O(1) growth)."""
+        if n <= self.count.shape[1]:
+            return
+        grow = max(n, 2 * self.count.shape[1]) - self.count.shape[1]
+        self.count = np.concatenate([self.count, np.zeros((len(self.lam), grow))], axis=1)
+        self.at = np.concatenate([self.at, np.zeros(grow)])
+        self.known = np.concatenate([self.known, np.zeros(grow, dtype=bool)])
+
+    def record(self, i: int, now: float, count: float = 1.0) -> None:
+        """Count `count` accesses of slot i at `now`, after scoring each half-life's prediction."""
+        if self.start is None:
+            self.start, self.total_at = now, now
+        if self.scored or self.total.any():
+            predicted = self.estimates(np.array([i]), now)[:, 0]
+            self.score = self.score * self.keep + np.log(np.maximum(predicted, 1e-300))
+            self.scored += 1
+        if not self.known[i]:
+            self.known[i] = True
+            self.n_known += 1
+            self.at[i] = now
+        dt = max(0.0, now - float(self.at[i]))
+        self.count[:, i] = self.count[:, i] * np.exp(-self.lam * dt) + count
+        self.at[i] = max(now, float(self.at[i]))
+        self._add_total(now, count)
+
+    def set_rate(self, i: int, rate: float, at: float) -> None:
+        """Restore a rate measured at `at` as a long steady history (after a restart)."""
+        self.start = min(self.start if self.start is not None else at, at - 10.0 * float(self.half_lives_s[-1]))
+        if not self.known[i]:
+            self.known[i] = True
+            self.n_known += 1
+        old = self.count[:, i] * np.exp(-self.lam * max(0.0, at - float(self.at[i])))
+        steady = max(0.0, float(rate)) / self.lam  # the decayed count a steady rate leaves
+        self.count[:, i], self.at[i] = steady, at
+        self.total_at = max(self.total_at, at)
+        self.total = np.maximum(0.0, self.total + steady - old)
+
+    def clear(self, i: int) -> None:
+        """Forget slot i: it leaves the population (its accesses too)."""
+        if self.known[i]:
+            self.known[i] = False
+            self.n_known -= 1
+            now = max(self.total_at, float(self.at[i]))
+            self._add_total(now, 0.0)
+            self.total = np.maximum(0.0, self.total - self.count[:, i] * np.exp(-self.lam * (now - float(self.at[i]))))
+        self.count[:, i] = 0.0
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot src's state into slot dst (DecayedRate keeps its slots dense)."""
+        self.count[:, dst], self.at[dst], self.known[dst] = self.count[:, src], self.at[src], self.known[src]
+        self.count[:, src], self.known[src] = 0.0, False
+
+    def estimates(self, rows: np.ndarray, now: float) -> np.ndarray:
+        """[K, R] every half-life's rate for slots `rows` at `now` (0 for unknown slots)."""
+        if self.start is None or self.n_known == 0:
+            return np.zeros((len(self.lam), len(rows)))
+        lam = self.lam[:, None]
+        c = self.count[:, rows] * np.exp(-lam * np.maximum(0.0, now - self.at[rows]))  # [K, R]
+        watched_s = max(now - self.start, 1e-9)
+        exposure = -np.expm1(-self.lam * watched_s) / self.lam  # [K] W_h
+        if self.prior_count == 0:
+            est = c / exposure[:, None]
+        else:
+            total = self.total * np.exp(-self.lam * max(0.0, now - self.total_at))
+            mean_rate = np.maximum(total / (self.n_known * exposure), 1e-300)  # [K] p_h
+            est = (c + self.prior_count) / (exposure + self.prior_count / mean_rate)[:, None]
+        return np.where(self.known[rows], est, 0.0)
+
+    def rates(self, rows: np.ndarray, now: float) -> np.ndarray:
+        """[R] rates at the learned half-life."""
+        return self.estimates(rows, now)[self.chosen]
+
+    def _add_total(self, now: float, count: float) -> None:
+        dt = max(0.0, now - self.total_at)
+        self.total = self.total * np.exp(-self.lam * dt) + count
+        self.total_at = max(now, self.total_at)
+
+
+class DecayedRate:
+    """Access rates (accesses/s) for a growing set of context ids (RateTable's estimator,
+    see the module docstring). Thread-safe. `half_life_s` is the shortest half-life."""
+
+    def __init__(self, half_life_s: float, capacity: int = 1024, **table_options) -> None:
+        self.table = RateTable(half_life_s, capacity, **table_options)
         self.half_life_s = float(half_life_s)
-        self._lam = math.log(2.0) / self.half_life_s  # decay rate, 1/s
         self._slot: dict[str, int] = {}
         self._ids: list[str] = []
-        self._value = np.zeros(capacity)  # rate at _at, accesses/s
-        self._at = np.zeros(capacity)  # unix seconds of the last update
         self._lock = threading.Lock()
+
+    @property
+    def chosen_half_life_s(self) -> float:
+        return self.table.chosen_half_life_s
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -38,32 +170,27 @@ class DecayedRate:
     def record(self, context_id: str, now: float, count: float = 1.0) -> float:
         """Count `count` accesses at `now`; returns the rate just after them."""
         with self._lock:
-            i = self._slot_of(context_id, now)
-            value = self._value[i] * math.exp(-self._lam * max(0.0, now - self._at[i]))
-            self._value[i] = value + self._lam * count
-            self._at[i] = max(now, self._at[i])
-            return float(self._value[i])
+            i = self._slot_of(context_id)
+            self.table.record(i, now, count)
+            return float(self.table.rates(np.array([i]), now)[0])
 
     def set(self, context_id: str, rate: float, at: float) -> None:
         """Restore a rate measured at `at` (e.g. from the store after a restart)."""
         with self._lock:
-            i = self._slot_of(context_id, at)
-            self._value[i], self._at[i] = max(0.0, float(rate)), at
+            self.table.set_rate(self._slot_of(context_id), rate, at)
 
     def rate(self, context_id: str, now: float) -> float:
         """Current rate of one context; 0 for an unknown id."""
         with self._lock:
             i = self._slot.get(context_id)
-            if i is None:
-                return 0.0
-            return float(self._value[i] * math.exp(-self._lam * max(0.0, now - self._at[i])))
+            return 0.0 if i is None else float(self.table.rates(np.array([i]), now)[0])
 
     def rates(self, context_ids, now: float) -> np.ndarray:
         """Rates of `context_ids` at `now` as a float64 array (0 for unknown ids)."""
         with self._lock:
             n = len(self._ids)
-            current = self._value[:n] * np.exp(-self._lam * np.maximum(0.0, now - self._at[:n]))
             slots = np.fromiter((self._slot.get(c, n) for c in context_ids), dtype=np.int64)
+            current = self.table.rates(np.arange(n), now)
         return np.append(current, 0.0)[slots]
 
     def forget(self, context_id: str) -> None:
@@ -72,22 +199,20 @@ class DecayedRate:
             i = self._slot.pop(context_id, None)
             if i is None:
                 return
+            self.table.clear(i)
             last = len(self._ids) - 1
-            if i != last:  # move the last id into the freed slot: keeps the arrays dense
+            if i != last:  # move the last id into the freed slot: keeps the slots dense
                 moved = self._ids[last]
                 self._ids[i], self._slot[moved] = moved, i
-                self._value[i], self._at[i] = self._value[last], self._at[last]
+                self.table.move(last, i)
             self._ids.pop()
 
-    def _slot_of(self, context_id: str, now: float) -> int:
+    def _slot_of(self, context_id: str) -> int:
         i = self._slot.get(context_id)
         if i is not None:
             return i
         i = len(self._ids)
-        if i == len(self._value):  # amortised O(1) growth
-            self._value = np.concatenate([self._value, np.zeros(i)])
-            self._at = np.concatenate([self._at, np.zeros(i)])
+        self.table.ensure(i + 1)
         self._ids.append(context_id)
         self._slot[context_id] = i
-        self._value[i], self._at[i] = 0.0, now
         return i

@@ -14,8 +14,6 @@ contexts whose profiles no longer hold (`reprofile.OnlineQuality`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -23,13 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evicctl import __version__
-from evicctl.config import ManagerConfig, TierConfig
+from evicctl.config import ManagerConfig, TierConfig, per_store_disk_dir
 from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameError, UsageError
+from evicctl.manager.description import ManagerDescription, TierDescription
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
+from evicctl.manager.metrics import start_metrics
 from evicctl.manager.moves import MoveExecutor
 from evicctl.manager.placer.place import PlacementProblem, Plan, place
 from evicctl.manager.placer.pricing import codec_sizes, price_problem
+from evicctl.manager.priced import record_priced
 from evicctl.manager.reprofile import OnlineQuality
 from evicctl.manager.restart import recover
 from evicctl.manager.runtime import Runtime
@@ -44,7 +45,6 @@ from evicctl.manager.state import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY_TOKENS = 32  # before the engine reports a hit's prefill
 QUERY_EWMA = 0.1
 # The manager row's heartbeat is rewritten at most this often; readers (CLI, dashboard) call a
 # manager dead when its heartbeat is older than config.heartbeat_timeout_s, which must leave
@@ -73,8 +73,7 @@ def disk_dir_of(config: ManagerConfig) -> Path:
 
     One folder per database, not one shared by all: a manager deletes at start every file its
     own store does not know (orphans of a crash), which would be the other stores' files."""
-    db = Path(config.db_path).expanduser().resolve()
-    return Path(config.cache_dir).expanduser() / "disk" / hashlib.sha256(str(db).encode()).hexdigest()[:12]
+    return per_store_disk_dir(config.db_path, config.cache_dir)
 
 
 def per_store_disk(cfg: TierConfig, config: ManagerConfig) -> TierConfig:
@@ -103,7 +102,9 @@ class Manager:
             self.codec_names = ("none", *self.codec_names)  # a fresh context can always be kept whole
         self._online = OnlineQuality(config.reprofile_drop)
         self._tenant_floors = dict(config.tenant_quality_floors)
-        self._query_tokens = float(DEFAULT_QUERY_TOKENS)
+        self._pricing = None  # PricingInputs of the last executed plan, and whether it was written
+        self._pricing_written = None
+        self._priced_model: tuple[dict, CostModel] | None = None
         self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -121,18 +122,22 @@ class Manager:
         # the state moves, restart and commands share with this class (see runtime.py)
         self.rt = Runtime(store=store, tier_by_name={t.name: t for t in self.tiers},
                           freq=DecayedRate(config.freq_half_life_s))  # fmt: skip
+        self.rt.metrics = start_metrics(self.rt, self.tiers, config)  # NULL (no-ops) unless metrics_port is set
         self._moves = MoveExecutor(self.rt, heartbeat=self.heartbeat_if_due, running=lambda: self.running)
         previous = self.rt.store.query("SELECT heartbeat_at, config_json FROM manager WHERE id = 1")
-        prev_config = json.loads(previous[0]["config_json"] or "{}") if previous else {}
-        self.cost_model = CostModel.from_dict(prev_config["cost_model"]) if prev_config.get("cost_model") else CostModel()
-        self._query_tokens = float(prev_config.get("query_tokens", DEFAULT_QUERY_TOKENS))
-        self.rt.kv_shape = prev_config.get("kv_shape")
-        self._control = ControlServer(self.rt.store, __version__, self.config_json())
+        prev = ManagerDescription.from_json(previous[0]["config_json"] if previous else None)
+        self.cost_model = CostModel.from_dict(prev.cost_model) if prev.cost_model else CostModel()
+        self._query_tokens = float(prev.query_tokens)
+        self.rt.kv_shape = prev.kv_shape
+        self._control = ControlServer(self.rt.store, __version__, self.config_json(), on_finish=self.rt.metrics.command)
         self._commands = CommandHandler(self)
         self.orphans_deleted = recover(self.rt, self.codec_names, self.tiers,
                                        previous[0]["heartbeat_at"] if previous else time.time())
         self._control.heartbeat(self.config_json())
         self._last_heartbeat = time.time()
+        from evicctl.fleet.hook import attach_fleet
+
+        self.fleet = attach_fleet(self)  # a shared redis tier: register, publish, take fleet commands
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -148,11 +153,14 @@ class Manager:
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "fleet", None) is not None:
+            self.fleet.close()  # deregister first: the fleet stops routing commands here
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.rt.metrics.close()
         with self.rt.exec_lock:
             self._write_state(time.time(), force=True)
             self.rt.flush()
@@ -169,6 +177,11 @@ class Manager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where /metrics is served (config.metrics_port); None when metrics are off."""
+        return self.rt.metrics.url
 
     @property
     def running(self) -> bool:
@@ -203,6 +216,7 @@ class Manager:
                 ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
             plan = self.plan(admit=context_id)
             self._moves.admit(ctx, kv, plan, now)
+            self._record_priced(plan)
             pressure = self._over_capacity()
         if pressure:
             self.rt.replan_needed = True
@@ -222,6 +236,7 @@ class Manager:
             with self.rt.lock:
                 ctx = self.rt.contexts.get(context_id)
                 if ctx is None:
+                    self.rt.metrics.lookup_new()
                     return None
                 if not ctx.stored:
                     self._count_miss(ctx, now)
@@ -247,6 +262,7 @@ class Manager:
                 ctx.min_tier = 0  # used again: an operator's evict no longer holds it down
                 self.rt.tier_hits[tier.name] = self.rt.tier_hits.get(tier.name, 0) + 1
                 self.rt.dirty.add(context_id)
+            self.rt.metrics.lookup_hit(tier.name, codec, ctx.tenant, ctx.tokens, nbytes, load_s + decode_s)
             return Lookup(kv, tier.name, codec, nbytes, load_s, decode_s, freq)
         # Every read missed. A concurrent move switches the row before deleting the old copy, so
         # a context still pointing at a key its tier does not hold has lost that copy: record it
@@ -266,6 +282,7 @@ class Manager:
             ctx = self.context(context_id)
             ctx.keep_profile(codec, quality, quality_sd, metric)
             self._online.profiled(context_id, codec)  # a fresh profile: the online check starts over
+            self.rt.metrics.profiled(codec)
             self.rt.batch.upsert("profiles", {
                 "context_id": context_id, "codec": codec, "metric": metric, "quality": float(quality),
                 "quality_sd": quality_sd, "raw_mean": raw_mean, "f1": f1, "n_queries": int(n_queries),
@@ -293,6 +310,7 @@ class Manager:
             if shortfall is not None:
                 log.info("context %s: online quality of %s is %.2f below its profile; re-profile it",
                          context_id, codec, shortfall)  # fmt: skip
+                self.rt.metrics.reprofile_flagged()
                 self.rt.batch.event(context_id=context_id, kind="reprofile", reason="quality-drop",
                                   from_tier=ctx.tier, from_codec=codec, utility_before=ctx.utility)  # fmt: skip
             needs = self._online.needs_reprofile(context_id)
@@ -316,6 +334,7 @@ class Manager:
     def report_prefill(self, new_tokens: int, cached_tokens: int, seconds: float) -> None:
         """A prefill the engine timed: refines the cost model (and, for hits, the query size)."""
         self.cost_model.observe_prefill(new_tokens, cached_tokens, seconds)
+        self.rt.metrics.prefill(cached_tokens, seconds)
         if cached_tokens > 0 and new_tokens > 0:
             self._query_tokens += QUERY_EWMA * (new_tokens - self._query_tokens)
 
@@ -333,24 +352,23 @@ class Manager:
             return list(self.rt.contexts)
 
     def config_json(self) -> dict:
-        """What readers (snapshot, CLI) need to price options as the placer does."""
-        return {
-            "alpha": self.config.alpha,
-            "codecs": list(self.codec_names),
-            "cost_model": self.cost_model.to_dict(),
-            "query_tokens": round(self._query_tokens, 2),
-            "kv_shape": self.rt.kv_shape,
-            "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
-            "heartbeat_every_s": self._heartbeat_every_s,
-            "tick_s": self.config.tick_s,
-            "replan_s": self.config.replan_s,
-            "quality_floor": self.config.quality_floor,
-            "tenant_quality_floors": self._tenant_floors,
-            "reprofile_drop": self.config.reprofile_drop,
-            "tiers": [{"name": t.name, "backend": t.backend, "rank": t.rank, "capacity_bytes": t.capacity_bytes}
-                      for t in self.tiers],  # fmt: skip
-            "device": self.config.device,
-        }
+        """The manager's description as written into manager.config_json (see describe())."""
+        return self.describe().to_json()
+
+    def describe(self) -> ManagerDescription:
+        """What readers (snapshot, CLI, dashboard) need: settings, tiers and their folders, and
+        the figures the last plan priced options with, so they price as the placer did."""
+        tiers = tuple(TierDescription(t.name, t.backend, t.rank, t.capacity_bytes,
+                                      str(t.path) if getattr(t, "path", None) else None) for t in self.tiers)  # fmt: skip
+        c = self.config
+        return ManagerDescription(
+            alpha=c.alpha, codecs=self.codec_names, tiers=tiers, db_path=str(c.db_path), cache_dir=str(c.cache_dir),
+            disk_dir=next((t.path for t in tiers if t.backend == "disk"), None), device=c.device,
+            heartbeat_timeout_s=c.heartbeat_timeout_s, heartbeat_every_s=self._heartbeat_every_s, tick_s=c.tick_s,
+            replan_s=c.replan_s, quality_floor=c.quality_floor, tenant_quality_floors=tuple(self._tenant_floors.items()),
+            reprofile_drop=c.reprofile_drop, query_tokens=self._query_tokens, kv_shape=self.rt.kv_shape,
+            cost_model=self.cost_model.to_dict(), pricing=self._pricing,
+        )  # fmt: skip
 
     def _checked_quality(self, codec: str, quality: float) -> str:
         from evicctl.manager.codecs.codec import validate_codec_name
@@ -376,6 +394,9 @@ class Manager:
                 self.execute(self.plan(rebalance=timer))
             self._write_state(now)
             self.rt.flush()
+            if self._pricing is not self._pricing_written:  # readers reprice with it: write it at once
+                self._control.heartbeat(self.config_json())
+                self._pricing_written, self._last_heartbeat = self._pricing, now
 
     def heartbeat_if_due(self, now: float | None = None) -> None:
         """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old."""
@@ -393,7 +414,10 @@ class Manager:
               overrides: dict[str, dict] | None = None) -> Plan:  # fmt: skip
         """Place every stored context (and `admit`, held whole by the caller); operator commands
         plan with `overrides` (see problem())."""
-        return place(self.problem(admit=admit, rebalance=rebalance, overrides=overrides))
+        started = time.perf_counter()
+        plan = place(self.problem(admit=admit, rebalance=rebalance, overrides=overrides))
+        self.rt.metrics.planned(time.perf_counter() - started, len(plan))
+        return plan
 
     def problem(self, *, admit: str | None = None, rebalance: bool = False,
                 overrides: dict[str, dict] | None = None) -> PlacementProblem:  # fmt: skip
@@ -412,7 +436,7 @@ class Manager:
                 self.rt.freq.rates([ctx.id for ctx in states], now),
                 codecs=codecs,
                 tiers=self.tiers,
-                cost_model=self.cost_model,
+                cost_model=self._pricing_model(),
                 alpha=self.config.alpha,
                 query_tokens=self._query_tokens,
                 floor_of=self.quality_floor_of,
@@ -424,7 +448,26 @@ class Manager:
 
     def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
         """Carry out a plan's moves (copy, switch rows, delete old copies); returns event ids."""
-        return self._moves.execute(plan, actor=actor, command_id=command_id)
+        ids = self._moves.execute(plan, actor=actor, command_id=command_id)
+        self._record_priced(plan)
+        return ids
+
+    def _record_priced(self, plan: Plan) -> None:
+        """Every context's utility where it now is, with the figures `plan` priced with (priced.py)."""
+        inputs = getattr(getattr(plan, "problem", None), "priced_with", None)  # None: a plan built by hand
+        if inputs is not None:
+            self._pricing = record_priced(self.rt, plan, self._pricing_model(inputs.cost_model))
+
+    def _pricing_model(self, data: dict | None = None):
+        """A copy of the cost model (of `data`, by default the live one's figures) that engine
+        threads do not refine while a plan prices with it: its to_dict() is what the plan
+        records, and what readers rebuild it from."""
+        from evicctl.manager.costs import CostModel
+
+        data = self.cost_model.to_dict() if data is None else data
+        if self._priced_model is None or self._priced_model[0] != data:
+            self._priced_model = (data, CostModel.from_dict(data))
+        return self._priced_model[1]
 
     def _admit_state(self, ctx, context_id, kv: KV, label, tenant, prefill_s, now) -> ContextState:
         """Create (or refresh a dropped) context's state for admission. Under _lock."""
@@ -456,6 +499,7 @@ class Manager:
         ctx.misses += 1
         ctx.last_access_at = now
         self.rt.misses += 1
+        self.rt.metrics.lookup_miss(ctx.tenant, ctx.tokens)
         self.rt.dirty.add(ctx.id)
 
     # ------------------------------------------------------------------ state writes

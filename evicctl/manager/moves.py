@@ -16,8 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from evicctl.errors import CorruptDataError
+from evicctl.errors import CorruptDataError, RefusedError
 from evicctl.manager.kv import KV
+from evicctl.manager.metrics import EVICTION_KINDS, lifetime_of
 from evicctl.manager.placer.types import DROPPED_TIER, Move, Plan
 from evicctl.manager.state import EVENT_KIND, ContextState, tier_key
 
@@ -77,8 +78,12 @@ class MoveExecutor:
         else:
             stored = get_codec(move.to_codec).encode(kv)
             key = tier_key(ctx.id, move.to_codec)
-            put = m.tier_by_name[move.to_tier].put(key, stored)
-            new = (key, put.location, put.checksum, stored.nbytes)
+            try:
+                put = m.tier_by_name[move.to_tier].put(key, stored)
+                new = (key, put.location, put.checksum, stored.nbytes)
+            except RefusedError as exc:  # a shared tier's capacity or quota: recorded, kept as dropped
+                self._refused(move, str(exc))
+                move, new = move._replace(to_tier=DROPPED_TIER, to_codec=None, to_bytes=0, kind="drop"), DROP_COPY
         self._fault("admit-copied")
         with m.lock:
             m.batch.upsert("contexts", ctx.row(m.freq.rate(ctx.id, now)))
@@ -93,10 +98,13 @@ class MoveExecutor:
             if ctx is None or ctx.key != key or not ctx.stored:
                 return
             tier = m.tier_by_name.get(ctx.tier)
+            lifetime = lifetime_of(ctx, time.time())
             m.batch.event(
                 context_id=context_id, kind="lost", from_tier=ctx.tier, to_tier=DROPPED_TIER,
                 from_codec=ctx.codec, bytes=ctx.stored_bytes, reason=reason, utility_before=ctx.utility,
+                **lifetime.columns(),
             )  # fmt: skip
+            m.metrics.lost(ctx.tier, reason, ctx.tenant, lifetime)
             log.warning("context %s lost: %s", context_id, why)
             ctx.set_dropped(time.time())
             m.batch.upsert("placements", ctx.placement_row())
@@ -134,10 +142,22 @@ class MoveExecutor:
             put = m.tier_by_name[move.to_tier].put(new_key, stored)
         except KeyError:
             return None
+        except RefusedError as exc:  # a shared tier's capacity or quota: the context stays where it is
+            self._refused(move, str(exc))
+            return None
         except CorruptDataError as exc:
             self.lose(move.context_id, key, str(exc))
             return None
         return (new_key, put.location, put.checksum, stored.nbytes)
+
+    def _refused(self, move: Move, why: str) -> None:
+        """A tier refused a copy (a shared tier's capacity or a tenant's quota): an event, never
+        a silent lost write."""
+        log.warning("context %s: %s refused the copy: %s", move.context_id, move.to_tier, why)
+        with self.rt.lock:
+            self.rt.batch.event(context_id=move.context_id, kind="refused", from_tier=move.from_tier,
+                                to_tier=move.to_tier, from_codec=move.from_codec, to_codec=move.to_codec,
+                                bytes=move.to_bytes, reason=why)  # fmt: skip
 
     def _switch(self, move: Move, copy: Copy, actor: str, command_id: int | None):
         """Step 2 (under _lock): point the context at its new copy; batch the row and event.
@@ -149,6 +169,8 @@ class MoveExecutor:
         if old is not None and (move.to_tier, new_key) == (ctx.tier, ctx.key):
             old = None  # the new copy overwrote the old one in place: nothing left to delete
         now = time.time()
+        kind = EVENT_KIND.get(move.kind, "move")
+        lifetime = lifetime_of(ctx, now) if ctx.stored else None  # of the copy leaving, before the switch
         if move.to_codec is None:
             ctx.set_dropped(now)
         else:
@@ -158,9 +180,11 @@ class MoveExecutor:
         m.batch.upsert("placements", ctx.placement_row())
         m.batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})
         m.batch.event(
-            ts=now, context_id=ctx.id, kind=EVENT_KIND.get(move.kind, "move"), from_tier=move.from_tier,
+            ts=now, context_id=ctx.id, kind=kind, from_tier=move.from_tier,
             to_tier=move.to_tier, from_codec=move.from_codec, to_codec=move.to_codec, bytes=nbytes,
             utility_before=move.utility_before, utility_after=move.utility_after, reason=move.reason,
             actor=actor, command_id=command_id,
+            **(lifetime.columns() if lifetime is not None and kind in EVICTION_KINDS else {}),
         )  # fmt: skip
+        m.metrics.moved(kind, move.from_tier, move.to_tier, move.reason, ctx.tenant, nbytes, lifetime)
         return old

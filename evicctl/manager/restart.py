@@ -40,7 +40,7 @@ def recover(m, codec_names: tuple[str, ...], tiers, previous_heartbeat_at: float
             cid, r["tokens"], r["raw_bytes"], tenant=r["tenant"], label=r["label"], created_at=r["created_at"],
             last_access_at=r["last_access_at"], hits=r["hits"], misses=r["misses"], shape=shape,
             pin_tier=r["pin_tier"], pin_codec=r["pin_codec"], quality_floor=r["quality_floor"],
-            utility=r["utility"],
+            utility=r["utility"], priced_freq=r["priced_freq"], miss_s=r["miss_s"],
         )  # fmt: skip
         ctx.set_sizes(codec_sizes(codec_names, ctx.tokens, shape, ctx.raw_bytes))
         m.contexts[cid] = ctx
@@ -58,8 +58,25 @@ def recover(m, codec_names: tuple[str, ...], tiers, previous_heartbeat_at: float
             adopted.add(location)
         m.dirty.add(cid)
     orphans_deleted = delete_orphans(tiers, adopted)
+    _record_restart(m, len(rows), len(adopted), orphans_deleted)
     m.flush()
     return orphans_deleted
+
+
+def _record_restart(m, known: int, adopted: int, orphans_deleted: int) -> None:
+    """One "restart" event (the per-context events do not show a restart that found nothing),
+    and commands the previous manager claimed but never answered are answered now."""
+    from evicctl.control import fail_interrupted
+
+    previous = m.store.query("SELECT pid, host FROM manager WHERE id = 1")
+    interrupted = fail_interrupted(m.store)
+    if not previous:
+        return  # a first start: nothing to restart from
+    m.batch.event(kind="restart", reason=(
+        f"restart after pid {previous[0]['pid']} on {previous[0]['host']}: {known} contexts known, "
+        f"{adopted} disk copies adopted, "
+        f"{orphans_deleted} orphan files deleted, {interrupted} interrupted commands failed"
+    ))  # fmt: skip
 
 
 def _adopt(m, ctx: ContextState, row, now: float) -> str | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evicctl.manager.freq import DecayedRate
+from evicctl.manager.metrics import NULL, Recorder
 from evicctl.manager.state import ContextState
 
 
@@ -36,6 +37,8 @@ class Runtime:
     # "admit-copied"); a test raises from it to simulate a crash there.
     fault: Callable[[str], None] | None = None
     batch: Any = None  # the store's open write batch; replaced by flush()
+    # Prometheus hooks (metrics.py): a no-op recorder unless the manager serves /metrics
+    metrics: Recorder = field(default_factory=lambda: NULL)
 
     def __post_init__(self) -> None:
         if self.batch is None:

@@ -65,7 +65,8 @@ class ContextState:
     min_tier: int = 0  # after an operator evict: tiers above stay excluded until the next hit
     profiles: dict[str, tuple[float, float | None, str]] = field(default_factory=dict)  # codec -> (q, sd, metric)
     miss_s: float | None = None  # measured prefill of the whole context
-    utility: float | None = None
+    utility: float | None = None  # of the current placement, priced by the last plan
+    priced_freq: float | None = None  # the access rate (1/s) that plan priced it at
     sizes: dict[str, int] = field(default_factory=dict)  # codec -> predicted stored bytes
     # The placer's per-codec rows of this context, kept by utility.option_rows between plans
     # (a plan prices every context: rebuilding them each time cost ~35 us a context).
@@ -105,6 +106,7 @@ class ContextState:
             "id": self.id, "label": self.label, "tenant": self.tenant, "tokens": self.tokens,
             "raw_bytes": self.raw_bytes, "created_at": self.created_at, "last_access_at": self.last_access_at,
             "hits": self.hits, "misses": self.misses, "freq": freq, "utility": self.utility,
+            "priced_freq": self.priced_freq, "miss_s": self.miss_s,
             "pin_tier": self.pin_tier, "pin_codec": self.pin_codec, "quality_floor": self.quality_floor,
         }  # fmt: skip
 

@@ -1,9 +1,9 @@
 """The replay's contexts as arrays: sizes, predicted delays and qualities of every option.
 
-Built once per run with the manager's own size and delay code: `Codec.stored_bytes` for the
-bytes each codec stores (exact, no tensors), `costs.predicted_ttft_s` / `costs.miss_ttft_s`
-with the scenario's fitted CostModel for the delays. Every policy reads these same arrays,
-so policies differ only in their decisions.
+Built once per run with the manager's own size and pricing code: `pricing.codec_sizes` for
+the bytes each codec stores (exact, no tensors), `pricing.price_options` (the function the
+placer and `evicctl show` price with) and the scenario's fitted CostModel for the delays.
+Every policy reads these same arrays, so policies differ only in their decisions.
 
 Shapes: N contexts, C codecs (the measured profile's menu), T tiers (fastest first).
 Per-option arrays are option-major ([C, N], [T, C, N]), the placer's layout, so a
@@ -18,6 +18,7 @@ import numpy as np
 
 from evicctl.manager.codecs.codec import get_codec
 from evicctl.manager.costs import CostModel, miss_ttft_s, predicted_ttft_s
+from evicctl.manager.placer.pricing import codec_family, codec_sizes, kept_tokens, price_options
 from evicctl.replay.profiles import Profiles, assign
 from evicctl.replay.scenario import Scenario
 
@@ -115,15 +116,10 @@ def build_catalog(
     m = scenario.model
     stored, kept = _sizes(codecs, tokens, m)
     cost = scenario.cost_model()
-    families = [get_codec(c).family for c in codecs]
-    decode = np.stack([cost.decode_s(f, stored[k]) for k, f in enumerate(families)])  # [C, N]
-    read_bps = np.array([t.read_bps for t in scenario.tiers])
-    # As the manager prices options (utility.price_problem): a tier is never priced slower
-    # than a tier below it.
-    read_bps = np.maximum.accumulate(read_bps[::-1])[::-1]
     q_mean = float(np.mean(scenario.query_tokens))
-    ttft = predicted_ttft_s(stored[None], read_bps[:, None, None], decode[None], q_mean, kept[None], cost)
-    miss = np.asarray(miss_ttft_s(tokens, q_mean, cost), dtype=float)
+    # priced at the mean query length, as the manager prices with its running estimate
+    prices = price_options(stored, kept, [codec_family(c) for c in codecs], tokens,
+                           read_bps=[t.read_bps for t in scenario.tiers], cost_model=cost, query_tokens=q_mean)  # fmt: skip
     shares = np.array([t.share for t in scenario.tiers], dtype=float)
     raw_total = stored[codecs.index("none")].sum()
     capacity = np.floor(scenario.capacity * raw_total * shares / shares.sum()).astype(np.int64)
@@ -133,13 +129,13 @@ def build_catalog(
         tokens=tokens,
         codecs=codecs,
         tiers=tuple(t.name for t in scenario.tiers),
-        read_bps=read_bps,
+        read_bps=prices.read_bps,
         capacity_bytes=capacity,
         stored_bytes=stored,
         kept_tokens=kept,
-        decode_s=decode,
-        ttft_s=np.asarray(ttft, dtype=float),
-        miss_ttft_s=miss,
+        decode_s=prices.decode_s,
+        ttft_s=prices.ttft_s,
+        miss_ttft_s=prices.miss_ttft_s,
         estimate=np.ascontiguousarray(assigned.estimate.T),
         truth=np.ascontiguousarray(assigned.truth.T),
         query_tokens_mean=q_mean,
@@ -160,15 +156,11 @@ def _draw_tokens(scenario: Scenario, profiles: Profiles, source: np.ndarray, rng
 
 
 def _sizes(codecs: tuple[str, ...], tokens: np.ndarray, m) -> tuple[np.ndarray, np.ndarray]:
-    """[C, N] stored bytes and kept tokens, computed once per distinct length."""
+    """[C, N] stored bytes and kept tokens (pricing.codec_sizes), computed once per distinct length."""
     distinct, inverse = np.unique(tokens, return_inverse=True)
-    stored = np.empty((len(distinct), len(codecs)), dtype=np.int64)
-    kept = np.empty((len(distinct), len(codecs)), dtype=np.int64)
-    for k, name in enumerate(codecs):
-        codec = get_codec(name)
-        for j, n in enumerate(distinct.tolist()):
-            stored[j, k] = codec.stored_bytes(
-                n, m.layers, m.kv_heads, m.head_dim, m.dtype_bytes, window_numel=m.window_numel
-            )
-            kept[j, k] = codec.kept(n) if hasattr(codec, "kept") else n
+    shape = (m.layers, m.kv_heads, m.head_dim, m.dtype_bytes, m.window_numel)
+    sizes = [codec_sizes(codecs, n, shape, 0) for n in distinct.tolist()]
+    stored = np.array([[by_codec[c] for c in codecs] for by_codec in sizes], dtype=np.int64).reshape(len(distinct), len(codecs))
+    kept = np.array([[kept_tokens(c, n) for c in codecs] for n in distinct.tolist()],
+                    dtype=np.int64).reshape(len(distinct), len(codecs))  # fmt: skip
     return np.ascontiguousarray(stored[inverse].T), np.ascontiguousarray(kept[inverse].T)

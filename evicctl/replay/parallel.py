@@ -11,7 +11,7 @@ import multiprocessing as mp
 from collections.abc import Callable
 
 from evicctl.replay.catalog import Catalog
-from evicctl.replay.replay import Policy, replay
+from evicctl.replay.replay import Policy, RunResult, replay
 from evicctl.replay.trace import Trace
 
 PROGRESS_EVERY = 5000  # requests between progress messages from a worker
@@ -25,11 +25,13 @@ def replay_policies(
     warmup: float,
     jobs: int,
     progress: Callable[[int, int], None],
+    after: Callable[[RunResult], dict] | None = None,
 ) -> list[dict]:
-    """Summaries of every policy's replay, in order. progress(k, n): n more requests of policy k."""
+    """Summaries of every policy's replay, in order. progress(k, n): n more requests of policy k;
+    after(result): more summary fields computed from the full result (e.g. queueing)."""
     if jobs <= 1 or len(policies) <= 1:
         return [
-            replay(p, catalog, trace, warmup=warmup, progress=lambda n, k=k: progress(k, n)).summary()
+            _summary(replay(p, catalog, trace, warmup=warmup, progress=lambda n, k=k: progress(k, n)), after)
             for k, p in enumerate(policies)
         ]
     ctx = mp.get_context("fork")
@@ -37,7 +39,7 @@ def replay_policies(
     for k in range(len(policies)):
         tasks.put(k)
     workers = [
-        ctx.Process(target=_work, args=(policies, catalog, trace, warmup, tasks, results), daemon=True)
+        ctx.Process(target=_work, args=(policies, catalog, trace, warmup, tasks, results, after), daemon=True)
         for _ in range(min(jobs, len(policies)))
     ]
     for _ in workers:
@@ -64,13 +66,17 @@ def replay_policies(
     return summaries  # type: ignore[return-value]
 
 
-def _work(policies, catalog, trace, warmup, tasks, results) -> None:
+def _summary(result: RunResult, after: Callable[[RunResult], dict] | None) -> dict:
+    return result.summary() if after is None else result.summary() | after(result)
+
+
+def _work(policies, catalog, trace, warmup, tasks, results, after) -> None:
     while (k := tasks.get()) is not None:
         try:
             result = replay(
                 policies[k], catalog, trace, warmup=warmup,
                 progress=lambda n, k=k: results.put(("progress", k, n)), progress_every=PROGRESS_EVERY,
             )
-            results.put(("done", k, result.summary()))
+            results.put(("done", k, _summary(result, after)))
         except Exception as exc:  # reported in the parent with the policy's name
             results.put(("error", k, f"{type(exc).__name__}: {exc}"))

@@ -25,7 +25,6 @@ and the books are the catalog's and the simulator's.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -35,7 +34,9 @@ import numpy as np
 
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.codecs.codec import get_codec
+from evicctl.manager.freq import RateTable
 from evicctl.manager.placer.place import DROPPED, NEW, PlacementProblem, derivable_matrix, place
+from evicctl.replay.baselines import QUALITY_TARGET, Ideal, baseline_specs, make_baseline
 from evicctl.replay.replay import Policy, Simulator
 
 FIXED_SWEEP = tuple(f"{s}@{r}" for s in ("keydiff", "knorm", "snapkv") for r in (0.25, 0.5, 0.75)) + ("int8", "int4")
@@ -46,7 +47,8 @@ SPILL_HEADROOM = 0.02  # and this share of a tier below it that the spill overfl
 TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in requests)
 REPROFILE_DROP = 0.3  # ProfilerSettings.reprofile_drop: online quality this far below the profile
 REPROFILE_HITS = 12  # compressed hits before it shows: 3 online samples at a 25% sample rate
-POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only")
+POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only",
+                "arc[:<codec>]", "gdsf[:<codec>]", "tinylfu[:<codec>]", "best-fixed", "ideal")
 
 
 class Prefill(Policy):
@@ -149,10 +151,8 @@ class PlacerPolicy(Policy):
         self.local[self.cidx] = np.arange(len(self.cidx))
         self.is_none = np.array([c == "none" for c in self.codecs])
         self.derivable = derivable_matrix(self.codecs)
-        # The manager's access rate (evicctl.manager.freq.DecayedRate), over context indices.
-        self.lam = math.log(2.0) / self.half_life_s
-        self.rate_value = np.zeros(cat.n_contexts)  # rate at rate_at, accesses/s
-        self.rate_at = np.zeros(cat.n_contexts)  # time of the last access, s
+        # The manager's access-rate estimator (evicctl.manager.freq, DecayedRate's core), over context indices.
+        self.freq = RateTable(self.half_life_s, cat.n_contexts)
         # The catalog's arrays restricted to this policy's codecs, once: [C', N], [T, C', N].
         self.stored_bytes = np.ascontiguousarray(cat.stored_bytes[self.cidx])
         self.quality = np.ascontiguousarray(cat.estimate[self.cidx])
@@ -180,13 +180,10 @@ class PlacerPolicy(Policy):
         self.best_tier, self.best_codec = best[0].tolist(), best[1].tolist()
 
     def touch(self, i: int, now: float) -> None:
-        decay = math.exp(-self.lam * max(0.0, now - float(self.rate_at[i])))
-        self.rate_value[i] = float(self.rate_value[i]) * decay + self.lam
-        self.rate_at[i] = now
+        self.freq.record(i, now)
 
     def rates(self, rows: np.ndarray, now: float) -> np.ndarray:
-        value, at = self.rate_value[rows], self.rate_at[rows]
-        return value * np.exp(-self.lam * np.maximum(0.0, now - at))
+        return self.freq.rates(rows, now)
 
     def hit(self, i: int, now: float) -> None:
         if not self.watch:
@@ -339,10 +336,16 @@ def _c_stdout_silenced():
         os.close(saved)
 
 
-def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S) -> Policy:
-    """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default, and
-    half_life_s the access-rate half-life of the placer policies (the manager's setting)."""
+def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, quality_target: float = QUALITY_TARGET) -> Policy:
+    """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default,
+    half_life_s the access-rate half-life of the placer policies (the manager's setting) and
+    quality_target the one `ideal` serves at. `best-fixed` is a sweep (run.expand_specs)."""
     spec = spec.strip()
+    baseline = make_baseline(spec)
+    if baseline is not None:
+        return baseline
+    if spec == "ideal":
+        return Ideal(quality_target)
     if spec == "prefill":
         return Prefill()
     if spec in ("lru", "lru-plain"):
@@ -372,6 +375,7 @@ def default_policies(n_contexts: int, alpha: float, alpha_curve: tuple[float, ..
     specs = ["prefill", "lru", "lru-plain", *(f"fixed:{c}" for c in FIXED_SWEEP), "evicpress"]
     specs += [f"evicpress@{alpha * m:g}" for m in alpha_curve if m != 1]
     specs.append("placement-only")
+    specs += [*baseline_specs(), "best-fixed", "ideal"]
     if n_contexts <= EXACT_MAX_CONTEXTS:
         specs.append("exact")
     return specs

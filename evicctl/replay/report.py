@@ -26,7 +26,8 @@ def runs_table(doc: dict) -> Table:
     trace = doc["trace"]
     title = f"{doc['scenario']['name']}: {doc['catalog']['contexts']:,} contexts, {trace['requests']:,} requests ({trace['description']})"
     table = Table(title=title)
-    columns = ("policy", "TTFT mean", "p50", "p99", "quality", *(f"hit {t}" for t in tiers), "miss", "vs lru", "moved", "loaded")
+    columns = ("policy", "TTFT mean", "p50", "p99", "quality", *(f"hit {t}" for t in tiers), "miss", "vs lru", "gap closed", "moved", "loaded")
+    gaps = (doc.get("comparisons") or {}).get("gap_closed") or {}
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
     lru = next((s for s in doc["runs"] if s["policy"] == "lru"), None)
@@ -41,6 +42,7 @@ def runs_table(doc: dict) -> Table:
             *(f"{s['hit_rate'][t]:.1%}" for t in tiers),
             f"{s['miss_rate'] + s['recompute_rate']:.1%}",
             _ratio(vs_lru),
+            "-" if s["policy"] not in gaps else f"{gaps[s['policy']]:.0%}",
             fmt_bytes(s["bytes_moved"]),
             fmt_bytes(s["bytes_loaded"]),
         )
@@ -65,6 +67,16 @@ def comparison_table(cmp: dict) -> Table:
                 base, f"<3% loss ({c['ours']}, q {c['ours_quality']:.3f})", _s(c["ours_ttft_s"]), _s(c["base_ttft_s"]),
                 _ratio(c["ratio"]), "{:.2f}-{:.2f}x".format(*paper[f"vs_{base}"]) if f"vs_{base}" in paper else "",
             )
+    for key, what in (("best_baseline", "best baseline"), ("best_fixed", "best-fixed")):
+        b = cmp.get(key)
+        if b:
+            table.add_row(
+                f"{what}: {b['policy']}", f"quality {b['quality']:.3f} (best of {b['candidates']} at >= {cmp['quality_target']:g})",
+                _s(b["ours_ttft_s"]), _s(b["ttft_s"]), _ratio(b["ratio"]), "",
+            )
+    if cmp.get("vs_fixed_dropping_median") is not None:
+        table.add_row("fixed token dropping", "median over codecs, equal quality", "", "",
+                      _ratio(cmp["vs_fixed_dropping_median"]), "{:.2f}-{:.2f}x".format(*paper["vs_fixed"]))
     if cmp.get("placement_vs_lru") is not None:
         table.add_row("lru", "placement-only (no compression)", "", "", _ratio(cmp["placement_vs_lru"]), "")
     g = cmp.get("greedy_vs_exact")
@@ -73,6 +85,31 @@ def comparison_table(cmp: dict) -> Table:
             "exact (MILP)", f"{g['problems']} re-plans", _s(g["greedy_ttft_s"]), _s(g["exact_ttft_s"]),
             f"gap {g['utility_gap_mean']:.2%} mean, {g['utility_gap_max']:.2%} max", "not reported",
         )
+    return table
+
+
+def qps_table(doc: dict) -> Table | None:
+    """TTFT with waiting and max QPS within the p99 target, per policy (the fixed sweep's
+    best-fixed only)."""
+    runs = [s for s in doc["runs"] if s.get("max_qps") is not None]
+    if not runs:
+        return None
+    cmp = doc.get("comparisons") or {}
+    best_fixed = (cmp.get("best_fixed") or {}).get("policy")
+    lru = next((s for s in runs if s["policy"] == "lru"), None)
+    table = Table(title=f"throughput: max QPS with p99 TTFT <= {runs[0]['slo_p99_s']:.2f} s (queueing model)")
+    for col in ("policy", "quality", "TTFT mean (queued)", "p99 (queued)", "max QPS", "vs lru"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for s in runs:
+        if s["family"] == "fixed" and s["policy"] != best_fixed:
+            continue
+        vs = s["max_qps"] / lru["max_qps"] if lru and lru["max_qps"] else None
+        table.add_row(s["policy"], f"{s['quality_mean']:.3f}", _s(s["queued_ttft_mean_s"]), _s(s["queued_ttft_p99_s"]),
+                      f"{s['max_qps']:.2f}", _ratio(vs))
+    t = cmp.get("throughput")
+    if t:
+        table.caption = (f"ours ({t['ours']}, quality >= target) {t['ours_qps']:.2f} QPS: {_ratio(t['vs_lru'])} lru, "
+                         f"{_ratio(t['vs_best_baseline'])} the best baseline ({t['best_baseline']}); paper 2.0-3.6x")
     return table
 
 
@@ -91,6 +128,9 @@ def print_report(doc: dict, console: Console) -> None:
         console.print(agreement_table(doc["agreement"]))
     if doc.get("comparisons"):
         console.print(comparison_table(doc["comparisons"]))
+    qps = qps_table(doc) if doc.get("runs") else None
+    if qps is not None:
+        console.print(qps)
     for note in doc.get("notes", []):
         console.print(f"[dim]note: {note}[/]")
 

@@ -40,6 +40,9 @@ class BenchOptions:
     disk_bps: float | None = None
     alpha: float | None = None
     half_life_s: float | None = None  # access-rate half-life of the placer policies (default: the manager's)
+    quality_target: float = 0.97  # issue 16: baselines are compared at this mean quality; `ideal` serves at it
+    slo_p99_s: float | None = None  # queueing: the p99 TTFT target of max QPS (default: queueing.default_slo_p99_s)
+    throughput: bool = True  # queueing: TTFT with waiting and max QPS per policy
     warmup: float = 0.1
     profiles: Path | None = None
     jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
@@ -107,13 +110,16 @@ def policy_specs(opts: BenchOptions, alpha: float) -> list[str]:
 
 def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) -> dict:
     """Replay every selected policy on one catalog and trace; the JSON-ready document."""
+    from evicctl.replay.baselines import expand_best_fixed
     from evicctl.replay.compare import comparisons
     from evicctl.replay.parallel import replay_policies
     from evicctl.replay.policies import EXACT_MAX_CONTEXTS, make_policy
 
     scenario, catalog, trace, profiles = prepare(opts)
-    specs = policy_specs(opts, scenario.alpha)
-    kw = {} if opts.half_life_s is None else {"half_life_s": opts.half_life_s}
+    specs = expand_best_fixed(policy_specs(opts, scenario.alpha), catalog.codecs)
+    kw = {"quality_target": opts.quality_target}
+    if opts.half_life_s is not None:
+        kw["half_life_s"] = opts.half_life_s
     policies = [make_policy(s, alpha=scenario.alpha, **kw) for s in specs]  # fail fast on a bad name
     notes = []
     if not opts.policy and opts.contexts > EXACT_MAX_CONTEXTS:
@@ -122,7 +128,7 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
         tasks = [bar.add_task(p.name, total=len(trace)) for p in policies]
         summaries = replay_policies(
             policies, catalog, trace, warmup=opts.warmup, jobs=_jobs(opts.jobs),
-            progress=lambda k, n: bar.advance(tasks[k], n),
+            progress=lambda k, n: bar.advance(tasks[k], n), after=_throughput(opts, catalog, trace),
         )
     doc = {
         "scenario": scenario.to_json(),
@@ -131,10 +137,22 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
         "trace": trace.to_json(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()},
         "runs": summaries,
-        "comparisons": comparisons(summaries),
+        "comparisons": comparisons(summaries, quality_target=opts.quality_target),
         "notes": notes,
     }
     return doc
+
+
+def _throughput(opts: BenchOptions, catalog, trace):
+    """The queueing fields each run's summary gets (None: off)."""
+    if not opts.throughput or opts.live:
+        return None
+    from functools import partial
+
+    from evicctl.replay.queueing import default_slo_p99_s, throughput
+
+    slo = opts.slo_p99_s or default_slo_p99_s(catalog, trace, int(opts.warmup * len(trace)))
+    return partial(throughput, catalog=catalog, trace=trace, slo_p99_s=slo)
 
 
 def _jobs(jobs: int) -> int:

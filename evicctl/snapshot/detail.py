@@ -1,8 +1,10 @@
 """One context in detail: its profiles and every (codec, tier) option with its utility.
 
-Options are priced with the manager's own numbers: the tier bandwidths in `tiers`, and
-the cost model and alpha the manager stored in `manager.config_json`, so `evicctl show`
-explains the placement with the figures the placer used.
+Options are priced by the placer's own function (manager.placer.pricing.price_options) with
+the figures the manager's last plan used (ManagerDescription.pricing: alpha, query length,
+tier bandwidths, cost model) and the access rate and measured prefill it priced this context
+at (contexts.priced_freq, contexts.miss_s), so `evicctl show` prints the utilities the placer
+decided with: the chosen option's utility is contexts.utility.
 """
 
 from __future__ import annotations
@@ -11,14 +13,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from evicctl.config import DEFAULT_CODECS
+import numpy as np
+
 from evicctl.errors import UnknownNameError
-from evicctl.manager.codecs.names import CodecParts, parse_codec_name, scaled_bytes
+from evicctl.manager.costs import CostModel
+from evicctl.manager.description import ManagerDescription, PricingInputs
+from evicctl.manager.placer.pricing import (
+    MISS_QUALITY,
+    codec_family,
+    codec_sizes,
+    kept_tokens,
+    price_options,
+    utility,
+)
+from evicctl.snapshot.read import read_context_row, read_events, read_manager, read_tiers
 from evicctl.store.database import Store
 
-DEFAULT_ALPHA = 2.0  # ManagerConfig.alpha
-DEFAULT_QUERY_TOKENS = 32  # query length used to price options when the manager stored none
 DROPPED = "dropped"
+SHAPE_KEYS = ("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +82,6 @@ class ContextDetail:
 
 def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: float | None = None) -> ContextDetail:
     """Raises NoSuchContextError for an unknown id."""
-    from evicctl.snapshot.read import read_context_row, read_events, read_manager, read_tiers
-
     now = time.time() if now is None else now
     with store.read():
         row = read_context_row(store, context_id)
@@ -84,17 +94,27 @@ def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: 
                 (context_id,),
             )
         )
+        priced_freq, miss_s = store.query("SELECT priced_freq, miss_s FROM contexts WHERE id = ?", (context_id,))[0]
         manager = read_manager(store, now=now)
         tiers = read_tiers(store, now=now, history_points=0)
         events = read_events(store, context_id=context_id, limit=events_limit)
-    config = manager.config if manager else {}
-    options = price_options(row, placement, profiles, tiers, config)
+    description = manager.description if manager else ManagerDescription()
+    inputs = pricing_inputs(description, tiers)
+    freq = row.freq if priced_freq is None else priced_freq  # never priced (an older manager): today's rate
+    options = price_context(row, placement, profiles, tiers, description, inputs, freq=freq, miss_s=miss_s)
     reason = next(
         (e.reason for e in reversed(events) if placement and e.to_tier == placement.tier and e.reason), None
     )
-    alpha = float(config.get("alpha", DEFAULT_ALPHA))
-    source = _cost_model(config.get("cost_model"))[1]
-    return ContextDetail(row, placement, profiles, options, events, reason, alpha, now, source)
+    source = "manager" if description.pricing or description.cost_model else "default"
+    return ContextDetail(row, placement, profiles, options, events, reason, inputs.alpha, now, source)
+
+
+def pricing_inputs(description: ManagerDescription, tiers) -> PricingInputs:
+    """The figures the manager's last plan priced with; before its first plan, its current ones."""
+    if description.pricing is not None:
+        return description.pricing
+    return PricingInputs(description.alpha, description.query_tokens,
+                         tuple((t.name, float(t.read_bps)) for t in tiers), description.cost_model or {})  # fmt: skip
 
 
 def _placement(store: Store, context_id: str) -> PlacementInfo | None:
@@ -118,33 +138,61 @@ def profile_quality(profiles: tuple[ProfileRow, ...]) -> dict[str, float]:
     return quality
 
 
-def price_options(row, placement, profiles, tiers, config: dict) -> tuple[OptionRow, ...]:
-    """Every (codec with a known quality) x (tier) option, plus recompute-on-miss."""
+def price_context(row, placement, profiles, tiers, description: ManagerDescription, inputs: PricingInputs, *,
+                  freq: float, miss_s: float | None) -> tuple[OptionRow, ...]:  # fmt: skip
+    """Every (codec with a known quality) x (tier) option, plus recompute-on-miss, best first."""
     quality = profile_quality(profiles)
-    menu = list(config.get("codecs") or DEFAULT_CODECS)
-    codecs = [c for c in menu if c in quality] + sorted(c for c in quality if c not in menu)
-    cost_model, _ = _cost_model(config.get("cost_model"))
-    query_tokens = int(config.get("query_tokens", DEFAULT_QUERY_TOKENS))
-    shape = config.get("kv_shape") or {}
-    combos: list[tuple[str, str, int, float, float | None, bool]] = []
-    for codec in codecs:
-        stored = _stored_bytes(codec, row.tokens, row.raw_bytes, shape, placement)
-        kept = _kept_tokens(codec, row.tokens)
-        for tier in tiers:
-            ttft = _ttft_s(codec, stored, tier.read_bps, query_tokens, kept, cost_model)
-            own = placement.stored_bytes if placement and placement.tier == tier.name else 0
-            fits = stored <= tier.capacity_bytes - tier.used_bytes + own
-            combos.append((codec, tier.name, stored, quality[codec], ttft, fits))
-    combos.append((
-        "none", DROPPED, 0, 1.0, _miss_ttft_s(row.tokens, query_tokens, cost_model), True,
-    ))
-    utilities = _utilities(row.freq, float(config.get("alpha", DEFAULT_ALPHA)), combos)
+    codecs = [c for c in _menu(description, quality) if _known(c)]
+    sizes = _sizes(codecs, row, description.kv_shape, placement)
+    cost_model = CostModel.from_dict(inputs.cost_model) if inputs.cost_model else CostModel()
+    read_bps = [inputs.tier_read_bps(t.name) or float(t.read_bps) for t in tiers]
+    prices = price_options([[sizes[c]] for c in codecs], [[kept_tokens(c, row.tokens)] for c in codecs],
+                           [codec_family(c) for c in codecs], [row.tokens], read_bps=read_bps, cost_model=cost_model,
+                           query_tokens=inputs.query_tokens, miss_s=[miss_s or np.nan])  # fmt: skip
+    ttft = prices.ttft_s[:, :, 0]  # [T, C]
+    values = utility(freq, inputs.alpha, [quality[c] for c in codecs], ttft)  # [T, C]
     options = [
-        OptionRow(codec, tier, stored, q, ttft, u, _is_chosen(placement, codec, tier), fits)
-        for (codec, tier, stored, q, ttft, fits), u in zip(combos, utilities, strict=True)
+        OptionRow(codec, tier.name, sizes[codec], quality[codec], float(ttft[t, c]), float(values[t, c]),
+                  _is_chosen(placement, codec, tier.name), _fits(sizes[codec], tier, placement))  # fmt: skip
+        for c, codec in enumerate(codecs)
+        for t, tier in enumerate(tiers)
     ]
-    options.sort(key=lambda o: (o.utility is None, -(o.utility or 0.0), o.codec, o.tier))
+    miss_ttft_s = float(prices.miss_ttft_s[0])
+    options.append(OptionRow("none", DROPPED, 0, MISS_QUALITY, miss_ttft_s,
+                             float(utility(freq, inputs.alpha, MISS_QUALITY, miss_ttft_s)),
+                             _is_chosen(placement, "none", DROPPED), True))  # fmt: skip
+    options.sort(key=lambda o: (-o.utility, o.codec, o.tier))
     return tuple(options)
+
+
+def _menu(description: ManagerDescription, quality: dict[str, float]) -> list[str]:
+    """Codecs with a known quality: the manager's menu order, then others (a copy at a codec
+    no longer offered)."""
+    return [c for c in description.codecs if c in quality] + sorted(c for c in quality if c not in description.codecs)
+
+
+def _known(codec: str) -> bool:
+    """Whether this version can size the codec (old profiles may name a codec since removed)."""
+    try:
+        codec_family(codec)
+    except UnknownNameError:
+        return False
+    return True
+
+
+def _sizes(codecs: list[str], row, kv_shape: dict | None, placement: PlacementInfo | None) -> dict[str, int]:
+    """Stored bytes per codec as the placer predicts them; the real copy's where it is held."""
+    shape = tuple(int(kv_shape.get(k, 0)) for k in SHAPE_KEYS) if kv_shape else None
+    sizes = codec_sizes(codecs, row.tokens, shape, row.raw_bytes)
+    if placement is not None and placement.tier != DROPPED and placement.codec in sizes:
+        sizes[placement.codec] = int(placement.stored_bytes)
+    return sizes
+
+
+def _fits(stored_bytes: int, tier, placement: PlacementInfo | None) -> bool:
+    """Fits in the tier's free space, counting the context's own bytes there."""
+    own = placement.stored_bytes if placement and placement.tier == tier.name else 0
+    return stored_bytes <= tier.capacity_bytes - tier.used_bytes + own
 
 
 def _is_chosen(placement: PlacementInfo | None, codec: str, tier: str) -> bool:
@@ -153,82 +201,3 @@ def _is_chosen(placement: PlacementInfo | None, codec: str, tier: str) -> bool:
     if placement.tier == DROPPED:
         return tier == DROPPED
     return placement.tier == tier and placement.codec == codec
-
-
-# ---- codec sizes -------------------------------------------------------------------
-def _parts(codec: str) -> CodecParts:
-    """The codec's parts (torch-free); an unknown name in old profiles must not break `show`,
-    so it is priced as the uncompressed KV."""
-    try:
-        return parse_codec_name(codec)
-    except UnknownNameError:
-        return CodecParts()
-
-
-def _kept_tokens(codec: str, tokens: int) -> int:
-    return _parts(codec).kept(tokens)
-
-
-def _stored_bytes(codec: str, tokens: int, raw_bytes: int, shape: dict, placement) -> int:
-    """The placement's own bytes where it is held in this codec; else exact from the KV shape
-    the manager recorded, or scaled from the raw size without one (as the manager does)."""
-    if placement is not None and placement.codec == codec and placement.tier != DROPPED:
-        return int(placement.stored_bytes)
-    parts = _parts(codec)
-    if all(k in shape for k in ("layers", "kv_heads", "head_dim", "dtype_bytes")):
-        return parts.stored_bytes(
-            tokens, int(shape["layers"]), int(shape["kv_heads"]), int(shape["head_dim"]), int(shape["dtype_bytes"]),
-            window_numel=int(shape.get("window_numel", 0)),
-        )
-    return scaled_bytes(parts.name, tokens, raw_bytes)
-
-
-# ---- cost model --------------------------------------------------------------------
-def _cost_model(data: dict | None) -> tuple[Any, str | None]:
-    """(model, source): the manager's fitted model, else the default coefficients."""
-    try:
-        from evicctl.manager.costs import CostModel
-    except ImportError:
-        return None, None
-    if data:
-        return CostModel.from_dict(data), "manager"
-    return CostModel(), "default"
-
-
-def _ttft_s(codec, stored_bytes, read_bps, query_tokens, kept_tokens, cost_model) -> float | None:
-    if cost_model is None or not read_bps:
-        return None
-    from evicctl.manager.costs import predicted_ttft_s
-
-    decode_bps = cost_model.decode_bps(_parts(codec).family)
-    decode_s = stored_bytes / decode_bps if decode_bps else 0.0
-    return float(predicted_ttft_s(stored_bytes, read_bps, decode_s, query_tokens, kept_tokens, cost_model))
-
-
-def _miss_ttft_s(tokens, query_tokens, cost_model) -> float | None:
-    if cost_model is None:
-        return None
-    from evicctl.manager.costs import miss_ttft_s
-
-    return float(miss_ttft_s(tokens, query_tokens, cost_model))
-
-
-def _utilities(freq: float, alpha: float, combos) -> list[float | None]:
-    known = [i for i, c in enumerate(combos) if c[4] is not None]
-    out: list[float | None] = [None] * len(combos)
-    if not known:
-        return out
-    quality = [combos[i][3] for i in known]
-    ttft = [combos[i][4] for i in known]
-    try:
-        import numpy as np
-
-        from evicctl.manager.placer.pricing import utility
-
-        values = np.asarray(utility(freq, alpha, np.asarray(quality), np.asarray(ttft)), dtype=float)
-        values = np.broadcast_to(values, (len(known),)).tolist()
-    except ImportError:  # the contract's formula: U = freq * (alpha * quality - ttft)
-        values = [freq * (alpha * q - t) for q, t in zip(quality, ttft, strict=True)]
-    for i, v in zip(known, values, strict=True):
-        out[i] = float(v)
-    return out

@@ -7,15 +7,14 @@ contexts only the rows asked for cross into Python.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from evicctl.errors import NoSuchContextError, UnknownNameError
+from evicctl.manager.description import ManagerDescription
 from evicctl.store.database import Store
 
-DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0  # ManagerConfig.heartbeat_timeout_s; the manager may store its own
 HIT_RATE_WINDOW_S = 60.0
 HISTORY_POINTS = 60
 
@@ -29,7 +28,7 @@ class ManagerInfo:
     heartbeat_at: float
     stopped_at: float | None
     alive: bool
-    config: dict = field(hash=False, compare=False)
+    description: ManagerDescription = field(hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,15 +257,11 @@ def read_manager(store: Store, *, now: float | None = None) -> ManagerInfo | Non
     if not rows:
         return None
     r = rows[0]
-    try:
-        config = json.loads(r["config_json"] or "{}")
-    except ValueError:
-        config = {}
+    description = ManagerDescription.from_json(r["config_json"])
     now = time.time() if now is None else now
-    timeout_s = float(config.get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S))
-    alive = r["stopped_at"] is None and now - r["heartbeat_at"] <= timeout_s
+    alive = r["stopped_at"] is None and now - r["heartbeat_at"] <= description.heartbeat_timeout_s
     return ManagerInfo(
-        r["pid"], r["host"], r["version"], r["started_at"], r["heartbeat_at"], r["stopped_at"], alive, config
+        r["pid"], r["host"], r["version"], r["started_at"], r["heartbeat_at"], r["stopped_at"], alive, description
     )
 
 
@@ -456,20 +451,7 @@ def last_event_id(store: Store) -> int:
     return int(store.query("SELECT COALESCE(MAX(id), 0) AS n FROM events")[0]["n"])
 
 
-_DETAIL_NAMES = ("ContextDetail", "OptionRow", "PlacementInfo", "ProfileRow", "read_context")
-
-
-def __getattr__(name: str):
-    """read_context and its types live in snapshot_detail (options need the cost model);
-    loaded on first use so that `evicctl ls` does not pay for them."""
-    if name in _DETAIL_NAMES:
-        from evicctl.snapshot import detail as snapshot_detail
-
-        return getattr(snapshot_detail, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [  # plus the lazily loaded _DETAIL_NAMES
+__all__ = [  # a context in detail: snapshot.detail.read_context
     "ContextFilter",
     "ContextRow",
     "count_contexts",

@@ -48,6 +48,29 @@ MIGRATIONS: tuple[tuple[int, str, str | None], ...] = (
         # Covering: `ls` reads the placed codec's quality for every context from the index alone.
         "CREATE INDEX IF NOT EXISTS profiles_quality ON profiles (context_id, codec, metric, quality);\n",
     ),
+    (
+        3,
+        "cache-lifetime columns on events",
+        # Set on evict, drop and lost events (the copy leaving from_tier): seconds on that tier,
+        # since the context was first stored, since its last access; its hits; the copy's bytes
+        # (`bytes` is the new copy's, 0 for a drop). `evicctl tiers` takes medians per tier
+        # from the latest evictions: the partial index serves exactly those rows.
+        "ALTER TABLE events ADD COLUMN lifetime_s REAL;\n"
+        "ALTER TABLE events ADD COLUMN age_s REAL;\n"
+        "ALTER TABLE events ADD COLUMN idle_s REAL;\n"
+        "ALTER TABLE events ADD COLUMN hits INTEGER;\n"
+        "ALTER TABLE events ADD COLUMN from_bytes INTEGER;\n"
+        "CREATE INDEX IF NOT EXISTS events_lifetimes ON events (from_tier, id) WHERE lifetime_s IS NOT NULL;\n",
+    ),
+    (
+        4,
+        "the pricing inputs of each context's utility",
+        # `evicctl show` reprices a context's options as the placer did (pricing.price_options):
+        # it needs the access rate the last plan priced it at (freq keeps decaying after) and
+        # its measured full prefill, which the placer prefers to the cost model's estimate.
+        "ALTER TABLE contexts ADD COLUMN priced_freq REAL;\n"
+        "ALTER TABLE contexts ADD COLUMN miss_s REAL;\n",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -19,7 +19,7 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from evicctl.errors import EvicctlError, UsageError
-from evicctl.telemetry import TelemetryReader, cache_dir_from_config
+from evicctl.telemetry import TelemetryReader
 from evicctl.tui.actions import WAIT_TIMEOUT_S, Outcome, Request, perform
 from evicctl.tui.flows import ActionFlows
 from evicctl.tui.main_screen import ActionDone, FrameReady, MainScreen, bindings
@@ -59,10 +59,9 @@ class TopApp(ActionFlows, App[None]):
         self.clock = clock
         self.show_timing = show_timing
         self.action_timeout_s = action_timeout_s
-        self._auto_disk = telemetry is None  # measure the manager's cache dir once it is known
-        self.source = DashboardSource(
+        self.source = DashboardSource(  # without a given reader, measure the manager's disk folder
             self.db_path, telemetry=telemetry if telemetry is not None else TelemetryReader(),
-            clock=clock)
+            clock=clock, follow_manager_disk=telemetry is None)
         self.view = ViewQuery(sort=sort_key, descending=descending)
         self.paused = False
         self.frame: Frame | None = None
@@ -125,11 +124,6 @@ class TopApp(ActionFlows, App[None]):
     @work(thread=True, group="refresh")
     def _read_frame(self, query: ViewQuery) -> None:
         frame = self.source.read(query)
-        if self._auto_disk and frame.snapshot is not None:
-            reader = self.source.telemetry
-            if isinstance(reader, TelemetryReader) and reader.disk_path is None:
-                manager = frame.snapshot.manager
-                reader.disk_path = cache_dir_from_config(manager.config if manager else None)
         self.post_message(FrameReady(frame))
 
     def on_frame_ready(self, message: FrameReady) -> None:

@@ -32,12 +32,11 @@ class ActionFlows:
 
     def _codec_names(self) -> list[str]:
         snapshot = self.frame.snapshot if self.frame is not None else None
-        config = snapshot.manager.config if snapshot is not None and snapshot.manager else {}
-        if config.get("codecs"):
-            return [str(c) for c in config["codecs"]]
-        from evicctl.config import DEFAULT_CODECS
+        if snapshot is not None and snapshot.manager is not None:
+            return list(snapshot.manager.description.codecs)
+        from evicctl.manager.description import ManagerDescription
 
-        return list(DEFAULT_CODECS)
+        return list(ManagerDescription().codecs)  # no manager yet: the default menu
 
     @staticmethod
     def _subject(targets: tuple[str, ...]) -> str:

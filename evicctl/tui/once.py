@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from evicctl.telemetry import TelemetryReader, cache_dir_from_config
+from evicctl.telemetry import TelemetryReader, disk_folder
 from evicctl.tui import render
 from evicctl.tui.query import parse_sort, sort_title, visible_columns
 from evicctl.tui.source import TelemetrySource
@@ -41,8 +41,7 @@ def render_once(db_path: Path | str, console: Console, sort: str = "utility", *,
         store.close()
     reader = telemetry
     if reader is None:
-        config = snapshot.manager.config if snapshot.manager else None
-        reader = TelemetryReader(cache_dir_from_config(config))
+        reader = TelemetryReader(disk_folder(snapshot.manager.description if snapshot.manager else None))
     try:
         tel = reader.read()
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evicctl.errors import EvicctlError
-from evicctl.telemetry import Telemetry, TelemetryReader
+from evicctl.telemetry import Telemetry, TelemetryReader, disk_folder
 from evicctl.tui.query import ViewQuery
 
 EVENTS_LIMIT = 50  # the events panel shows at most this many (its height is far less)
@@ -45,8 +45,11 @@ class DashboardSource:
     """Reads frames and context details. Thread-safe; reads are serialised by a lock."""
 
     def __init__(self, db_path: Path | str, *, telemetry: TelemetrySource | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, follow_manager_disk: bool = False) -> None:
+        """follow_manager_disk: point the telemetry reader's disk row at the folder the
+        manager's description names (re-read every frame: a manager may start later)."""
         self.db_path = Path(db_path)
+        self.follow_manager_disk = follow_manager_disk
         self.clock = clock
         self.telemetry = telemetry if telemetry is not None else TelemetryReader()
         self._store: Any = None
@@ -86,13 +89,15 @@ class DashboardSource:
                 error = f"cannot read {self.db_path}: {exc}"
                 self._drop()
         store_s = time.perf_counter() - start
+        if self.follow_manager_disk and snapshot is not None and isinstance(self.telemetry, TelemetryReader):
+            self.telemetry.disk_path = disk_folder(snapshot.manager.description if snapshot.manager else None)
         telemetry = self.telemetry.read()
         return Frame(query=query, snapshot=snapshot, telemetry=telemetry, error=error,
                      read_s=time.perf_counter() - start, store_s=store_s)
 
     def read_detail(self, context_id: str) -> Any:
         """`read_context` for the detail screen; raises NoSuchContextError / StoreError."""
-        from evicctl.snapshot.read import read_context
+        from evicctl.snapshot.detail import read_context
 
         with self._lock:
             try:

@@ -9,9 +9,9 @@ import time
 import pytest
 from rich.console import Console
 
-from evicctl.config import ManagerConfig, TierConfig
+from evicctl.config import ManagerConfig, TierConfig, per_store_disk_dir
 from evicctl.engine.data import QA, Context, split_questions
-from evicctl.engine.demo import DemoRun, _tier_configs, disk_tier_dir, print_summary
+from evicctl.engine.demo import DemoRun, _tier_configs, print_summary
 from evicctl.engine.engine import Engine
 from evicctl.engine.priors import default_priors
 from evicctl.engine.profiler import Profiler, ProfilerSettings, read_stored_profiles
@@ -77,8 +77,8 @@ def test_demo_stops_when_asked(tiny_model, tiny_tokenizer, dict_manager):
 
 
 def test_tier_configs(tmp_path):
-    disk = disk_tier_dir(tmp_path, tmp_path / "a.db")
-    assert disk.parent == tmp_path / "disk" and disk != disk_tier_dir(tmp_path, tmp_path / "b.db")
+    disk = per_store_disk_dir(tmp_path / "a.db", tmp_path)
+    assert disk.parent == tmp_path / "disk" and disk != per_store_disk_dir(tmp_path / "b.db", tmp_path)
     cpu = _tier_configs("cpu", None, None, None, disk)
     assert [t.name for t in cpu] == ["cpu", "disk"] and cpu[1].path == disk
     gpu = _tier_configs("cuda", 1 << 20, 2 << 20, 3 << 20, tmp_path)

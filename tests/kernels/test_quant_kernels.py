@@ -155,7 +155,7 @@ def test_empty_context(gen):
 def test_bad_arguments_raise(gen):
     k = kv_like((1, 2, 40, 64), torch.bfloat16, gen)
     with pytest.raises(ValueError, match="bits"):
-        kq.quantize_keys(k, 3, 32)
+        kq.quantize_keys(k, 5, 32)
     with pytest.raises(ValueError, match="group"):
         kq.quantize_keys(k, 8, 24)
     with pytest.raises(ValueError, match="multiple"):

@@ -89,3 +89,83 @@ def test_scaled_bytes_follows_the_codec_ratio() -> None:
     assert cn.scaled_bytes("int8", 1000, raw) < cn.scaled_bytes("none", 1000, raw)
     assert cn.scaled_bytes("int4", 1000, raw) < cn.scaled_bytes("int8", 1000, raw)
     assert cn.scaled_bytes("none", 0, 0) == 0
+
+
+# ---------------------------------------------------------------- low-bit widths and the menu
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical", "bits", "group", "residual"),
+    [
+        ("int2", "int2", 2, 32, cn.DEFAULT_RESIDUAL),
+        ("int3-g32", "int3", 3, 32, cn.DEFAULT_RESIDUAL),
+        ("int2-g64-r0", "int2-g64-r0", 2, 64, 0),
+        ("int4-r16", "int4-r16", 4, 32, 16),
+        ("int4-r0", "int4", 4, 32, 0),
+        ("snapkv@.5+int2-r32", "snapkv@0.5+int2", 2, 32, cn.DEFAULT_RESIDUAL),
+    ],
+)
+def test_quantizer_options_parse_to_canonical_names(raw, canonical, bits, group, residual) -> None:
+    parts = cn.parse_codec_name(raw)
+    assert (parts.bits, parts.group, parts.residual) == (bits, group, residual)
+    assert parts.name == canonical == get_codec(raw).name
+
+
+@pytest.mark.parametrize("bad", ["int2-g24", "int2-g1", "int2-g8192", "int2-r", "int5", "int2-r8-g64", "knorm@0.5+int3-"])
+def test_bad_quantizer_options_are_refused(bad) -> None:
+    with pytest.raises(UnknownNameError):
+        cn.validate_codec_name(bad)
+
+
+def test_low_bit_sizes_are_packed_exactly() -> None:
+    """1024 tokens, head_dim 64, fp16: codes are head_dim*bits/8 bytes a row, the residual is
+    stored as it was, and the overheads are 2 fp16 per group on each side."""
+    tokens, dim = 1024, 64
+    for bits in (2, 3):
+        quantized = tokens - cn.DEFAULT_RESIDUAL
+        codes = 2 * quantized * dim * bits // 8
+        keys_side = 4 * (quantized // 32) * dim
+        values_side = 4 * quantized * (dim // 32)
+        residual = 2 * cn.DEFAULT_RESIDUAL * dim * 2
+        assert cn.stored_bytes(f"int{bits}", tokens, 1, 1, dim, 2) == codes + keys_side + values_side + residual
+    sizes = [cn.stored_bytes(n, tokens, 1, 1, dim, 2) for n in ("none", "int8", "int4", "int3", "int2", "int2-g64-r0")]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+
+
+def test_the_menu_is_generated_and_holds_the_combinations() -> None:
+    from evicctl import config
+
+    assert config.generate_menu() == DEFAULT_CODECS
+    assert len(DEFAULT_CODECS) == len(set(DEFAULT_CODECS)) == 1 + 4 + 9 * 3
+    assert all(cn.validate_codec_name(n) == n for n in DEFAULT_CODECS)
+    parts = [cn.parse_codec_name(n) for n in DEFAULT_CODECS]
+    for scorer in cn.SCORER_NAMES:
+        for ratio in config.MENU_RATIOS:
+            for bits in (None, 4, 2):
+                assert cn.CodecParts(scorer, ratio, bits, residual=cn.default_residual(bits)) in parts
+    assert {p.bits for p in parts} == {None, 8, 4, 3, 2}
+
+
+def test_harder_is_the_partial_order_of_ratio_and_bits() -> None:
+    assert cn.is_harder("int2", "int4") and cn.is_harder("snapkv@0.5+int4", "snapkv@0.5")
+    assert cn.is_harder("knorm@0.75+int2", "keydiff@0.25+int4")  # harder in both, other scorer
+    assert not cn.is_harder("int4", "knorm@0.5") and not cn.is_harder("knorm@0.5", "int4")  # incomparable
+    assert not cn.is_harder("int4", "int4-g64") and not cn.is_harder("int4", "int4")  # equal parts: not strictly
+    # derivable adds the scorer: tokens another scorer dropped cannot come back
+    assert cn.derivable("int4", "knorm@0.5+int2") and cn.derivable("knorm@0.25+int4", "knorm@0.5+int2")
+    assert not cn.derivable("knorm@0.25", "snapkv@0.5") and not cn.derivable("int2", "int4")
+
+
+def test_derivable_matrix_follows_the_partial_order_over_the_menu() -> None:
+    import numpy as np
+
+    from evicctl.manager.placer.types import derivable_matrix
+
+    d = derivable_matrix(DEFAULT_CODECS)
+    for a, x in enumerate(DEFAULT_CODECS):
+        for b, y in enumerate(DEFAULT_CODECS):
+            px, py = cn.parse_codec_name(x), cn.parse_codec_name(y)
+            harder_or_same = a == b or cn.is_harder(y, x)
+            same_drop = px.scorer is None or px.scorer == py.scorer
+            assert d[a, b] == (x == "none" or (harder_or_same and same_drop)), (x, y)
+    assert np.all(d[DEFAULT_CODECS.index("none")])

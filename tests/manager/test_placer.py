@@ -196,18 +196,19 @@ def test_new_marker_and_empty_problem():
     assert len(plan) == 0 and plan.feasible
 
 
-def test_decayed_rate_halves_each_half_life_and_reads_vectorised():
+def test_decayed_rate_reads_vectorised_forgets_and_restores():
+    """The API the manager uses (the estimator itself: tests/manager/test_freq.py)."""
     rate = DecayedRate(half_life_s=10.0)
-    lam = np.log(2) / 10.0
-    assert rate.record("a", now=100.0) == pytest.approx(lam)
-    assert rate.rate("a", now=110.0) == pytest.approx(lam / 2)
+    assert rate.record("a", now=100.0) > 0
     rate.record("b", now=100.0)
     rate.record("b", now=100.0)
-    assert rate.rates(["b", "a", "nobody"], now=120.0).tolist() == pytest.approx([2 * lam / 4, lam / 4, 0.0])
+    one = [rate.rate(c, now=120.0) for c in ("b", "a")]
+    assert rate.rates(["b", "a", "nobody"], now=120.0).tolist() == pytest.approx([*one, 0.0])
+    assert one[0] > one[1] > 0  # asked twice beats asked once; once is never 0
     rate.forget("a")
-    assert rate.rate("a", now=120.0) == 0.0 and rate.rate("b", now=120.0) == pytest.approx(lam / 2)
+    assert rate.rate("a", now=120.0) == 0.0 and rate.rate("b", now=120.0) > 0  # b's prior follows the population
     rate.set("c", 0.5, at=120.0)
-    assert rate.rate("c", now=130.0) == pytest.approx(0.25)
+    assert rate.rate("c", now=120.0) == pytest.approx(0.5, rel=0.1)  # shrunk a little towards the population
 
 
 def test_decayed_rate_estimates_a_steady_access_rate():

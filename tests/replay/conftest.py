@@ -21,6 +21,8 @@ BASE = {"none": 1.0, "int8": 0.99, "int4": 0.85}
 def codec_mean(codec: str) -> float:
     if codec in BASE:
         return BASE[codec]
+    if "@" not in codec:  # another quantizer in the generated menu (int3, ...): lossier than int4
+        return 0.75
     ratio = float(codec.split("@")[1].split("+")[0])
     return (0.95 - 0.3 * ratio) * (0.99 if codec.endswith("+int8") else 1.0)
 

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
+from evicctl.manager.description import ManagerDescription
+from evicctl.telemetry import TelemetryReader, disk_folder, read_disk, read_host
 from evicctl.tui import render
-from evicctl.telemetry import TelemetryReader, cache_dir_from_config, read_disk, read_host
 
 
 class NVMLError(Exception):
@@ -167,7 +168,9 @@ def test_host_and_disk_helpers(tmp_path):
     assert disk.used_bytes + disk.free_bytes <= disk.total_bytes
 
 
-def test_cache_dir_comes_from_the_manager_config(tmp_path):
-    assert cache_dir_from_config({"tiers": [{"name": "disk", "path": str(tmp_path)}]}) == tmp_path
-    assert cache_dir_from_config({"cache_dir": "/srv/kv"}) == Path("/srv/kv")
-    assert cache_dir_from_config(None).name == "evicctl"
+def test_disk_folder_comes_from_the_manager_description(tmp_path):
+    """Precedence only; tests/manager/test_manager_pricing.py checks the folder a real manager writes."""
+    described = ManagerDescription(disk_dir=str(tmp_path / "disk" / "abc"), cache_dir=str(tmp_path))
+    assert disk_folder(ManagerDescription.from_json(described.to_json())) == tmp_path / "disk" / "abc"
+    assert disk_folder(ManagerDescription(cache_dir="/srv/kv")) == Path("/srv/kv")  # no disk tier
+    assert disk_folder(None).name == "evicctl"  # no manager yet: the default cache folder

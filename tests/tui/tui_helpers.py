@@ -19,8 +19,8 @@ from evicctl.control import Command, ControlServer
 from evicctl.errors import RefusedError
 from evicctl.store.database import Store
 from evicctl.store.synthetic import FIXTURE_NOW, make_fixture_db  # noqa: F401 (re-exported)
-from evicctl.tui.app import TopApp
 from evicctl.telemetry import DiskTelemetry, GpuTelemetry, HostTelemetry, Telemetry
+from evicctl.tui.app import TopApp
 
 GIB = 1 << 30
 

@@ -1,14 +1,18 @@
 """Codecs: one compression configuration each, as a pure pair encode(kv) -> Stored, decode.
 
-Names (DESIGN §3; parsed, validated and sized in codec_names.py, which needs no torch):
-``none``; quantization ``int8`` / ``int4`` (group-wise, quant.py); token dropping
+Names (DESIGN §3; parsed, validated and sized in names.py, which needs no torch):
+``none``; quantization ``int8`` / ``int4`` / ``int3`` / ``int2`` (group-wise, quant.py; a
+``-g<G>`` group and ``-r<R>`` residual window may follow); token dropping
 ``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's tokens removed,
 0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
 
 Stored layout (flat, so safetensors saves it as is):
 - ``k.{i}`` / ``v.{i}``: layer i's keys / values [1, H, K, D] in the KV's dtype, or when
   quantized ``k.{i}.codes`` [1, H, K, D*bits/8] uint8, ``k.{i}.scale`` / ``k.{i}.mn`` fp16
-  (and the same for ``v.{i}``), shapes as in quant.py.
+  (and the same for ``v.{i}``), shapes as in quant.py, of all but the last R kept tokens;
+  ``k.{i}.res`` / ``v.{i}.res`` [1, H, R, D] in the KV's dtype: those last R tokens (KIVI's
+  full-precision residual window), present only for a codec with a residual (int2/int3 by
+  default; R = min(residual, kept)).
 - ``pos`` [L, H, K] int16 (int32 past 32,768 tokens): original positions of the kept tokens,
   present only when tokens were dropped (K < tokens); absent means arange(tokens).
 - ``wq`` [L, q_heads, W, D] fp16 (bf16 stays bf16): the KV's window queries, when it has
@@ -26,6 +30,7 @@ KV drops nothing more: the result of encoding with ``int8`` is then effectively
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -42,6 +47,7 @@ from evicctl.manager.codecs.names import (
     CodecParts,
     codec_family,
     parse_codec_name,
+    quantized_count,
     validate_codec_name,
 )
 from evicctl.manager.codecs.scorers import SCORERS, keep_indices
@@ -108,9 +114,11 @@ class Codec:
 class PipelineCodec(Codec):
     """Optional token dropping, then optional quantization; ``none`` when neither."""
 
-    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None) -> None:
-        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits)
+    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None, **quant) -> None:
+        """quant: ``group`` and ``residual`` of a quantized codec (CodecParts' defaults otherwise)."""
+        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits, **quant)
         self.scorer, self.ratio, self.bits = scorer, self.parts.ratio, bits
+        self.group, self.residual = self.parts.group, self.parts.residual
         self.name, self.family = self.parts.name, self.parts.family
         self.keep_fraction = self.parts.keep_fraction
 
@@ -134,12 +142,7 @@ class PipelineCodec(Codec):
         positions = kv.positions if idx is None else kv.positions.gather(2, idx[:, 0].to(kv.positions.device))
         tensors: dict[str, torch.Tensor] = {}
         if self.bits:
-            keys = quant.quantize_layers("keys", kv.keys, self.bits, quant.DEFAULT_GROUP, idx)
-            values = quant.quantize_layers("values", kv.values, self.bits, quant.value_group(kv.head_dim), idx)
-            for i in range(kv.layers):
-                for side, parts in (("k", keys), ("v", values)):
-                    for part, layers in zip(("codes", "scale", "mn"), parts, strict=True):
-                        tensors[f"{side}.{i}.{part}"] = layers[i]
+            tensors |= self._quantized(kv, idx, positions.shape[-1])
         else:
             keys = kv.keys if idx is None else quant.gather_layers(kv.keys, idx)
             values = kv.values if idx is None else quant.gather_layers(kv.values, idx)
@@ -152,6 +155,31 @@ class PipelineCodec(Codec):
             wq = kv.window_queries
             tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
         return Stored(self.name, tensors, self._meta(kv, kept))
+
+    def _quantized(self, kv: KV, idx: torch.Tensor | None, kept: int) -> dict[str, torch.Tensor]:
+        """Quantized tensors of the kept tokens: the first `kept - R` as (codes, scale, mn) per
+        layer and side, the last R (the residual window) as they are.
+
+        idx [L, 1, H, kept] (rows of kv.keys to keep) or None (every row). The split is by
+        row position, so without idx the quantizer reads a view of each layer (no copy)."""
+        quantized = quantized_count(kept, self.residual)
+        groups = {"k": self.group, "v": quant.value_group(kv.head_dim, self.group)}
+        tensors: dict[str, torch.Tensor] = {}
+        for side, xs, what in (("k", kv.keys, "keys"), ("v", kv.values, "values")):
+            if idx is None:
+                head = [x[:, :, :quantized] for x in xs]
+                parts = quant.quantize_layers(what, head, self.bits, groups[side])
+                # one stack for every layer: a copy per layer costs a launch each on CUDA
+                residual = list(torch.stack([x[:, :, quantized:] for x in xs]))
+            else:
+                parts = quant.quantize_layers(what, xs, self.bits, groups[side], idx[..., :quantized])
+                residual = quant.gather_layers(xs, idx[..., quantized:]) if quantized < kept else []
+            for i in range(kv.layers):
+                for part, layers in zip(("codes", "scale", "mn"), parts, strict=True):
+                    tensors[f"{side}.{i}.{part}"] = layers[i]
+                if self.residual:
+                    tensors[f"{side}.{i}.res"] = residual[i].contiguous()
+        return tensors
 
     def _meta(self, kv: KV, kept: int) -> dict[str, str]:
         meta = {
@@ -166,9 +194,11 @@ class PipelineCodec(Codec):
         if self.bits:
             meta |= {
                 "bits": str(self.bits),
-                "group": str(quant.DEFAULT_GROUP),
-                "value_group": str(quant.value_group(kv.head_dim)),
+                "group": str(self.group),
+                "value_group": str(quant.value_group(kv.head_dim, self.group)),
             }
+            if self.residual:
+                meta["residual"] = str(self.residual)
         return meta
 
     # ------------------------------------------------------------ decode
@@ -193,9 +223,8 @@ class PipelineCodec(Codec):
         # finish before the CPU reads it
         move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
         if self.bits:
-            group, vgroup = int(meta["group"]), int(meta["value_group"])
-            keys = quant.dequantize_layers("keys", *_parts(t, "k", layers), self.bits, group, dtype, target)
-            values = quant.dequantize_layers("values", *_parts(t, "v", layers), self.bits, vgroup, dtype, target)
+            keys = self._dequantized(t, "k", int(meta["group"]), layers, dtype, target)
+            values = self._dequantized(t, "v", int(meta["value_group"]), layers, dtype, target)
         else:
             keys = [move(t[f"k.{i}"]) for i in range(layers)]
             values = [move(t[f"v.{i}"]) for i in range(layers)]
@@ -208,6 +237,27 @@ class PipelineCodec(Codec):
         if wq is not None:
             wq = move(wq).to(dtype)
         return KV(tuple(keys), tuple(values), positions, tokens, wq)
+
+
+    def _dequantized(self, t: dict[str, torch.Tensor], side: str, group: int, layers: int, dtype, target) -> list:
+        """Layer tensors [1, H, K, D] of one side: the dequantized rows, then the residual rows.
+
+        With a residual, one [L, 1, H, K, D] buffer is allocated and the kernels write its
+        first rows directly; the residual is copied behind them (no concatenation pass)."""
+        what = "keys" if side == "k" else "values"
+        parts = _parts(t, side, layers)
+        if f"{side}.0.res" not in t:
+            return quant.dequantize_layers(what, *parts, self.bits, group, dtype, target)
+        residual = [t[f"{side}.{i}.res"] for i in range(layers)]
+        _, heads, quantized, _ = parts[0][0].shape
+        _, _, res_rows, dim = residual[0].shape
+        full = torch.empty((layers, 1, heads, quantized + res_rows, dim), dtype=dtype, device=target)
+        if quantized:
+            quant.dequantize_layers(what, *parts, self.bits, group, dtype, target, out=full[:, :, :, :quantized])
+        # the residual is small (R rows): stack it where it is, then one copy (async host ->
+        # GPU, ordered before any use) instead of a launch per layer
+        full[:, :, :, quantized:].copy_(torch.stack(residual), non_blocking=target.type == "cuda")
+        return list(full)
 
 
 def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:
@@ -231,11 +281,11 @@ def _dtype(name: str) -> torch.dtype:
 
 @functools.lru_cache(maxsize=256)
 def _codec(parts: CodecParts) -> PipelineCodec:
-    return PipelineCodec(parts.scorer, parts.ratio, parts.bits)
+    return PipelineCodec(parts.scorer, parts.ratio, parts.bits, group=parts.group, residual=parts.residual)
 
 
 def get_codec(name: str) -> Codec:
-    """The codec called `name` (``none``, ``int4``, ``keydiff@0.4``, ``knorm@0.5+int8``, ...).
+    """The codec called `name` (``none``, ``int4``, ``int2``, ``keydiff@0.4``, ``knorm@0.5+int2-g64``, ...).
 
     Raises UnknownNameError (a UsageError) listing the valid forms."""
     return _codec(parse_codec_name(name))
@@ -261,7 +311,7 @@ def combined_name(current: str, target: str) -> str:
     scorer, ratio = tgt.scorer, tgt.ratio
     if cur.scorer and (not tgt.scorer or cur.ratio >= tgt.ratio):
         scorer, ratio = cur.scorer, cur.ratio
-    return CodecParts(scorer, ratio, tgt.bits).name
+    return dataclasses.replace(tgt, scorer=scorer, ratio=ratio).name
 
 
 def decode(stored: Stored, device: torch.device | str | None = None) -> KV:

@@ -4,16 +4,23 @@ The CLI validates codec names and `evicctl show` prices every codec of a context
 should pay seconds of CPU importing torch for that. codecs.py builds its codecs from the
 parse here and predicts sizes with the arithmetic here, so that arithmetic exists once.
 
-Names (DESIGN §3): ``none``; quantization ``int8`` / ``int4``; token dropping
-``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's tokens removed,
-0 < r < 1); and drop then quantize, ``knorm@0.5+int8``. Canonical spelling: the ratio as
-Python writes the float (``knorm@0.50`` and ``knorm@.5`` -> ``knorm@0.5``).
+Names (DESIGN §3): ``none``; quantization ``int8`` / ``int4`` / ``int3`` / ``int2``, each
+optionally followed by ``-g<G>`` (group size) and ``-r<R>`` (full-precision residual window,
+tokens); token dropping ``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the
+context's tokens removed, 0 < r < 1); and drop then quantize, ``knorm@0.5+int8``,
+``snapkv@0.25+int2-g64``. Canonical spelling: the ratio as Python writes the float
+(``knorm@0.50`` and ``knorm@.5`` -> ``knorm@0.5``), and a default group or residual left out.
 
 Token dropping keeps SINK_TOKENS first and WINDOW_TOKENS last positions whatever their
 scores (scorers.py); a removed fraction r of a T-token context keeps
 ``kept_count(T, r) = min(T, max(int(T * (1 - r)), SINK_TOKENS + WINDOW_TOKENS))`` tokens
-per head. Quantization groups (quant.py): keys per channel over DEFAULT_GROUP tokens,
-values per token over ``value_group(head_dim)`` channels, an fp16 scale and min per group.
+per head. Quantization groups (quant.py): keys per channel over G tokens (DEFAULT_GROUP
+unless ``-g``), values per token over ``value_group(head_dim, G)`` channels, an fp16 scale
+and min per group. The last ``residual`` kept tokens (KIVI's residual window: the tokens the
+next query attends most) stay in the KV's dtype; int2/int3 keep DEFAULT_RESIDUAL of them,
+int8/int4 none (their stored format predates the window and needs none at ~1% quality loss).
+Codes are packed exactly: ``head_dim * bits / 8`` bytes per token row (int3 as a 2-bit and a
+1-bit plane, quant.py), so ``stored_bytes`` is exact for every width.
 """
 
 from __future__ import annotations
@@ -26,17 +33,23 @@ from dataclasses import dataclass
 from evicctl.errors import UnknownNameError
 
 SCORER_NAMES: tuple[str, ...] = ("knorm", "keydiff", "snapkv")  # scorers.SCORERS: one function each
-QUANTIZERS: dict[str, int] = {"int8": 8, "int4": 4}  # name -> bits
+QUANTIZERS: dict[str, int] = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}  # name -> bits
 FAMILIES = ("none", "drop", "quant", "drop+quant")
 SINK_TOKENS = 4
 WINDOW_TOKENS = 16
 DEFAULT_GROUP = 32  # quantization group (tokens for keys, channels for values)
+# Full-precision residual window of int2/int3, in tokens: one key group. At 2-3 bits the most
+# recent tokens, which the next query attends most, are where quantization error costs most
+# (KIVI keeps 32-128); 32 of a 1k-token context add 0.5 bit per element.
+DEFAULT_RESIDUAL = 32
+LOW_BIT_WIDTHS = (3, 2)  # widths that keep a residual window by default
+MAX_GROUP = 4096  # bounds a name's group: the kernels hold one group in registers
 POS16_MAX_TOKENS = 32768  # positions < 32768 fit int16; longer contexts store int32
 FP16_BYTES = 2  # quantization scale / min, and window queries, are stored in 16 bits
 
 _NAME_RE = re.compile(
     rf"^(?:(?P<scorer>{'|'.join(SCORER_NAMES)})@(?P<ratio>[0-9]*\.?[0-9]+))?"
-    rf"(?:(?(scorer)\+)(?P<quant>{'|'.join(QUANTIZERS)}))?$"
+    rf"(?:(?(scorer)\+)(?P<quant>{'|'.join(QUANTIZERS)})(?:-g(?P<group>[0-9]+))?(?:-r(?P<residual>[0-9]+))?)?$"
 )
 VALID_FORMS: tuple[str, ...] = (
     "none",
@@ -44,6 +57,7 @@ VALID_FORMS: tuple[str, ...] = (
     *(f"{s}@R" for s in SCORER_NAMES),
     *(f"<scorer>@R+{q}" for q in QUANTIZERS),
     "R = fraction of tokens removed, 0 < R < 1 (e.g. snapkv@0.5+int8)",
+    f"int<bits>-g<G>-r<N>: group of G (power of two, default {DEFAULT_GROUP}), N full-precision recent tokens",
 )
 
 
@@ -53,6 +67,16 @@ VALID_FORMS: tuple[str, ...] = (
 def kept_count(tokens: int, ratio: float) -> int:
     """Tokens a context of `tokens` keeps per head when the fraction `ratio` is removed."""
     return min(tokens, max(int(tokens * (1 - ratio)), SINK_TOKENS + WINDOW_TOKENS))
+
+
+def default_residual(bits: int | None) -> int:
+    """Residual window (tokens) a width keeps when its name says nothing."""
+    return DEFAULT_RESIDUAL if bits in LOW_BIT_WIDTHS else 0
+
+
+def quantized_count(kept: int, residual: int) -> int:
+    """Tokens of a `kept`-token KV that are quantized; the last `residual` stay full precision."""
+    return max(kept - residual, 0)
 
 
 def key_groups(tokens: int, group: int = DEFAULT_GROUP) -> int:
@@ -81,12 +105,27 @@ class CodecParts:
     scorer: str | None = None
     ratio: float = 0.0  # fraction of tokens removed; 0.0 without a scorer
     bits: int | None = None  # quantization bits; None = stored in the KV's dtype
+    group: int = DEFAULT_GROUP  # quantization group (tokens for keys; values: value_group)
+    residual: int = 0  # most recent kept tokens left in the KV's dtype (quantized codecs only)
 
     @property
     def name(self) -> str:
         drop = f"{self.scorer}@{self.ratio!r}" if self.scorer else ""
-        quant = f"int{self.bits}" if self.bits else ""
-        return "+".join(p for p in (drop, quant) if p) or "none"
+        return "+".join(p for p in (drop, self.quant_name) if p) or "none"
+
+    @property
+    def quant_name(self) -> str:
+        """``int2``, ``int4-g64``, ``int3-r0``, ... ('' unquantized): defaults left out."""
+        if not self.bits:
+            return ""
+        group = f"-g{self.group}" if self.group != DEFAULT_GROUP else ""
+        residual = f"-r{self.residual}" if self.residual != default_residual(self.bits) else ""
+        return f"int{self.bits}{group}{residual}"
+
+    @property
+    def stored_bits(self) -> int:
+        """Bits per stored element before overheads (16 = the KV's dtype, for ordering)."""
+        return self.bits or 16
 
     @property
     def family(self) -> str:
@@ -111,16 +150,22 @@ class CodecParts:
         window_numel: elements of the KV's window queries (layers*q_heads*window*head_dim),
         0 if none; they are stored in 16 bits."""
         kept = self.kept(tokens)
-        cells = kv_heads * kept * head_dim  # elements of one layer's keys
         if self.bits:
-            codes = cells * self.bits // 8
-            key_side = 2 * FP16_BYTES * kv_heads * key_groups(kept) * head_dim  # scale + mn
-            value_side = 2 * FP16_BYTES * kv_heads * kept * (head_dim // value_group(head_dim))
-            per_layer = 2 * codes + key_side + value_side
+            per_layer = self._quantized_layer_bytes(kept, kv_heads, head_dim, dtype_bytes)
         else:
-            per_layer = 2 * cells * dtype_bytes
+            per_layer = 2 * kv_heads * kept * head_dim * dtype_bytes
         pos = layers * kv_heads * kept * position_bytes(tokens) if kept < tokens else 0
         return layers * per_layer + pos + FP16_BYTES * window_numel
+
+    def _quantized_layer_bytes(self, kept: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+        """Keys + values of one layer: packed codes (head_dim*bits/8 bytes a row), fp16 scale
+        and min per group, and the residual rows in the KV's dtype."""
+        quantized = quantized_count(kept, self.residual)
+        codes = kv_heads * quantized * head_dim * self.bits // 8
+        key_side = 2 * FP16_BYTES * kv_heads * key_groups(quantized, self.group) * head_dim
+        value_side = 2 * FP16_BYTES * kv_heads * quantized * (head_dim // value_group(head_dim, self.group))
+        residual = kv_heads * (kept - quantized) * head_dim * dtype_bytes
+        return 2 * codes + key_side + value_side + 2 * residual
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,7 +178,12 @@ def _parse(name: str) -> CodecParts:
     ratio = float(m["ratio"]) if m["ratio"] else 0.0
     if m["scorer"] and not 0.0 < ratio < 1.0:
         raise UnknownNameError("codec", name, VALID_FORMS)
-    return CodecParts(m["scorer"], ratio, QUANTIZERS[m["quant"]] if m["quant"] else None)
+    bits = QUANTIZERS[m["quant"]] if m["quant"] else None
+    group = int(m["group"]) if m["group"] else DEFAULT_GROUP
+    if not (2 <= group <= MAX_GROUP and group & (group - 1) == 0):
+        raise UnknownNameError("codec", name, VALID_FORMS)
+    residual = int(m["residual"]) if m["residual"] else default_residual(bits)
+    return CodecParts(m["scorer"], ratio, bits, group, residual)
 
 
 def parse_codec_name(name: str) -> CodecParts:
@@ -153,6 +203,35 @@ def validate_codec_name(name: str) -> str:
 def codec_family(name: str) -> str:
     """none | drop | quant | drop+quant."""
     return parse_codec_name(name).family
+
+
+# ---------------------------------------------------------------- the menu's partial order
+
+
+def at_least_as_hard(harder: CodecParts, easier: CodecParts) -> bool:
+    """Whether `harder` removes at least the fraction of tokens `easier` removes and stores no
+    more bits per element. "Harder" (the placer's in-place moves) is this and not equality:
+    a partial order, since int4 and knorm@0.5 are incomparable."""
+    return harder.ratio >= easier.ratio and harder.stored_bits <= easier.stored_bits
+
+
+def is_harder(a: str, b: str) -> bool:
+    """Codec `a` is strictly harder than `b`: at least as hard, at least one part strictly."""
+    pa, pb = parse_codec_name(a), parse_codec_name(b)
+    return at_least_as_hard(pa, pb) and (pa.ratio, pa.stored_bits) != (pb.ratio, pb.stored_bits)
+
+
+def derivable(current: str, target: str) -> bool:
+    """Whether a copy stored at codec `current` can be recompressed to `target`.
+
+    From ``none`` (the full KV) everything; otherwise `target` must be at least as hard, and
+    drop the same scorer's tokens (another scorer would keep tokens already gone: the result
+    would not be the codec its name says)."""
+    if current == target or current == "none":
+        return True
+    cur, tgt = parse_codec_name(current), parse_codec_name(target)
+    same_drop = cur.scorer is None or cur.scorer == tgt.scorer
+    return same_drop and at_least_as_hard(tgt, cur)
 
 
 def stored_bytes(
@@ -178,16 +257,22 @@ def scaled_bytes(name: str, tokens: int, raw_bytes: int) -> int:
 __all__ = [
     "CodecParts",
     "DEFAULT_GROUP",
+    "DEFAULT_RESIDUAL",
     "FAMILIES",
     "QUANTIZERS",
     "SCORER_NAMES",
     "SINK_TOKENS",
     "VALID_FORMS",
     "WINDOW_TOKENS",
+    "at_least_as_hard",
     "codec_family",
+    "default_residual",
+    "derivable",
+    "is_harder",
     "key_groups",
     "kept_count",
     "parse_codec_name",
+    "quantized_count",
     "scaled_bytes",
     "stored_bytes",
     "validate_codec_name",

@@ -2,7 +2,7 @@
 
 Format (shared with the CUDA kernels in ``evicctl.kernels.quant``, same signatures/outputs):
 
-- bits in {8, 4}; group size G (default 32).
+- bits in {8, 4, 3, 2}; group size G (default 32).
 - Keys [1, H, T, D] are quantized per channel over groups of G consecutive tokens (the last
   group may be partial): scale, mn are [1, H, ceil(T/G), D] float16. Keys have outlier
   channels, so a per-channel range keeps them from blowing up every other channel's error.
@@ -13,8 +13,14 @@ Format (shared with the CUDA kernels in ``evicctl.kernels.quant``, same signatur
   replaced by 1 so that no group divides by zero. codes = clamp(round((x - mn16) / scale16),
   0, 2**bits - 1) with the fp16 values upcast to fp32 and torch.round (half to even).
 - Dequantize: x = codes * scale16 + mn16 in fp32, cast to the requested dtype.
-- Codes are uint8 [1, H, T, D] for 8 bits; for 4 bits two codes per byte along D:
-  [1, H, T, D/2], low nibble = even channel, high nibble = odd channel.
+- Codes are packed along D into exactly D*bits/8 bytes a row, uint8 [1, H, T, D*bits/8]:
+  8 bits one code a byte; 4 and 2 bits 8/bits codes a byte, channel (8/bits)*i + j in bits
+  [bits*j, bits*(j+1)) of byte i (int4: low nibble = even channel, high = odd); 3 bits as two
+  planes side by side, the low 2 bits of every code packed as int2 (D/4 bytes), then the high
+  bit packed 8 a byte (D/8 bytes). Planes keep every packed width a power of two, which the
+  Triton kernels need, where 8 codes in 3 bytes would not.
+- Residual window (KIVI): codecs quantize all but the last R kept tokens and keep those in
+  the KV's dtype (codec.py); the functions here quantize what they are given.
 
 Error bound per element: scale16 / 2, plus the fp16 rounding of mn and of scale * (2**bits-1)
 for elements clamped at the ends of their group's range.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -46,7 +53,7 @@ import torch
 from evicctl.manager.codecs.names import DEFAULT_GROUP, key_groups
 from evicctl.manager.codecs.names import value_group as value_group  # re-exported: codecs, kernels
 
-_SUPPORTED_BITS = (8, 4)
+_SUPPORTED_BITS = (8, 4, 3, 2)
 
 
 @functools.cache
@@ -109,7 +116,7 @@ def _quant_kernel_fits(xs: Sequence[torch.Tensor], bits: int, group: int, side: 
 
 def _dequant_kernel_fits(codes: Sequence[torch.Tensor], bits: int, group: int, dtype: torch.dtype) -> bool:
     c = codes[0]
-    head_dim = c.shape[-1] * (2 if bits == 4 else 1)
+    head_dim = c.shape[-1] * 8 // bits if bits in _SUPPORTED_BITS else 0
     return (
         bits in _SUPPORTED_BITS
         and c.dim() == 4
@@ -126,8 +133,14 @@ def _check(x: torch.Tensor, bits: int, group: int) -> None:
         raise ValueError(f"group must be positive; got {group}")
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"expected [1, H, T, D]; got {tuple(x.shape)}")
-    if bits == 4 and x.shape[3] % 2:
-        raise ValueError(f"int4 packs two channels per byte: head_dim must be even; got {x.shape[3]}")
+    if x.shape[3] % _channels_per_row_unit(bits):
+        unit = _channels_per_row_unit(bits)
+        raise ValueError(f"int{bits} packs {unit} channels into whole bytes: head_dim must be a multiple of {unit}; got {x.shape[3]}")
+
+
+def _channels_per_row_unit(bits: int) -> int:
+    """Channels that pack into whole bytes: 8 / gcd(bits, 8) (int4: 2, int2: 4, int3: 8)."""
+    return 8 // math.gcd(bits, 8)
 
 
 def _scale_min(mn: torch.Tensor, mx: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,23 +157,49 @@ def _codes(x: torch.Tensor, scale16: torch.Tensor, mn16: torch.Tensor, bits: int
     return q.clamp_(0, 2**bits - 1).to(torch.uint8)
 
 
+def pack_lanes(codes: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., D] uint8 codes < 2**width -> [..., D*width/8]: 8/width codes a byte, channel
+    (8/width)*i + j in bits [width*j, width*(j+1)) of byte i (width in 1, 2, 4)."""
+    per_byte = 8 // width
+    shifts = torch.arange(0, 8, width, dtype=torch.uint8, device=codes.device)  # [per_byte]
+    lanes = codes.unflatten(-1, (codes.shape[-1] // per_byte, per_byte)) << shifts
+    return lanes.sum(-1, dtype=torch.uint8)  # disjoint bits: the sum is the bitwise or
+
+
+def unpack_lanes(packed: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., D*width/8] -> [..., D] uint8 codes (inverse of pack_lanes)."""
+    shifts = torch.arange(0, 8, width, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & (2**width - 1)).flatten(-2)
+
+
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     """[..., D] uint8 codes in [0, 15] -> [..., D/2]: low nibble even channel, high odd."""
-    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return pack_lanes(codes, 4)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """[..., D/2] packed -> [..., D] uint8 codes."""
-    out = torch.stack((packed & 0x0F, packed >> 4), dim=-1)  # [..., D/2, 2]
-    return out.flatten(-2)
+    return unpack_lanes(packed, 4)
 
 
-def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    return pack_int4(codes) if bits == 4 else codes
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """[..., D] uint8 codes < 2**bits -> [..., D*bits/8] (the layout in the module docstring)."""
+    if bits == 8:
+        return codes
+    if bits == 3:  # a 2-bit plane [..., D/4] then a 1-bit plane [..., D/8]
+        return torch.cat((pack_lanes(codes & 3, 2), pack_lanes(codes >> 2, 1)), dim=-1)
+    return pack_lanes(codes, bits)
 
 
-def _unpack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    return unpack_int4(codes) if bits == 4 else codes
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """[..., D*bits/8] -> [..., D] uint8 codes (inverse of pack_codes)."""
+    if bits == 8:
+        return packed
+    if bits == 3:
+        low_bytes = packed.shape[-1] * 2 // 3  # D/4 of 3D/8
+        low, high = packed[..., :low_bytes], packed[..., low_bytes:]
+        return unpack_lanes(low, 2) | (unpack_lanes(high, 1) << 2)
+    return unpack_lanes(packed, bits)
 
 
 # ---------------------------------------------------------------- keys: per channel
@@ -169,7 +208,7 @@ def _unpack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def quantize_keys_ref(
     k: torch.Tensor, bits: int, group: int = DEFAULT_GROUP
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """k [1, H, T, D] -> codes [1, H, T, D or D/2] uint8, scale and mn [1, H, ceil(T/G), D] fp16."""
+    """k [1, H, T, D] -> codes [1, H, T, D*bits/8] uint8, scale and mn [1, H, ceil(T/G), D] fp16."""
     _check(k, bits, group)
     _, heads, tokens, dim = k.shape
     groups = key_groups(tokens, group)
@@ -182,7 +221,7 @@ def quantize_keys_ref(
     scale16, mn16 = _scale_min(grouped.amin(dim=3), grouped.amax(dim=3), bits)  # [1, H, Tg, D]
     codes = _codes(grouped, scale16.unsqueeze(3), mn16.unsqueeze(3), bits)  # [1, H, Tg, G, D]
     codes = codes.view(1, heads, groups * group, dim)[:, :, :tokens]
-    return _pack(codes, bits).contiguous(), scale16, mn16
+    return pack_codes(codes, bits).contiguous(), scale16, mn16
 
 
 def dequantize_keys_ref(
@@ -193,8 +232,8 @@ def dequantize_keys_ref(
     group: int = DEFAULT_GROUP,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """codes [1, H, T, D or D/2], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`."""
-    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
+    """codes [1, H, T, D*bits/8], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`."""
+    q = unpack_codes(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     groups = key_groups(tokens, group)
     if groups * group != tokens:
@@ -210,7 +249,7 @@ def dequantize_keys_ref(
 def quantize_values_ref(
     v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """v [1, H, T, D] -> codes [1, H, T, D or D/2] uint8, scale and mn [1, H, T, D/G] fp16."""
+    """v [1, H, T, D] -> codes [1, H, T, D*bits/8] uint8, scale and mn [1, H, T, D/G] fp16."""
     _check(v, bits, group)
     _, heads, tokens, dim = v.shape
     if dim % group:
@@ -219,7 +258,7 @@ def quantize_values_ref(
     grouped = x.view(1, heads, tokens, dim // group, group)
     scale16, mn16 = _scale_min(grouped.amin(dim=4), grouped.amax(dim=4), bits)  # [1, H, T, D/G]
     codes = _codes(grouped, scale16.unsqueeze(-1), mn16.unsqueeze(-1), bits)
-    return _pack(codes.view(1, heads, tokens, dim), bits), scale16, mn16
+    return pack_codes(codes.view(1, heads, tokens, dim), bits), scale16, mn16
 
 
 def dequantize_values_ref(
@@ -230,8 +269,8 @@ def dequantize_values_ref(
     group: int = DEFAULT_GROUP,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """codes [1, H, T, D or D/2], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`."""
-    q = _unpack(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
+    """codes [1, H, T, D*bits/8], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`."""
+    q = unpack_codes(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     grouped = q.view(1, heads, tokens, dim // group, group)
     out = grouped.mul_(scale.float().unsqueeze(-1)).add_(mn.float().unsqueeze(-1))  # q is ours: in place
@@ -283,9 +322,14 @@ def dequantize_layers(
     group: int,
     dtype: torch.dtype,
     device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Every layer's (codes, scale, mn) of `side` ("keys" | "values") -> [1, H, T, D] per layer
     on `device` (default: where the codes are).
+
+    out: a stacked [L, 1, H, T, D] tensor of `dtype` on the target (channels contiguous, any
+    other strides, e.g. the first T rows of a larger buffer) written in place of a new one, so
+    a codec with a residual window decodes into its final buffer without a concatenation.
 
     To CUDA with the kernels present: the stored tensors are copied to the device first
     (async from pinned memory), then one launch dequantizes every layer. The copy runs at
@@ -304,11 +348,18 @@ def dequantize_layers(
         kernels is not None
         and _dequant_kernel_fits(codes, bits, group, dtype)
         and all(same_layout(parts) and parts[0].is_contiguous() for parts in (codes, scales, mns))
+        and (out is None or out.stride(-1) == 1)
     ):
         kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
-        return list(kernel(codes, scales, mns, bits, group, dtype))  # [L, 1, H, T, D] -> L views
+        into = {} if out is None else {"out": out}
+        return list(kernel(codes, scales, mns, bits, group, dtype, **into))  # [L, 1, H, T, D] -> L views
     one = dequantize_keys if side == "keys" else dequantize_values
-    return [one(c, s, m, bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]
+    layers = [one(c, s, m, bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]
+    if out is None:
+        return layers
+    for dst, src in zip(out, layers, strict=True):
+        dst.copy_(src)
+    return list(out)
 
 
 def quantize_layers(

@@ -248,7 +248,12 @@ def random_problem(
     sensitivity = rng.uniform(0.2, 0.9, (n, 1))  # how much dropping hurts this context
     quant_noise = rng.uniform(0.0, 1.0, (n, 1))
     q_drop = 1.0 - sensitivity * (1.0 - keep[None, :]) * rng.uniform(0.8, 1.2, (n, n_codecs))
-    q_quant = np.where(bits == 8, 0.99, np.where(bits == 4, 0.95 - 0.3 * quant_noise, 1.0))
+    # quantization's quality: (base, context sensitivity) per width, lower and more spread with
+    # fewer bits (int2/int3 are not free: without this the random placer would take int2 always)
+    quant_q = {8: (0.99, 0.0), 4: (0.95, 0.3), 3: (0.9, 0.4), 2: (0.8, 0.5), 16: (1.0, 0.0)}
+    base = np.array([quant_q[b][0] for b in bits])[None, :]
+    spread = np.array([quant_q[b][1] for b in bits])[None, :]
+    q_quant = base - spread * quant_noise
     quality = np.clip(q_drop * q_quant, 0.0, 1.0)
     quality[:, [c == "none" for c in codecs]] = 1.0
     sd = rng.uniform(0.01, 0.1, (n, n_codecs))

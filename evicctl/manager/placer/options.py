@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from evicctl.manager.placer.pricing import MISS_QUALITY
+from evicctl.manager.placer.pricing import MISS_QUALITY, option_value
 from evicctl.manager.placer.types import DROPPED, NO_PIN, PlacementProblem
 
 NOT_ALLOWED = np.float32(-1e30)  # added to a disallowed option's value; anything below -1e29 is one
@@ -94,10 +94,8 @@ class Options:
 
 def build_options(p: PlacementProblem) -> Options:
     n_codecs, n_tiers = len(p.codecs), len(p.tiers)
-    value = np.empty((n_tiers, n_codecs, p.n_contexts), dtype=np.float32)
-    quality_value = np.multiply(p.quality, p.alpha, dtype=np.float32)
-    np.subtract(quality_value[None], p.ttft_s, out=value, casting="same_kind")
-    drop_value = (p.alpha * MISS_QUALITY - p.miss_ttft_s).astype(np.float32)
+    value = option_value(p.alpha, p.quality, p.ttft_s, out=np.empty((n_tiers, n_codecs, p.n_contexts), dtype=np.float32))
+    drop_value = option_value(p.alpha, MISS_QUALITY, p.miss_ttft_s)
     codec_ok, tier_ok, drop_ok = _allowed_masks(p)
     drop_allowed = drop_value + np.multiply(~drop_ok, NOT_ALLOWED, dtype=np.float32)
     stored_now = p.current_tier >= 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from evicctl.errors import UnknownNameError
-from evicctl.manager.codecs.names import CodecParts, parse_codec_name
+from evicctl.manager.codecs.names import CodecParts, derivable, parse_codec_name
 
 NEW = -1  # current_tier of a context not yet placed (the manager holds its full KV)
 DROPPED = -2  # current_tier / force_tier / final tier of a context with no stored copy
@@ -66,6 +66,9 @@ class PlacementProblem:
     # [N] bool: moved too recently for a rebalance to move it again (residence time, see
     # placer.REBALANCE_GAIN_REL); capacity, pins and the floor still move it.
     settled: np.ndarray | None = None
+    # The figures the options were priced with (description.PricingInputs), when a manager priced
+    # them: recorded with the plan it executes, so readers reprice exactly as the placer did.
+    priced_with: Any = None
 
     def __post_init__(self) -> None:
         n, c, t = len(self.context_ids), len(self.codecs), len(self.tiers)
@@ -259,8 +262,8 @@ def derivable_matrix(codecs) -> np.ndarray:
     """[C, C] bool: derivable[a, b] iff a copy stored at codec a can be recompressed to b.
 
     Dropped tokens and lost precision cannot come back, so from a stored copy only codecs at
-    least as lossy in every part are reachable: the same scorer removing at least as much, and
-    no more quantization bits. From `none` (the full KV) every codec is reachable.
+    least as hard in the menu's partial order are reachable (names.derivable: removing at least
+    as many tokens with the same scorer, and no more bits). From `none` every codec is.
     """
     parsed = [_parts(c) for c in codecs]
     out = np.zeros((len(codecs), len(codecs)), dtype=bool)
@@ -269,6 +272,5 @@ def derivable_matrix(codecs) -> np.ndarray:
             if a == b or codecs[a] == "none":
                 out[a, b] = True
             elif pa is not None and pb is not None:  # unknown names: reachable only from none
-                drop_ok = pa.scorer is None or (pb.scorer == pa.scorer and pb.ratio >= pa.ratio)
-                out[a, b] = drop_ok and (pb.bits or 16) <= (pa.bits or 16)
+                out[a, b] = derivable(pa.name, pb.name)
     return out

@@ -32,7 +32,7 @@ def make_tier(cfg: TierConfig, rank: int, *, cache_dir: Path | None = None) -> T
         capacity = configured_capacity_bytes(cfg, lambda: shutil.disk_usage(path).free)
         return DiskTier(path, capacity_bytes=capacity, name=cfg.name, rank=rank)
     if cfg.name == "redis":
-        from evicctl.manager.tiers.remote import make_redis_tier
+        from evicctl.manager.tiers.remote_build import make_redis_tier
 
         return make_redis_tier(cfg, rank)
     if cfg.name == "gpu":

@@ -73,10 +73,12 @@ class DiskTier(Tier):
 
     def file_for(self, context_id: str) -> Path:
         """The file a context lives in: its id when that is a safe file name, else a hash."""
-        if _SAFE_ID.match(context_id) and not context_id.startswith("h-"):  # "h-": hashed names
+        # fullmatch: `$` alone would let a trailing newline into the file name
+        if _SAFE_ID.fullmatch(context_id) and not context_id.startswith("h-"):  # "h-": hashed names
             stem = context_id
         else:
-            stem = "h-" + hashlib.sha256(context_id.encode()).hexdigest()[:40]
+            # surrogatepass: any str names a file (a lone surrogate would fail plain encode())
+            stem = "h-" + hashlib.sha256(context_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
         return self.path / f"{stem}.safetensors"
 
     def files(self) -> list[Path]:

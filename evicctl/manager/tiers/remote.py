@@ -1,5 +1,7 @@
 """The redis tier: a context's safetensors bytes (as the disk tier writes them) and their
-sha256 in a Redis hash per context, a remote tier that engines on several hosts share.
+sha256 in a Redis hash per context. RedisTier is one manager's private keyspace; the tier
+several managers share (a cluster, content addresses, cluster-wide accounting, leases) is
+SharedRedisTier in remote_shared.py, which make_redis_tier (remote_build.py) builds by default.
 
 The redis client library is imported when a tier is built (make_redis_tier, or RedisTier
 without a client), never when this module is imported.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-from evicctl.config import TierConfig
 from evicctl.errors import CorruptDataError
 from evicctl.manager.codecs.codec import Stored
 from evicctl.manager.tiers import st_format
@@ -17,9 +18,7 @@ from evicctl.manager.tiers.tier import (
     Entry,
     PutResult,
     Tier,
-    configured_capacity_bytes,
     deserialize,
-    host_available_bytes,
     serialize,
     sha256_hex,
 )
@@ -109,19 +108,3 @@ class RedisTier(Tier):
         with self._lock:
             self._entries[context_id] = Entry(nbytes, location, checksum)
         return nbytes
-
-
-def make_redis_tier(cfg: TierConfig, rank: int) -> RedisTier:
-    """The tier a ``redis`` TierConfig describes; a capacity fraction is of the server's
-    maxmemory, or of available host memory when it has none."""
-    import redis
-
-    url = cfg.url or DEFAULT_URL
-    client = redis.Redis.from_url(url)
-
-    def redis_available() -> int:
-        maxmemory = int(client.config_get("maxmemory").get("maxmemory", 0))
-        return maxmemory or host_available_bytes()
-
-    capacity = configured_capacity_bytes(cfg, redis_available)
-    return RedisTier(url, capacity_bytes=capacity, name=cfg.name, rank=rank, client=client)
