@@ -23,7 +23,7 @@ TORCH_SOURCE  := $(if $(TORCH_WHEELS),--no-index --find-links $(TORCH_WHEELS),--
 # folder can never shadow the `kernels` distribution transformers imports (see tests/test_shadowing.py)
 PYTEST  = $(1)/python -P -m pytest -q
 
-.PHONY: install demo test test-latest test-timing lint bench lock clean
+.PHONY: install demo test test-latest test-timing lint bench lock clean vllm-env test-vllm bench-vllm fleet-demo
 
 install: $(STAMP)
 
@@ -57,6 +57,27 @@ test-latest:
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/versions.txt
 	$(call PYTEST,.venv-latest/bin) $(PYTEST_ARGS)
 	TRITON_INTERPRET=1 $(call PYTEST,.venv-latest/bin) tests/kernels $(PYTEST_ARGS)
+
+# vLLM's CPU KV offloading with evicctl's policy: its own environment (never .venv), see docs/vllm.md
+vllm-env: .venv-vllm/.installed
+.venv-vllm/.installed: scripts/vllm-env.sh requirements/vllm.txt $(LOCKS) pyproject.toml
+	PY=$(PY) bash scripts/vllm-env.sh
+	touch $@
+test-vllm: vllm-env
+	$(call PYTEST,.venv-vllm/bin) tests/integrations $(PYTEST_ARGS)
+bench-vllm: vllm-env
+	.venv-vllm/bin/python -P benchmarks/vllm_policy_bench.py $(ARGS)
+
+# Three engines with their managers sharing a 3-node Redis Cluster on this machine; the
+# dashboard shows the fleet (see docs/fleet.md)
+FLEET_DIR ?= /tmp/evicctl-fleet
+fleet-demo: install
+	mkdir -p $(FLEET_DIR) && scripts/redis-cluster.sh start $(FLEET_DIR)/cluster 7100
+	for e in e0 e1 e2; do \
+	  $(BIN)/python -P -m evicctl.fleet.worker --url redis://127.0.0.1:7100 --root $(FLEET_DIR) --engine $$e \
+	    --seed $$RANDOM --requests 60 --serve-s 300 > $(FLEET_DIR)/$$e.jsonl 2>$(FLEET_DIR)/$$e.log & \
+	done; sleep 3; $(BIN)/evicctl top --fleet redis://127.0.0.1:7100; \
+	kill $$(jobs -p) 2>/dev/null; scripts/redis-cluster.sh stop $(FLEET_DIR)/cluster
 
 lint: install
 	$(BIN)/ruff check evicctl kernels tests bench

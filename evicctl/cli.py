@@ -104,7 +104,7 @@ def demo(
     disk_capacity: Annotated[str, typer.Option(help="Disk tier capacity, e.g. 256MiB, 2GiB.")] = format_size(DEMO.DEFAULT_DISK_BYTES),
     cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache (default: $XDG_CACHE_HOME/evicctl).", file_okay=False)] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="Serve Prometheus /metrics on 127.0.0.1:PORT (0: any free port).")] = DEMO.DEFAULT_METRICS_PORT,
+    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=f"Serve Prometheus /metrics on 127.0.0.1:PORT (default: {DEMO.DEFAULT_METRICS_PORT}; 0: any free port).")] = None,
     db: DbOpt = None,
 ) -> None:
     """Run an embedded engine, workload and manager (the store others can watch with evicctl top)."""
@@ -117,7 +117,8 @@ def demo(
     }
     run_demo = lazy_attr("evicctl.engine.demo", "run_demo", "evicctl demo")
     options = _given(duration_s=duration, contexts=contexts, requests=requests, seed=seed, cache_dir=cache_dir, device=device)
-    run_demo(headless=headless, db_path=db_path(db), metrics_port=metrics_port, **options, **capacities)
+    options |= _given(metrics_port=metrics_port)
+    run_demo(headless=headless, db_path=db_path(db), **options, **capacities)
 
 
 @app.command()

@@ -146,9 +146,8 @@ def test_context_detail_utilities_against_hand_arithmetic(tmp_path, make_fixture
     decode_bps = {family: 1e6 for family in ("none", "drop", "quant", "drop+quant")}
     model = {"prefill_coef": [0.5, 0.0, 0.0], "decode_bps": decode_bps, "history": []}
     info = make_fixture_db(tmp_path / "cm.db", 10, cost_model=model)
-    with Store.open(info.path) as writer:
-        with writer.transaction() as conn:
-            conn.execute("UPDATE tiers SET read_bps = 1.0 WHERE name = 'gpu'")
+    with Store.open(info.path) as writer, writer.transaction() as conn:
+        conn.execute("UPDATE tiers SET read_bps = 1.0 WHERE name = 'gpu'")
     with Store.open(info.path, readonly=True) as store:
         detail = read_context(store, "ctx-00001", now=info.now)
     freq, alpha = detail.row.freq, detail.alpha

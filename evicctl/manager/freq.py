@@ -52,16 +52,18 @@ class RateTable:
         self.known = np.zeros(capacity, dtype=bool)  # [n]
         self.n_known = 0
         self.start: float | None = None  # when the table began watching, s
-        self.total = np.zeros(len(self.lam))  # [K] decayed count of every access, at total_at
+        # Per half-life scalars as Python lists: `record` runs once per request (the replay's
+        # hot loop), where numpy's per-call overhead on 6 numbers costs 10x the arithmetic.
+        self.total = [0.0] * len(self.lam)  # [K] decayed count of every access, at total_at
         self.total_at = 0.0
-        self.score = np.zeros(len(self.lam))  # [K] decayed log-likelihood of the accesses seen
+        self.score = [0.0] * len(self.lam)  # [K] decayed log-likelihood of the accesses seen
         self.scored = 0
-        self._lam_list = self.lam.tolist()
+        self._lams = self.lam.tolist()
 
     @property
     def chosen(self) -> int:
         """Index of the half-life whose predictions scored best (the longest before any access)."""
-        return int(np.argmax(self.score)) if self.scored else len(self.lam) - 1
+        return max(range(len(self.score)), key=self.score.__getitem__) if self.scored else len(self.lam) - 1
 
     @property
     def chosen_half_life_s(self) -> float:
@@ -77,21 +79,41 @@ class RateTable:
         self.known = np.concatenate([self.known, np.zeros(grow, dtype=bool)])
 
     def record(self, i: int, now: float, count: float = 1.0) -> None:
-        """Count `count` accesses of slot i at `now`, after scoring each half-life's prediction."""
+        """Count `count` accesses of slot i at `now`, after scoring each half-life's prediction
+        (scalar code: the formula of `estimates` for one slot; a never-seen slot predicts the prior)."""
         if self.start is None:
             self.start, self.total_at = now, now
-        if self.scored or self.total.any():
-            predicted = self.estimates(np.array([i]), now)[:, 0]
-            self.score = self.score * self.keep + np.log(np.maximum(predicted, 1e-300))
-            self.scored += 1
-        if not self.known[i]:
+        lams, exp = self._lams, math.exp
+        known = bool(self.known[i])
+        if known:
+            dt = max(0.0, now - float(self.at[i]))
+            decayed = [c * exp(-lam * dt) for c, lam in zip(self.count[:, i].tolist(), lams, strict=True)]
+        else:
+            decayed = [0.0] * len(lams)
+        dt = now - self.total_at
+        totals = [t * exp(-lam * dt) for t, lam in zip(self.total, lams, strict=True)] if dt > 0 else self.total
+        if self.n_known and totals[-1] > 0:
+            self._score(decayed, totals, now - self.start)
+        if not known:
             self.known[i] = True
             self.n_known += 1
-            self.at[i] = now
-        dt = max(0.0, now - float(self.at[i]))
-        self.count[:, i] = self.count[:, i] * np.exp(-self.lam * dt) + count
-        self.at[i] = max(now, float(self.at[i]))
-        self._add_total(now, count)
+        self.count[:, i] = [c + count for c in decayed]
+        self.at[i] = max(now, float(self.at[i])) if known else now
+        self.total = [t + count for t in totals]
+        self.total_at = max(now, self.total_at)
+
+    def _score(self, decayed: list[float], totals: list[float], watched_s: float) -> None:
+        """Add log(predicted rate) of the access being recorded to every half-life's score."""
+        a, n, keep, score, log = self.prior_count, self.n_known, self.keep, self.score, math.log
+        watched_s = max(watched_s, 1e-9)
+        for k, lam in enumerate(self._lams):
+            exposure = -math.expm1(-lam * watched_s) / lam  # W_h
+            if a:  # (c + a) / (W + a / p), p = total / (n W): the population's mean rate
+                predicted = (decayed[k] + a) / (exposure + a * n * exposure / max(totals[k], 1e-300))
+            else:
+                predicted = decayed[k] / exposure
+            score[k] = score[k] * keep + log(max(predicted, 1e-300))
+        self.scored += 1
 
     def set_rate(self, i: int, rate: float, at: float) -> None:
         """Restore a rate measured at `at` as a long steady history (after a restart)."""
@@ -102,8 +124,8 @@ class RateTable:
         old = self.count[:, i] * np.exp(-self.lam * max(0.0, at - float(self.at[i])))
         steady = max(0.0, float(rate)) / self.lam  # the decayed count a steady rate leaves
         self.count[:, i], self.at[i] = steady, at
-        self.total_at = max(self.total_at, at)
-        self.total = np.maximum(0.0, self.total + steady - old)
+        self._add_total(at, 0.0)
+        self.total = [max(0.0, t + s - o) for t, s, o in zip(self.total, steady.tolist(), old.tolist(), strict=True)]
 
     def clear(self, i: int) -> None:
         """Forget slot i: it leaves the population (its accesses too)."""
@@ -112,7 +134,8 @@ class RateTable:
             self.n_known -= 1
             now = max(self.total_at, float(self.at[i]))
             self._add_total(now, 0.0)
-            self.total = np.maximum(0.0, self.total - self.count[:, i] * np.exp(-self.lam * (now - float(self.at[i]))))
+            gone = (self.count[:, i] * np.exp(-self.lam * (now - float(self.at[i])))).tolist()
+            self.total = [max(0.0, t - g) for t, g in zip(self.total, gone, strict=True)]
         self.count[:, i] = 0.0
 
     def move(self, src: int, dst: int) -> None:
@@ -131,7 +154,7 @@ class RateTable:
         if self.prior_count == 0:
             est = c / exposure[:, None]
         else:
-            total = self.total * np.exp(-self.lam * max(0.0, now - self.total_at))
+            total = np.array(self.total) * np.exp(-self.lam * max(0.0, now - self.total_at))
             mean_rate = np.maximum(total / (self.n_known * exposure), 1e-300)  # [K] p_h
             est = (c + self.prior_count) / (exposure + self.prior_count / mean_rate)[:, None]
         return np.where(self.known[rows], est, 0.0)
@@ -142,7 +165,8 @@ class RateTable:
 
     def _add_total(self, now: float, count: float) -> None:
         dt = max(0.0, now - self.total_at)
-        self.total = self.total * np.exp(-self.lam * dt) + count
+        if dt > 0 or count:
+            self.total = [t * math.exp(-lam * dt) + count for t, lam in zip(self.total, self._lams, strict=True)]
         self.total_at = max(now, self.total_at)
 
 

@@ -26,7 +26,7 @@ from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameErro
 from evicctl.manager.description import ManagerDescription, TierDescription
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
-from evicctl.manager.metrics import start_metrics
+from evicctl.manager.metrics_start import start_metrics
 from evicctl.manager.moves import MoveExecutor
 from evicctl.manager.placer.place import PlacementProblem, Plan, place
 from evicctl.manager.placer.pricing import codec_sizes, price_problem

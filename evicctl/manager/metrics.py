@@ -4,7 +4,7 @@ Off (ManagerConfig.metrics_port is None, the default) the recorder is `NULL`: ev
 a no-op and prometheus_client is never imported, so an engine that does not ask for metrics
 pays one attribute lookup and an empty call per event.
 
-On, `start_metrics` loads metrics_prom (the event counters and histograms) and
+On, `metrics_start.start_metrics` loads metrics_prom (the event counters and histograms) and
 metrics_collector (state read at scrape time: tiers, contexts, counters the manager keeps)
 and serves both on http://bind:port/metrics from prometheus_client's own server thread. The
 names, types and labels are listed in docs/metrics.md.
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from evicctl.errors import UsageError
 
 if TYPE_CHECKING:
-    from evicctl.config import ManagerConfig
     from evicctl.manager.state import ContextState
 
 # Event kinds after which a copy is gone from its tier: where lifetimes are recorded.
@@ -125,16 +124,6 @@ class Recorder:
 NULL = Recorder()
 
 
-def start_metrics(rt, tiers, config: ManagerConfig) -> Recorder:
-    """NULL unless config.metrics_port is set; else a recorder serving /metrics (port 0: any free
-    port, see `.url`). Raises MetricsServerError when it cannot listen."""
-    if config.metrics_port is None:
-        return NULL
-    from evicctl.manager.metrics_prom import serve
-
-    return serve(rt, tiers, config.metrics_bind, int(config.metrics_port))
-
-
 __all__ = [
     "EVICTION_KINDS",
     "NULL",
@@ -143,5 +132,4 @@ __all__ = [
     "Recorder",
     "TenantLabels",
     "lifetime_of",
-    "start_metrics",
 ]

@@ -30,7 +30,8 @@ SWEEPS = {
     "noise": (0.0, 0.05, 0.1, 0.2, 0.3),
     "half-life": (30.0, 300.0, 3000.0, 30000.0),
 }
-SWEEP_POLICIES = ("prefill", "lru", "placement-only", "fixed:int8", "fixed:int4", "fixed:snapkv@0.25", "fixed:snapkv@0.5")
+SWEEP_POLICIES = ("prefill", "lru", "placement-only", "fixed:int8", "fixed:int4", "fixed:snapkv@0.25", "fixed:snapkv@0.5",
+                  "arc", "gdsf", "tinylfu", "arc:int4", "gdsf:int4", "tinylfu:int4", "ideal")
 SWEEP_ALPHAS = (1 / 4, 1, 4)
 SWEEP_DEFAULTS = {"contexts": 2000, "requests": 20_000}
 
@@ -90,16 +91,27 @@ def _row(point: dict) -> dict:
         "vs_prefill": (cmp.get("vs_prefill") or {}).get("ratio"),
         "vs_fixed": cmp.get("vs_fixed_range"),
         "placement_vs_lru": cmp.get("placement_vs_lru"),
+        "vs_best_baseline": (cmp.get("best_baseline") or {}).get("ratio"),
+        "best_baseline": (cmp.get("best_baseline") or {}).get("policy"),
+        "placement_vs_arc": _ratio_of(runs, "arc", "placement-only"),
+        "placement_vs_tinylfu": _ratio_of(runs, "tinylfu", "placement-only"),
+        "qps_vs_lru": (cmp.get("throughput") or {}).get("vs_lru"),
         "lru_ttft_s": runs.get("lru", {}).get("ttft_mean_s"),
         "ours_fastest_ttft_s": None if best is None else best["ttft_mean_s"],
         "ours_fastest_quality": None if best is None else best["quality_mean"],
     }
 
 
+def _ratio_of(runs: dict, base: str, ours: str) -> float | None:
+    if base not in runs or ours not in runs or runs[ours]["ttft_mean_s"] <= 0:
+        return None
+    return runs[base]["ttft_mean_s"] / runs[ours]["ttft_mean_s"]
+
+
 def print_sweep(doc: dict, console: Console) -> None:
     table = Table(title=f"robustness: {doc['sweep']} ({doc['scenario']['name']}); TTFT ratios, >1 = evicpress faster")
     for col in (doc["sweep"], "vs lru (<3% loss)", "vs prefill (<3% loss)", "vs fixed (equal quality)",
-                "placement-only vs lru", "lru TTFT", "ours fastest (quality)"):
+                "placement-only vs lru", "vs arc", "vs tinylfu", "vs best baseline", "QPS vs lru", "lru TTFT", "ours fastest (quality)"):
         table.add_column(col, justify="right")
 
     def r(x):
@@ -116,6 +128,10 @@ def print_sweep(doc: dict, console: Console) -> None:
             r(row["vs_prefill"]),
             "-" if not fixed else f"{r(fixed[0])} .. {r(fixed[1])}",
             r(row["placement_vs_lru"]),
+            r(row.get("placement_vs_arc")),
+            r(row.get("placement_vs_tinylfu")),
+            "-" if row.get("vs_best_baseline") is None else f"{r(row['vs_best_baseline'])} ({row['best_baseline']})",
+            r(row.get("qps_vs_lru")),
             "-" if row["lru_ttft_s"] is None else f"{row['lru_ttft_s'] * 1000:.0f} ms",
             "-" if row["ours_fastest_ttft_s"] is None else f"{row['ours_fastest_ttft_s'] * 1000:.0f} ms ({row['ours_fastest_quality']:.3f})",
         )

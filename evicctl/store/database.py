@@ -12,6 +12,7 @@ column names come only from the fixed whitelists below (the schema's own columns
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 import time
@@ -73,6 +74,7 @@ MIGRATIONS: tuple[tuple[int, str, str | None], ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+_ADD_COLUMN = re.compile(r"\s*ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)", re.IGNORECASE)
 
 # Primary keys of the tables a batch may upsert or delete: the whitelist of table names.
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -280,7 +282,8 @@ class Store:
                 if done:
                     continue
                 for statement in _split_statements(_migration_sql(sql)):
-                    self._conn.execute(statement)
+                    if not self._column_exists(statement):
+                        self._conn.execute(statement)
                 self._conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (version, name, time.time()),
@@ -290,6 +293,17 @@ class Store:
                 applied.append(version)
         self._columns.clear()
         return applied
+
+    def _column_exists(self, statement: str) -> bool:
+        """Whether `statement` adds a column the table already has. SQLite has no ADD COLUMN IF
+        NOT EXISTS, and a re-run over a half-migrated file (migrations recorded, schema not)
+        must not fail on it, as CREATE ... IF NOT EXISTS does not."""
+        match = _ADD_COLUMN.match(statement)
+        if match is None:
+            return False
+        table, column = match.groups()
+        # table_info takes no parameter; the name comes from our own migration text
+        return any(r[1] == column for r in self._conn.execute(f"PRAGMA table_info({table})"))
 
     def _check_schema(self) -> None:
         names = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -671,3 +671,19 @@ def test_scorers_keep_the_same_tokens_as_kvpress(ratio: float) -> None:
             want = theirs.masked_fill(protected, float("inf")).topk(keep, dim=-1).indices.sort(-1).values
             got = decode(get_codec(f"{name}@{ratio}").encode(kv)).positions[0]
             assert torch.equal(got, want[0]), name
+
+
+@pytest.mark.parametrize(("name", "tokens"), [("keydiff@0.25+int2", 100), ("int3-g64", 100), ("int2", 20)])
+def test_low_bit_forms_survive_safetensors(name: str, tokens: int) -> None:
+    """Packed codes and the residual window through safetensors; 20 tokens < the 32-token
+    window: every row is residual and the code tensors are empty."""
+    from safetensors.torch import load, save
+
+    kv = make_kv(tokens=tokens, dtype=torch.bfloat16)
+    stored = get_codec(name).encode(kv)
+    assert stored.nbytes == get_codec(name).predict_bytes(kv)
+    back = from_safetensors_dict(load(save(*to_safetensors_dict(stored))), stored.meta)
+    a, b = decode(stored), decode(back)
+    assert all(torch.equal(x, y) for x, y in zip((*a.keys, *a.values), (*b.keys, *b.values), strict=True))
+    if tokens <= 32:
+        assert stored.tensors["k.0.codes"].numel() == 0 and torch.equal(a.keys[0], kv.keys[0])

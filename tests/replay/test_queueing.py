@@ -7,7 +7,14 @@ import pytest
 
 from evicctl.replay.catalog import build_catalog
 from evicctl.replay.policies import make_policy
-from evicctl.replay.queueing import ServiceTimes, max_qps, p99_at, queued_ttft, service_times, throughput
+from evicctl.replay.queueing import (
+    ServiceTimes,
+    max_qps,
+    p99_at,
+    queued_ttft,
+    service_times,
+    throughput,
+)
 from evicctl.replay.replay import replay
 from evicctl.replay.trace import Trace, zipf_trace
 
@@ -39,9 +46,10 @@ def test_batching_pays_the_per_call_overhead_once():
 
 def test_unloaded_ttft_is_the_replays_and_max_qps_orders_policies(scenario, profiles):
     catalog = build_catalog(scenario, profiles, 120, seed=1)
-    trace = zipf_trace(120, 1500, qps=0.01, zipf=1.0, seed=3, query_tokens=scenario.query_tokens)
+    drawn = zipf_trace(120, 1500, qps=1.0, zipf=1.0, seed=3, query_tokens=scenario.query_tokens)
+    trace = Trace(np.arange(1500) * 100.0, drawn.context, drawn.query_tokens)  # 100 s apart: nobody waits
     runs = {s: replay(make_policy(s, alpha=2.0), catalog, trace, warmup=0.1) for s in ("prefill", "lru", "ideal")}
-    for r in runs.values():  # at 0.01 qps nobody waits: TTFT with queueing is the replay's
+    for r in runs.values():  # unloaded, TTFT with queueing is the replay's
         svc = service_times(catalog, trace, r)
         assert np.allclose(queued_ttft(trace.at_s, svc), r.ttft_s, rtol=1e-6, atol=1e-9)
     svc = service_times(catalog, trace, runs["lru"])
