@@ -31,6 +31,9 @@ import numpy as np
 HALF_LIFE_LADDER = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # multiples of the configured half-life
 PRIOR_COUNT = 1.0  # a: pseudo-accesses at the population's mean rate
 SCORE_WINDOW = 5000  # accesses the half-life choice remembers (its score decays by 1 - 1/window each)
+# Named settings for comparisons (`--freq-estimator`): `single` is the old estimator, one
+# decayed rate at the configured half-life, no prior (exposure-corrected for the first half-lives).
+ESTIMATORS = {"learned": {}, "single": {"ladder": (1.0,), "prior_count": 0.0}}
 
 
 class RateTable:

@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float)
     p.add_argument("--half-life-s", type=float, help="access-rate half-life of the placer policies (default 300, the manager's)")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per core, at most 2)")
+    p.add_argument("--freq-estimator", choices=("learned", "single"),
+                   help="placer access rates: learned half-life with a count prior (default) or the old single decayed rate")
     p.add_argument("--quality-target", type=float, help="mean quality the baselines are compared at and `ideal` serves at (default 0.97)")
     p.add_argument("--slo-p99-s", type=float, help="p99 TTFT target of the max-QPS table (default: 2x an unloaded full prefill's p99)")
     p.add_argument("--profiles", help="quality profiles JSON (default: the shipped SmolLM2 measurements)")

@@ -34,7 +34,7 @@ import numpy as np
 
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.codecs.codec import get_codec
-from evicctl.manager.freq import RateTable
+from evicctl.manager.freq import ESTIMATORS, RateTable
 from evicctl.manager.placer.place import DROPPED, NEW, PlacementProblem, derivable_matrix, place
 from evicctl.replay.baselines import QUALITY_TARGET, Ideal, baseline_specs, make_baseline
 from evicctl.replay.replay import Policy, Simulator
@@ -131,12 +131,14 @@ class PlacerPolicy(Policy):
         spill_headroom: float = SPILL_HEADROOM,
         tick_requests: int = TICK_REQUESTS,
         exact_time_limit_s: float = 20.0,
+        freq_options: dict | None = None,
     ) -> None:
         self.name, self.alpha, self.solver = name, float(alpha), solver
         self.codec_names = codecs
         self.half_life_s, self.headroom, self.spill_headroom = half_life_s, headroom, spill_headroom
         self.tick_requests = tick_requests
         self.exact_time_limit_s = exact_time_limit_s
+        self.freq_options = freq_options or {}  # RateTable settings (evicctl.manager.freq.ESTIMATORS)
         self.family = {"greedy": "evicpress", "exact": "exact"}[solver]
         if codecs == ("none",):
             self.family = "placement-only"
@@ -152,7 +154,7 @@ class PlacerPolicy(Policy):
         self.is_none = np.array([c == "none" for c in self.codecs])
         self.derivable = derivable_matrix(self.codecs)
         # The manager's access-rate estimator (evicctl.manager.freq, DecayedRate's core), over context indices.
-        self.freq = RateTable(self.half_life_s, cat.n_contexts)
+        self.freq = RateTable(self.half_life_s, cat.n_contexts, **self.freq_options)
         # The catalog's arrays restricted to this policy's codecs, once: [C', N], [T, C', N].
         self.stored_bytes = np.ascontiguousarray(cat.stored_bytes[self.cidx])
         self.quality = np.ascontiguousarray(cat.estimate[self.cidx])
@@ -336,11 +338,15 @@ def _c_stdout_silenced():
         os.close(saved)
 
 
-def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, quality_target: float = QUALITY_TARGET) -> Policy:
+def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, quality_target: float = QUALITY_TARGET,
+                freq_estimator: str = "learned") -> Policy:
     """A policy from its name (see POLICY_FORMS); `alpha` is the scenario's default,
     half_life_s the access-rate half-life of the placer policies (the manager's setting) and
     quality_target the one `ideal` serves at. `best-fixed` is a sweep (run.expand_specs)."""
     spec = spec.strip()
+    if freq_estimator not in ESTIMATORS:
+        raise UnknownNameError("frequency estimator", freq_estimator, list(ESTIMATORS))
+    freq_options = ESTIMATORS[freq_estimator]
     baseline = make_baseline(spec)
     if baseline is not None:
         return baseline
@@ -354,7 +360,7 @@ def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, qu
         codec = get_codec(spec.removeprefix("fixed:")).name
         return Lru(codec, name=f"fixed:{codec}")
     if spec == "evicpress":
-        return PlacerPolicy("evicpress", alpha=alpha, half_life_s=half_life_s)
+        return PlacerPolicy("evicpress", alpha=alpha, half_life_s=half_life_s, freq_options=freq_options)
     if spec.startswith("evicpress@"):
         try:
             a = float(spec.removeprefix("evicpress@"))
@@ -362,11 +368,11 @@ def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, qu
             raise UsageError(f"policy {spec!r}: alpha must be a number of seconds, e.g. evicpress@2") from None
         if a < 0:
             raise UsageError(f"policy {spec!r}: alpha must be >= 0")
-        return PlacerPolicy(f"evicpress@{a:g}", alpha=a, half_life_s=half_life_s)
+        return PlacerPolicy(f"evicpress@{a:g}", alpha=a, half_life_s=half_life_s, freq_options=freq_options)
     if spec == "exact":
-        return PlacerPolicy("exact", alpha=alpha, solver="exact", half_life_s=half_life_s)
+        return PlacerPolicy("exact", alpha=alpha, solver="exact", half_life_s=half_life_s, freq_options=freq_options)
     if spec == "placement-only":
-        return PlacerPolicy("placement-only", alpha=alpha, codecs=("none",), half_life_s=half_life_s)
+        return PlacerPolicy("placement-only", alpha=alpha, codecs=("none",), half_life_s=half_life_s, freq_options=freq_options)
     raise UnknownNameError("policy", spec, POLICY_FORMS)
 
 

@@ -43,6 +43,7 @@ class BenchOptions:
     quality_target: float = 0.97  # issue 16: baselines are compared at this mean quality; `ideal` serves at it
     slo_p99_s: float | None = None  # queueing: the p99 TTFT target of max QPS (default: queueing.default_slo_p99_s)
     throughput: bool = True  # queueing: TTFT with waiting and max QPS per policy
+    freq_estimator: str = "learned"  # the placer policies' access-rate estimator (evicctl.manager.freq.ESTIMATORS)
     warmup: float = 0.1
     profiles: Path | None = None
     jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
@@ -117,7 +118,7 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
 
     scenario, catalog, trace, profiles = prepare(opts)
     specs = expand_best_fixed(policy_specs(opts, scenario.alpha), catalog.codecs)
-    kw = {"quality_target": opts.quality_target}
+    kw = {"quality_target": opts.quality_target, "freq_estimator": opts.freq_estimator}
     if opts.half_life_s is not None:
         kw["half_life_s"] = opts.half_life_s
     policies = [make_policy(s, alpha=scenario.alpha, **kw) for s in specs]  # fail fast on a bad name
