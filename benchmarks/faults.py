@@ -106,8 +106,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="evicctl-faults-") as tmp:
         for name in only:
             t0 = time.monotonic()
-            rows += section(name, args, Path(tmp))
-            print(f"[{name}: {time.monotonic() - t0:.0f} s]", file=sys.stderr, flush=True)
+            done = section(name, args, Path(tmp))
+            rows += done
+            # each section's rows as soon as it ends: a long run stopped later keeps them
+            print(f"[{name}: {time.monotonic() - t0:.0f} s]\n{table(done)}", file=sys.stderr, flush=True)
     meta = {"commit": commit(), "machine": machine(), "command": " ".join(sys.argv), "seconds": time.monotonic() - started}
     print(f"commit {meta['commit']} on {meta['machine']}; {meta['seconds']:.0f} s; {meta['command']}\n")
     print(table(rows))

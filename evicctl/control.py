@@ -25,16 +25,17 @@ from evicctl.errors import (
     NoManagerError,
     NoSuchContextError,
     RefusedError,
+    StoreError,
     UnknownNameError,
     UsageError,
 )
+from evicctl.manager.description import ManagerDescription
 from evicctl.store.database import Store
 from evicctl.units import fmt_ago_now, fmt_time
 
 log = logging.getLogger(__name__)
 
 VERBS = ("pin", "unpin", "evict", "recompress", "promote")
-DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0  # ManagerConfig.heartbeat_timeout_s
 WAIT_POLL_S = 0.005  # the CLI's poll period while waiting: cheap (one PRAGMA), keeps latency low
 # Commands older than this when a manager first sees them are expired, not applied: an
 # operator whose `evicctl pin` timed out an hour ago does not expect it to happen now.
@@ -121,9 +122,9 @@ def read_manager_status(store: Store, *, now: float | None = None) -> ManagerSta
         return ManagerStatus(False, None, None)
     r = rows[0]
     try:
-        timeout_s = float(json.loads(r["config_json"] or "{}").get("heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S))
-    except (ValueError, AttributeError):
-        timeout_s = DEFAULT_HEARTBEAT_TIMEOUT_S
+        timeout_s = ManagerDescription.from_json(r["config_json"]).heartbeat_timeout_s
+    except StoreError:  # an unreadable description: judge the heartbeat by the default timeout
+        timeout_s = ManagerDescription().heartbeat_timeout_s
     now = time.time() if now is None else now
     alive = r["stopped_at"] is None and now - r["heartbeat_at"] <= timeout_s
     return ManagerStatus(alive, r["pid"], r["heartbeat_at"], r["host"], r["version"], r["stopped_at"])

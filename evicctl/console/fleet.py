@@ -61,7 +61,7 @@ LS_FIELDS = ("manager", "where", "age", "id", "tenant", "tier", "codec", "stored
 
 
 @fleet_app.command("ls")
-def fleet_ls(url: UrlOpt, namespace: NamespaceOpt = "evk", tier: Annotated[str | None, typer.Option()] = None,
+def fleet_ls(url: UrlOpt, namespace: NamespaceOpt = "evk", tier: Annotated[str | None, typer.Option(help="Only contexts on this tier.")] = None,
              output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Every manager's contexts, one row per (manager, context)."""
     with _view(url, namespace) as view:
@@ -154,9 +154,9 @@ def _event_rows(view, events: list[dict]) -> list[dict]:
 
 
 @fleet_app.command("history")
-def fleet_history(url: UrlOpt, context: Annotated[str | None, typer.Argument()] = None, namespace: NamespaceOpt = "evk",
-                  kind: Annotated[str | None, typer.Option()] = None, since: Annotated[str | None, typer.Option()] = None,
-                  limit: Annotated[int, typer.Option(min=0)] = 100, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
+def fleet_history(url: UrlOpt, context: Annotated[str | None, typer.Argument(help="Context id (default: all).")] = None, namespace: NamespaceOpt = "evk",
+                  kind: Annotated[str | None, typer.Option(help="Only events of this kind.")] = None, since: Annotated[str | None, typer.Option(help="Only events since: 1h, 10m or an ISO time.")] = None,
+                  limit: Annotated[int, typer.Option(min=0, help="At most N events.")] = 100, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Every manager's events (and the fleet leader's evictions), oldest first."""
     from evicctl.timeparse import parse_since
 
@@ -188,8 +188,8 @@ def fleet_show(url: UrlOpt, context: Annotated[str, typer.Argument(help="Context
 
 
 @fleet_app.command("top")
-def fleet_top(url: UrlOpt, namespace: NamespaceOpt = "evk", interval: Annotated[float, typer.Option(min=0.25)] = 1.0,
-              once: Annotated[bool, typer.Option("--once")] = False) -> None:  # fmt: skip
+def fleet_top(url: UrlOpt, namespace: NamespaceOpt = "evk", interval: Annotated[float, typer.Option(min=0.25, help="Seconds between refreshes.")] = 1.0,
+              once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False) -> None:  # fmt: skip
     """The fleet, refreshed: managers with staleness and leadership, tiers, the shared tier's accounting."""
     with _view(url, namespace) as view:
         while True:
@@ -261,8 +261,8 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.0, help="Seconds e
 
 
 @fleet_app.command("pin")
-def fleet_pin(url: UrlOpt, context: Annotated[str, typer.Argument()], tier: Annotated[str | None, typer.Option()] = None,
-              codec: Annotated[str | None, typer.Option()] = None, namespace: NamespaceOpt = "evk",
+def fleet_pin(url: UrlOpt, context: Annotated[str, typer.Argument(help="Context id.")], tier: Annotated[str | None, typer.Option(help="Keep it on this tier.")] = None,
+              codec: Annotated[str | None, typer.Option(help="Keep it at this codec.")] = None, namespace: NamespaceOpt = "evk",
               timeout: TimeoutOpt = 10.0, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Pin the context on every manager that holds it."""
     args = {k: v for k, v in (("tier", tier), ("codec", codec)) if v is not None}
@@ -270,15 +270,15 @@ def fleet_pin(url: UrlOpt, context: Annotated[str, typer.Argument()], tier: Anno
 
 
 @fleet_app.command("unpin")
-def fleet_unpin(url: UrlOpt, context: Annotated[str, typer.Argument()], namespace: NamespaceOpt = "evk",
+def fleet_unpin(url: UrlOpt, context: Annotated[str, typer.Argument(help="Context id.")], namespace: NamespaceOpt = "evk",
                 timeout: TimeoutOpt = 10.0, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Unpin the context on every manager that holds it."""
     _mutate(url, namespace, "unpin", context, {}, timeout, output)
 
 
 @fleet_app.command("evict")
-def fleet_evict(url: UrlOpt, context: Annotated[str, typer.Argument()], to: Annotated[str, typer.Option("--to")] = "drop",
-                yes: Annotated[bool, typer.Option("--yes", "-y")] = False, dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+def fleet_evict(url: UrlOpt, context: Annotated[str, typer.Argument(help="Context id.")], to: Annotated[str, typer.Option("--to", help="A tier, or drop.")] = "drop",
+                yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False, dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False,
                 namespace: NamespaceOpt = "evk", timeout: TimeoutOpt = 10.0, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Evict the context on every manager that holds it (asks first unless --yes or --dry-run)."""
     if not (yes or dry_run):
@@ -289,8 +289,8 @@ def fleet_evict(url: UrlOpt, context: Annotated[str, typer.Argument()], to: Anno
 
 
 @fleet_app.command("recompress")
-def fleet_recompress(url: UrlOpt, context: Annotated[str, typer.Argument()], codec: Annotated[str, typer.Option()],
-                     dry_run: Annotated[bool, typer.Option("--dry-run")] = False, namespace: NamespaceOpt = "evk",
+def fleet_recompress(url: UrlOpt, context: Annotated[str, typer.Argument(help="Context id.")], codec: Annotated[str, typer.Option(help="The codec to store it at.")],
+                     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False, namespace: NamespaceOpt = "evk",
                      timeout: TimeoutOpt = 10.0, output: OutOpt = OutputFormat.table) -> None:  # fmt: skip
     """Re-encode the context on every manager that holds it."""
     from evicctl.console.common import validate_codec

@@ -17,6 +17,10 @@ _POINT_STYLE = {
     "lru-plain": ("d", "silver"),
     "placement-only": ("^", "tab:green"),
     "exact": ("*", "tab:purple"),
+    "arc": ("v", "tab:blue"),  # the issue-16 baselines: one marker per eviction, a point per codec
+    "gdsf": ("<", "tab:orange"),
+    "tinylfu": (">", "tab:brown"),
+    "ideal": ("P", "gold"),
 }
 
 
