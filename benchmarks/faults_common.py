@@ -124,7 +124,7 @@ def committed_state(db: Path) -> dict:
     try:
         placements = {r["context_id"]: dict(r) for r in conn.execute("SELECT * FROM placements")}
         pins = {r["id"]: (r["pin_tier"], r["pin_codec"]) for r in conn.execute("SELECT id, pin_tier, pin_codec FROM contexts")}
-        commands = {r["id"]: dict(r) for r in conn.execute("SELECT id, verb, context_id, args_json, status FROM commands")}
+        commands = {r["id"]: dict(r) for r in conn.execute("SELECT id, verb, context_id, args_json, status, result FROM commands")}
     finally:
         conn.close()
     return {"placements": placements, "pins": pins, "commands": commands}
@@ -132,11 +132,13 @@ def committed_state(db: Path) -> dict:
 
 def pin_mismatches(commands: dict[int, dict], pins: dict[str, tuple]) -> list[str]:
     """Contexts whose pin disagrees with their last answered pin/unpin command. A context whose
-    last pin/unpin was not answered (pending or running at the kill) is ambiguous: skipped."""
+    last pin/unpin was not answered (pending or running at the kill), or was answered
+    "interrupted" by a restart (it may have taken effect), is ambiguous: skipped."""
     last: dict[str, dict] = {}
     for cmd_id in sorted(commands):
         c = commands[cmd_id]
-        if c["verb"] in ("pin", "unpin") and c["status"] not in ("failed", "refused"):
+        interrupted = '"interrupted"' in (c.get("result") or "")
+        if c["verb"] in ("pin", "unpin") and (interrupted or c["status"] not in ("failed", "refused")):
             last[c["context_id"]] = c
     bad = []
     for ctx, c in last.items():

@@ -22,7 +22,9 @@ recompute (it goes lower or is dropped), and such a hit is served as a recompute
 
 - `ideal`: the bound. Every request after a context's first is served from the fastest
   tier, with the codec that loads fastest among those whose true quality for that context
-  meets the quality target; capacity is ignored.
+  meets the quality target; capacity is ignored. It bounds policies that keep every context
+  at the target; one that meets the target only on average (some contexts below it) could
+  in principle undercut it.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def test_every_baseline_best_fixed_ideal_and_the_qps_table(scenario_file, profil
     assert cmp["gap_closed"]["lru"] == 0 and cmp["gap_closed"]["ideal"] == pytest.approx(1)
     assert all(r["max_qps"] >= 0 and r["slo_p99_s"] > 0 for r in doc["runs"])
     ideal = next(r for r in doc["runs"] if r["policy"] == "ideal")
-    at_target = [r for r in doc["runs"] if r["quality_mean"] >= 0.97]  # the bound holds at the quality target
+    # ideal meets the target per context; a policy meeting it only on average could undercut it, none does here
+    at_target = [r for r in doc["runs"] if r["quality_mean"] >= 0.97]
     assert all(ideal["ttft_mean_s"] <= r["ttft_mean_s"] + 1e-12 for r in at_target)
     for words in ("best baseline", "best-fixed", "gap closed", "max QPS", "ideal"):
         assert words in text, words
