@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -300,6 +301,9 @@ def _loads(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+SUBMIT_RETRY_S = 60.0  # how long submit waits out a database locked by another writer
+
+
 class ControlClient:
     """The operator's side (CLI, dashboard): submit a command and wait for its outcome."""
 
@@ -343,15 +347,25 @@ class ControlClient:
             raise NoManagerError(status.describe(self.path))
         return status
 
-    def submit(self, verb: str, context_id: str | None, args: dict | None = None, actor: str | None = None) -> int:
+    def submit(self, verb: str, context_id: str | None, args: dict | None = None, actor: str | None = None,
+               *, retry_s: float = SUBMIT_RETRY_S) -> int:  # fmt: skip
+        """Queue a command; returns its id. Another writer holding the database past SQLite's
+        busy timeout (a backup, a long migration) is waited out for up to `retry_s`."""
         if verb not in VERBS:
             raise UnknownNameError("verb", verb, VERBS)
-        with self.store.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO commands (created_at, actor, verb, context_id, args_json) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), actor or current_actor(), verb, context_id, json.dumps(args or {})),
-            )
-            return int(cur.lastrowid)
+        row = (time.time(), actor or current_actor(), verb, context_id, json.dumps(args or {}))
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                with self.store.transaction() as conn:
+                    cur = conn.execute(
+                        "INSERT INTO commands (created_at, actor, verb, context_id, args_json) VALUES (?, ?, ?, ?, ?)", row
+                    )
+                    return int(cur.lastrowid)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)  # each attempt already waited the busy timeout (seconds)
 
     def outcome(self, command_id: int) -> tuple[str, dict]:
         rows = self.store.query("SELECT status, result FROM commands WHERE id = ?", (command_id,))

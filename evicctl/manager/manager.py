@@ -55,6 +55,20 @@ SAMPLE_EVERY_S = 1.0  # tier occupancy samples for the dashboard's history
 FREQ_REFRESH_S = 10.0  # every context's row gets its decayed freq rewritten this often
 
 
+def check_context_id(context_id) -> None:
+    """UsageError for an id the store, the placer and the tiers cannot all hold as given: a NUL
+    (C strings end there, so "a" and "a\\0" would collide) or a lone surrogate (not encodable as
+    UTF-8: every later database write would fail)."""
+    if not isinstance(context_id, str) or not context_id:
+        raise UsageError("context_id must be a non-empty string")
+    if "\x00" in context_id:
+        raise UsageError("context_id must not contain a NUL character")
+    try:
+        context_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("context_id must be valid Unicode text (it holds a lone surrogate)") from None
+
+
 def heartbeat_every_s(config: ManagerConfig) -> float:
     """How often the manager heartbeats under `config`; UsageError if readers would see gaps."""
     timeout_s = config.heartbeat_timeout_s
@@ -105,7 +119,8 @@ class Manager:
         self._pricing = None  # PricingInputs of the last executed plan, and whether it was written
         self._pricing_written = None
         self._priced_model: tuple[dict, CostModel] | None = None
-        self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = 0.0
+        # monotonic seconds of the last of each (0.0: never, so the first tick does all of them)
+        self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = -1e9
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -134,7 +149,7 @@ class Manager:
         self.orphans_deleted = recover(self.rt, self.codec_names, self.tiers,
                                        previous[0]["heartbeat_at"] if previous else time.time())
         self._control.heartbeat(self.config_json())
-        self._last_heartbeat = time.time()
+        self._last_heartbeat = time.monotonic()
         from evicctl.fleet.hook import attach_fleet
 
         self.fleet = attach_fleet(self)  # a shared redis tier: register, publish, take fleet commands
@@ -202,8 +217,7 @@ class Manager:
     def store(self, context_id: str, kv: KV, *, label: str | None = None, tenant: str = "default",
               prefill_s: float | None = None) -> Placement:  # fmt: skip
         """Keep a context's (full) KV: admitted at its best option the tiers have room for."""
-        if not isinstance(context_id, str) or not context_id:
-            raise UsageError("context_id must be a non-empty string")
+        check_context_id(context_id)
         now = time.time()
         with self.rt.exec_lock:
             with self.rt.lock:
@@ -387,23 +401,27 @@ class Manager:
                 return
             self.heartbeat_if_due(now)
             self._control.poll(self._commands)
-            timer = now - self._last_replan >= self.config.replan_s
+            # Intervals on the monotonic clock: a wall clock set back must not stop the timers
+            # (timestamps written to the store stay wall time).
+            timer = time.monotonic() - self._last_replan >= self.config.replan_s
             if timer or self.rt.replan_needed or self._over_capacity():
                 self.rt.replan_needed = False
-                self._last_replan = now
+                self._last_replan = time.monotonic()
                 self.execute(self.plan(rebalance=timer))
             self._write_state(now)
             self.rt.flush()
             if self._pricing is not self._pricing_written:  # readers reprice with it: write it at once
                 self._control.heartbeat(self.config_json())
-                self._pricing_written, self._last_heartbeat = self._pricing, now
+                self._pricing_written, self._last_heartbeat = self._pricing, time.monotonic()
 
     def heartbeat_if_due(self, now: float | None = None) -> None:
-        """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old."""
-        now = time.time() if now is None else now
-        if now - self._last_heartbeat >= self._heartbeat_every_s and not self._closed:
+        """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old (on the
+        monotonic clock: after the wall clock jumps back, readers must still see it alive)."""
+        del now  # accepted for callers that pass the tick's wall time; the interval ignores it
+        mono = time.monotonic()
+        if mono - self._last_heartbeat >= self._heartbeat_every_s and not self._closed:
             self._control.heartbeat(self.config_json())
-            self._last_heartbeat = now
+            self._last_heartbeat = mono
 
     def _over_capacity(self) -> bool:
         return any(t.used_bytes > t.capacity_bytes for t in self.tiers)
@@ -508,8 +526,8 @@ class Manager:
         """Batch the dirty contexts, every tier and (each SAMPLE_EVERY_S) occupancy samples."""
         with self.rt.lock:
             dirty, self.rt.dirty = self.rt.dirty, set()
-            if force or now - self._last_refresh >= FREQ_REFRESH_S:
-                self._last_refresh = now
+            if force or time.monotonic() - self._last_refresh >= FREQ_REFRESH_S:
+                self._last_refresh = time.monotonic()
                 dirty |= set(self.rt.contexts)  # freq decays for everyone: refresh all rows now and then
             rates = self.rt.freq.rates(list(dirty), now)
             for cid, rate in zip(dirty, rates, strict=True):
@@ -523,8 +541,8 @@ class Manager:
                     "read_bps": tier.read_bps, "write_bps": tier.write_bps,
                     "hits": self.rt.tier_hits.get(tier.name, 0), "updated_at": now,
                 })  # fmt: skip
-            if force or now - self._last_sample >= SAMPLE_EVERY_S:
-                self._last_sample = now
+            if force or time.monotonic() - self._last_sample >= SAMPLE_EVERY_S:
+                self._last_sample = time.monotonic()
                 for tier in self.tiers:
                     self.rt.batch.sample(
                         ts=now, tier=tier.name, used_bytes=tier.used_bytes, capacity_bytes=tier.capacity_bytes,

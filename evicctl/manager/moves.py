@@ -81,8 +81,8 @@ class MoveExecutor:
             try:
                 put = m.tier_by_name[move.to_tier].put(key, stored)
                 new = (key, put.location, put.checksum, stored.nbytes)
-            except RefusedError as exc:  # a shared tier's capacity or quota: recorded, kept as dropped
-                self._refused(move, str(exc))
+            except (RefusedError, OSError) as exc:  # a shared tier's quota, a full or read-only disk
+                self._refused(move, _why(exc))
                 move, new = move._replace(to_tier=DROPPED_TIER, to_codec=None, to_bytes=0, kind="drop"), DROP_COPY
         self._fault("admit-copied")
         with m.lock:
@@ -134,6 +134,8 @@ class MoveExecutor:
             # would delete the only one. Nothing to do.
             log.warning("context %s: ignoring a move onto its own copy (%s/%s)", move.context_id, ctx.tier, ctx.codec)
             return None
+        if m.write_blocked(move.to_tier):
+            return None  # a write there failed moments ago (said then): the next plans retry later
         try:
             stored, _ = src.get(key)
             if move.to_codec != move.from_codec:
@@ -144,6 +146,13 @@ class MoveExecutor:
             return None
         except RefusedError as exc:  # a shared tier's capacity or quota: the context stays where it is
             self._refused(move, str(exc))
+            return None
+        except OSError as exc:
+            # A full or read-only file system (ENOSPC, EROFS, EACCES): the tier wrote nothing it
+            # keeps (temp file, then rename). The context stays where it is; one event, and the
+            # tier takes no writes for a while instead of failing every tick.
+            self._refused(move, _why(exc))
+            m.block_writes(move.to_tier, _why(exc))
             return None
         except CorruptDataError as exc:
             self.lose(move.context_id, key, str(exc))
@@ -188,3 +197,12 @@ class MoveExecutor:
         )  # fmt: skip
         m.metrics.moved(kind, move.from_tier, move.to_tier, move.reason, ctx.tenant, nbytes, lifetime)
         return old
+
+
+def _why(exc: BaseException) -> str:
+    """One line naming the failure: "No space left on device (ENOSPC)" for an OSError."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import errno
+
+        return f"{exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc)

@@ -11,6 +11,7 @@ tier I/O; `exec_lock` lets one thread at a time plan and move data.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.metrics import NULL, Recorder
 from evicctl.manager.state import ContextState
+
+# after a write to a tier failed (disk full, read-only), how long copies to it are not tried
+WRITE_BACKOFF_S = 10.0
 
 
 @dataclass(eq=False)
@@ -37,6 +41,8 @@ class Runtime:
     # "admit-copied"); a test raises from it to simulate a crash there.
     fault: Callable[[str], None] | None = None
     batch: Any = None  # the store's open write batch; replaced by flush()
+    # tier -> (monotonic time until which copies to it are not tried, why): see block_writes
+    write_blocked_until: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Prometheus hooks (metrics.py): a no-op recorder unless the manager serves /metrics
     metrics: Recorder = field(default_factory=lambda: NULL)
 
@@ -50,7 +56,28 @@ class Runtime:
             batch, self.batch = self.batch, self.store.batch()
         if len(batch) == 0:
             return []
-        return self.store.flush(batch)
+        try:
+            return self.store.flush(batch)
+        except Exception:
+            # One transaction: nothing of it was written. Put it back in front of what came
+            # since, so the next flush retries it; dropped, a stored context's row would be
+            # missing and the next start would delete its file as an orphan.
+            with self.lock:
+                self.batch = batch.followed_by(self.batch)
+            raise
+
+    def block_writes(self, tier: str, why: str, seconds: float = WRITE_BACKOFF_S) -> None:
+        """No copies to `tier` for `seconds` (a write there just failed: disk full, read-only)."""
+        with self.lock:
+            self.write_blocked_until[tier] = (time.monotonic() + seconds, why)
+
+    def write_blocked(self, tier: str) -> bool:
+        with self.lock:
+            until = self.write_blocked_until.get(tier)
+            if until is None or time.monotonic() >= until[0]:
+                self.write_blocked_until.pop(tier, None)
+                return False
+            return True
 
     def at_fault_point(self, stage: str) -> None:
         if self.fault is not None:

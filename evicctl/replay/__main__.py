@@ -18,6 +18,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--zipf", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--live", action="store_true", default=None)
+    p.add_argument("--live-open-loop", action="store_true", default=None,
+                   help="live: requests arrive at --qps on the clock and wait behind each other (checks the queueing model)")
     p.add_argument("-o", "--output", choices=("table", "json"))
     p.add_argument("--plot")
     p.add_argument("--trace")

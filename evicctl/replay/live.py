@@ -163,6 +163,8 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
             task = bar.add_task(f"live {name}", total=n_requests)
             for k, ci in enumerate(drawn.context.tolist()):
                 ctx = contexts[ci]
+                if opts.live_open_loop:  # arrivals on the clock: a request waits behind the one being served
+                    time.sleep(max(0.0, float(drawn.at_s[k]) - (time.perf_counter() - start)))
                 at.append(time.perf_counter() - start)
                 answer = engine.answer(ctx.id, ctx.text, questions[k].question, max_new_tokens=MAX_NEW_TOKENS)
                 ttft.append(answer.ttft.first_token_s)
@@ -184,7 +186,10 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
         scenarios["costs calibrated"] = before
     replays, agreement = [], {}
     per_request = {"context": trace.context.tolist(), "query_tokens": q_tokens.tolist(), "served_tier": served_t,
-                   "live_ttft_s": [round(x, 4) for x in ttft], "prefills_timed": observed}
+                   "live_ttft_s": [round(x, 4) for x in ttft], "prefills_timed": observed,
+                   "start_s": [round(x, 4) for x in at]}
+    if opts.live_open_loop:
+        per_request["arrival_s"] = [round(float(x), 4) for x in drawn.at_s]
     for label, sc in scenarios.items():
         predicted = _replay_live(name, build(sc), trace)
         per_request[f"replay_ttft_s ({label})"] = [round(float(x), 4) for x in predicted.ttft_s]
@@ -199,6 +204,8 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
                                  & (np.array(served_c) == predicted.served_codec)).mean()),
             "wall_s": wall_s,
         }
+        if opts.live_open_loop:
+            agreement[label] |= queueing_agreement(build(sc), trace, predicted, drawn.at_s, np.array(at), np.array(ttft))
     return {
         "scenario": before.to_json(),
         "catalog": catalog.to_json(),
@@ -207,6 +214,23 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
         "replays": replays,
         "agreement": agreement,
         "per_request": per_request,
+    }
+
+
+def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s) -> dict:
+    """TTFT with waiting, live (waited + served) against the queueing model on the replay's
+    decisions and the same arrivals (queueing.py)."""
+    from evicctl.replay.queueing import queued_ttft, service_times
+
+    live = (start_s - arrival_s) + ttft_s
+    model = queued_ttft(np.asarray(arrival_s, dtype=float), service_times(catalog, trace, predicted))
+    return {
+        "queued_ttft_mean_live_s": float(live.mean()),
+        "queued_ttft_mean_replay_s": float(model.mean()),
+        "queued_ratio": float(model.mean() / live.mean()),
+        "queued_ttft_p90_live_s": float(np.percentile(live, 90)),
+        "queued_ttft_p90_replay_s": float(np.percentile(model, 90)),
+        "waited_share_live": float(((start_s - arrival_s) > 0.01).mean()),
     }
 
 

@@ -117,8 +117,16 @@ def agreement_table(agreement: dict) -> Table:
     table = Table(title="replay vs live on the same requests")
     for col in ("policy", "live TTFT", "replay TTFT", "replay / live", "same outcome"):
         table.add_column(col, justify="right")
+    queued = any("queued_ratio" in a for a in agreement.values())  # --live-open-loop: waiting too
+    if queued:
+        for col in ("live with waiting", "model with waiting", "model / live"):
+            table.add_column(col, justify="right")
     for policy, a in agreement.items():
-        table.add_row(policy, _s(a["ttft_mean_live_s"]), _s(a["ttft_mean_replay_s"]), f"{a['ratio']:.2f}", f"{a['same_outcome']:.0%}")
+        row = [policy, _s(a["ttft_mean_live_s"]), _s(a["ttft_mean_replay_s"]), f"{a['ratio']:.2f}", f"{a['same_outcome']:.0%}"]
+        if queued:
+            row += [_s(a.get("queued_ttft_mean_live_s")), _s(a.get("queued_ttft_mean_replay_s")),
+                    "-" if a.get("queued_ratio") is None else f"{a['queued_ratio']:.2f}"]
+        table.add_row(*row)
     return table
 
 

@@ -48,6 +48,7 @@ class BenchOptions:
     profiles: Path | None = None
     jobs: int = 0  # worker processes for the policies; 0: one per core (at most 2)
     live_calibrate: bool = True  # live: also time prefills before serving (a second replay)
+    live_open_loop: bool = False  # live: requests arrive on the clock at --qps (queueing check) instead of back to back
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:

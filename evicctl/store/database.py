@@ -150,6 +150,21 @@ class Batch:
         columns.setdefault("actor", "policy")
         self.events.append(columns)
 
+    def followed_by(self, newer: Batch) -> Batch:
+        """One batch with this one's writes, then `newer`'s: what a flush that failed (and so
+        wrote nothing) and the writes collected since amount to together."""
+        merged = Batch()
+        for source in (self, newer):
+            for table, keys in source._deletes.items():
+                for key in keys:
+                    merged.delete(table, key)
+            for table, rows in source._rows.items():
+                for row in rows.values():
+                    merged.upsert(table, row)
+            merged.events += source.events
+            merged.samples += source.samples
+        return merged
+
     def sample(self, **columns: Any) -> None:
         columns.setdefault("ts", time.time())
         self.samples.append(columns)

@@ -26,13 +26,11 @@ def test_filesystem_limits_leave_nothing_half_written(tmp_path, fault):
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="a failed flush drops its batch (Runtime.flush): RELIABILITY.md, open")
 def test_database_locked_longer_than_the_busy_timeout_loses_nothing(tmp_path):
     _, problems = database_locked(tmp_path, hold_s=6.0, contexts=6)
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="heartbeat_if_due uses the wall clock: RELIABILITY.md, open")
 def test_clock_jumping_back_keeps_the_manager_alive_to_readers(tmp_path):
     _, problems = clock_backwards(tmp_path, hold_s=6.0, contexts=4)
     assert problems == []

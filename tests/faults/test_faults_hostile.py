@@ -31,7 +31,6 @@ def test_hostile_ids_stay_in_the_disk_folder(tmp_path):
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="Manager.store accepts ids SQLite or the placer cannot hold (RELIABILITY.md, open)")
 @pytest.mark.parametrize("bad", KNOWN_BAD_IDS, ids=repr)
 def test_ids_with_a_trailing_nul_or_a_lone_surrogate_are_refused_cleanly(tmp_path, bad):
     _, problems = hostile_ids(tmp_path, (bad,))

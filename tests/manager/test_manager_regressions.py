@@ -162,3 +162,23 @@ def test_a_pin_to_a_tier_no_longer_configured_is_kept_refused_and_said(tmp_path)
         assert "'gpu' is not configured (tiers: cpu)" in refused[-1]["reason"] and "int3-nope" in refused[-1]["reason"]
         row = m.rt.store.query("SELECT pin_tier, pin_codec FROM contexts WHERE id = 'c0'")
         assert [dict(r) for r in row] == [{"pin_tier": "gpu", "pin_codec": "int3-nope"}]
+
+
+def test_heartbeats_continue_after_the_wall_clock_jumps_back(tmp_path, monkeypatch):
+    """Heartbeat intervals run on the monotonic clock: set an hour back, the wall clock must
+    not silence the heartbeat for an hour (readers would call the manager dead)."""
+    config = make_config(tmp_path, heartbeat_timeout_s=0.4)
+    m = Manager(config, probe=False)
+    try:
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() - 3600.0)
+        written = []
+        for _ in range(4):
+            time.sleep(0.15)  # longer than the heartbeat interval (timeout / 4)
+            m.heartbeat_if_due()
+            written.append(m.rt.store.query("SELECT heartbeat_at FROM manager WHERE id = 1")[0][0])
+        assert written[-1] > written[0], written  # renewed, at the jumped clock's time
+        assert abs(written[-1] - time.time()) < 5.0
+    finally:
+        monkeypatch.undo()
+        m.close()

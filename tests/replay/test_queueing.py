@@ -68,3 +68,16 @@ def test_max_qps_of_a_single_server_is_near_its_capacity():
     trace = Trace(np.cumsum(rng.exponential(1.0, n)), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
     q = max_qps(trace, services([-1] * n, [0] * n, [1.0] * n), 20.0, 1000)
     assert 0.7 < q < 1.0
+
+
+def test_live_open_loop_agreement_compares_waited_plus_served(scenario, profiles):
+    """A live run that behaved exactly as modelled agrees with ratio 1."""
+    from evicctl.replay.live import queueing_agreement
+
+    catalog = build_catalog(scenario, profiles, 10, seed=1)
+    drawn = zipf_trace(10, 40, qps=1.0, zipf=1.0, seed=2, query_tokens=scenario.query_tokens)
+    predicted = replay(make_policy("lru", alpha=2.0), catalog, drawn, warmup=0.0)
+    model = queued_ttft(drawn.at_s, service_times(catalog, drawn, predicted))
+    start = drawn.at_s + model - predicted.ttft_s  # waited, then served for its own TTFT
+    a = queueing_agreement(catalog, drawn, predicted, drawn.at_s, start, predicted.ttft_s)
+    assert a["queued_ratio"] == pytest.approx(1.0) and a["waited_share_live"] > 0
