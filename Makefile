@@ -23,7 +23,7 @@ TORCH_SOURCE  := $(if $(TORCH_WHEELS),--no-index --find-links $(TORCH_WHEELS),--
 # folder can never shadow the `kernels` distribution transformers imports (see tests/test_shadowing.py)
 PYTEST  = $(1)/python -P -m pytest -q
 
-.PHONY: install demo test test-latest test-timing lint bench lock clean vllm-env test-vllm bench-vllm fleet-demo
+.PHONY: install demo test test-latest test-timing lint bench lock clean vllm-env test-vllm bench-vllm fleet-demo faults
 
 install: $(STAMP)
 
@@ -78,6 +78,11 @@ fleet-demo: install
 	    --seed $$RANDOM --requests 60 --serve-s 300 > $(FLEET_DIR)/$$e.jsonl 2>$(FLEET_DIR)/$$e.log & \
 	done; sleep 3; $(BIN)/evicctl top --fleet redis://127.0.0.1:7100; \
 	kill $$(jobs -p) 2>/dev/null; scripts/redis-cluster.sh stop $(FLEET_DIR)/cluster
+
+# Faults, load and hostile input on real processes (RELIABILITY.md); ~25 min; the filesystem
+# rows need mount rights. Quick: make faults ARGS="--crashes 10 --fuzz 500 --only crash,hostile"
+faults: install
+	$(BIN)/python -P benchmarks/faults.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check evicctl kernels tests bench
