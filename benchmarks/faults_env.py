@@ -56,8 +56,10 @@ def mounted(path: Path, options: str, *, bind: bool = False):
     try:
         yield path if done == len(cmds) else None
     finally:
-        if done:
-            subprocess.run(["umount", str(path)], capture_output=True)
+        if done and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            # still busy (a file open in it): detach it now, the kernel frees it when released;
+            # a mount left behind would outlive the run and block the test's temp folder
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _store_all(manager, ns, figure: Figure) -> tuple[int, list[str]]:

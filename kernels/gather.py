@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._jit import layer_offset
 from ._layers import as_layers, kernel_device, layer_table, new_output
-from .quant import _quantize_keys_launch, _quantize_values_launch
+from .quant import quantize_keys_launch, quantize_values_launch
 
 # the fastest of benchmarks/gpu_bench.py's sweep on the H200
 TUNING: dict[str, int] = {"block_k": 32, "warps": 1}
@@ -100,17 +100,17 @@ def gather_quantize_keys(k, idx, bits: int, group: int = 32):
     """
     what = "gather_quantize_keys"
     if isinstance(k, torch.Tensor) and k.dim() == 4:
-        codes, scale, mn = _quantize_keys_launch([k], bits, group, _idx_layers([idx], 1, what), None, what)
+        codes, scale, mn = quantize_keys_launch([k], bits, group, _idx_layers([idx], 1, what), None, what)
         return codes[0], scale[0], mn[0]
     layers = as_layers(k, 4, what)
-    return _quantize_keys_launch(layers, bits, group, _idx_layers(idx, len(layers), what), None, what)
+    return quantize_keys_launch(layers, bits, group, _idx_layers(idx, len(layers), what), None, what)
 
 
 def gather_quantize_values(v, idx, bits: int, group: int = 32):
     """quantize_values(gather_tokens(v, idx), bits, group) in one pass (shapes: gather_quantize_keys)."""
     what = "gather_quantize_values"
     if isinstance(v, torch.Tensor) and v.dim() == 4:
-        codes, scale, mn = _quantize_values_launch([v], bits, group, _idx_layers([idx], 1, what), None, what)
+        codes, scale, mn = quantize_values_launch([v], bits, group, _idx_layers([idx], 1, what), None, what)
         return codes[0], scale[0], mn[0]
     layers = as_layers(v, 4, what)
-    return _quantize_values_launch(layers, bits, group, _idx_layers(idx, len(layers), what), None, what)
+    return quantize_values_launch(layers, bits, group, _idx_layers(idx, len(layers), what), None, what)

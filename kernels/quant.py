@@ -355,7 +355,8 @@ def _check_out(out: Sequence[torch.Tensor], shapes: Sequence[tuple], dtypes: Seq
 # ---------------------------------------------------------------- keys
 
 
-def _quantize_keys_launch(layers, bits, group, idx_layers, out, what):
+def quantize_keys_launch(layers, bits, group, idx_layers, out, what):
+    """One launch quantizing keys of every layer (gather.py reuses it with token indices)."""
     x = layers[0]
     _check_float_input(layers, what)
     B, H, T_in, D = x.shape
@@ -394,7 +395,7 @@ def quantize_keys_layers(
     """Every layer in one launch. ks: L x [B, H, T, D] -> codes [L, B, H, T, D*bits/8] uint8,
     scale, mn [L, B, H, ceil(T/G), D] float16."""
     layers = as_layers(ks, 4, "quantize_keys_layers")
-    return _quantize_keys_launch(layers, bits, group, None, out, "quantize_keys_layers")
+    return quantize_keys_launch(layers, bits, group, None, out, "quantize_keys_layers")
 
 
 def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
@@ -402,7 +403,7 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
     if k.dim() != 4:
         raise ValueError(f"quantize_keys: k must be [B, H, T, D]; got {tuple(k.shape)}")
     stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
-    codes, scale, mn = _quantize_keys_launch([k], bits, group, None, stacked, "quantize_keys")
+    codes, scale, mn = quantize_keys_launch([k], bits, group, None, stacked, "quantize_keys")
     return tuple(out) if out is not None else (codes[0], scale[0], mn[0])
 
 
@@ -480,7 +481,8 @@ def dequantize_keys_layers(
 # ---------------------------------------------------------------- values
 
 
-def _quantize_values_launch(layers, bits, group, idx_layers, out, what):
+def quantize_values_launch(layers, bits, group, idx_layers, out, what):
+    """One launch quantizing values of every layer (gather.py reuses it with token indices)."""
     x = layers[0]
     _check_float_input(layers, what)
     B, H, T_in, D = x.shape
@@ -522,7 +524,7 @@ def quantize_values_layers(
     """Every layer in one launch. vs: L x [B, H, T, D] -> codes [L, B, H, T, D*bits/8] uint8,
     scale, mn [L, B, H, T, D/G] float16."""
     layers = as_layers(vs, 4, "quantize_values_layers")
-    return _quantize_values_launch(layers, bits, group, None, out, "quantize_values_layers")
+    return quantize_values_launch(layers, bits, group, None, out, "quantize_values_layers")
 
 
 def quantize_values(v: torch.Tensor, bits: int, group: int = 32, *, out=None):
@@ -530,7 +532,7 @@ def quantize_values(v: torch.Tensor, bits: int, group: int = 32, *, out=None):
     if v.dim() != 4:
         raise ValueError(f"quantize_values: v must be [B, H, T, D]; got {tuple(v.shape)}")
     stacked = None if out is None else tuple(t.unsqueeze(0) for t in out)
-    codes, scale, mn = _quantize_values_launch([v], bits, group, None, stacked, "quantize_values")
+    codes, scale, mn = quantize_values_launch([v], bits, group, None, stacked, "quantize_values")
     return tuple(out) if out is not None else (codes[0], scale[0], mn[0])
 
 
@@ -598,12 +600,3 @@ def dequantize_values_layers(
     out_layers = None if out is None else as_layers(out, 4, what)
     res = _dequantize_values_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
     return out if out is not None else res.stacked
-
-
-def __getattr__(name: str):
-    # evicctl.manager.codecs.quant looks for gather_tokens next to the quantizers
-    if name == "gather_tokens":
-        from .gather import gather_tokens
-
-        return gather_tokens
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
