@@ -124,7 +124,7 @@ def demo(
 @app.command()
 def bench(
     scenario: Annotated[str | None, typer.Option(help="cpu-local (this machine, measured) or h200.")] = None,
-    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="prefill, lru, fixed:<codec>, evicpress, exact, placement-only; repeat (default: all).")] = None,
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="prefill, lru, fixed:<codec>, arc, gdsf, tinylfu (each also name:<codec>), best-fixed, ideal, evicpress, evicpress@<alpha>, exact, placement-only; repeat (default: all).")] = None,
     trace: Annotated[Path | None, typer.Option(help="Replay arrival times from a CSV file.", exists=True, dir_okay=False)] = None,
     contexts: Annotated[int | None, typer.Option(min=1, help="Number of contexts.")] = None,
     requests: Annotated[int | None, typer.Option(min=1, help="Number of requests.")] = None,
@@ -133,7 +133,7 @@ def bench(
     seed: Annotated[int | None, typer.Option(help="Workload seed.")] = None,
     live: Annotated[bool, typer.Option("--live", help="Serve with the real engine and model instead of replaying costs.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write TTFT vs quality per policy to this PNG.", dir_okay=False)] = None,
-    sweep: Annotated[str | None, typer.Option(help="Robustness sweep: zipf, disk, capacity, drift or noise.")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Robustness sweep: zipf, disk, capacity, drift, noise or half-life.")] = None,
     capacity: Annotated[float | None, typer.Option(min=0.0, help="All tiers together, as a fraction of the workload's raw KV.")] = None,
     drift: Annotated[float | None, typer.Option(min=0.0, help="Popularity drift over the run.")] = None,
     profile_noise: Annotated[float | None, typer.Option(min=0.0, help="Noise added to the quality profiles the placer sees.")] = None,
@@ -141,6 +141,10 @@ def bench(
     alpha: Annotated[float | None, typer.Option(min=0.0, help="Seconds of TTFT one unit of quality is worth.")] = None,
     warmup: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Fraction of requests not counted (warm-up).")] = None,
     profiles: Annotated[Path | None, typer.Option(help="Quality profiles file (JSON) to replay with.", dir_okay=False)] = None,
+    quality_target: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Mean quality at which policies are compared (default: 0.97).")] = None,
+    slo_p99_s: Annotated[float | None, typer.Option(min=0.0, help="p99 TTFT target of the max-QPS table (default: 2x an unloaded full prefill's p99).")] = None,
+    freq_estimator: Annotated[str | None, typer.Option(help="Access-rate estimator of the placer policies: learned or single (default: learned).")] = None,
+    throughput: Annotated[bool, typer.Option("--throughput/--no-throughput", help="Queueing: TTFT with waiting and max QPS per policy.")] = True,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Replay a workload under several policies and compare TTFT and quality."""
@@ -148,7 +152,10 @@ def bench(
     options = _given(scenario=scenario, policies=tuple(policy) if policy else None, trace=trace, contexts=contexts,
                      requests=requests, qps=qps, zipf=zipf, seed=seed, plot=plot, sweep=sweep, capacity=capacity,
                      drift=drift, profile_noise=profile_noise, disk_bps=disk_bps, alpha=alpha, warmup=warmup,
-                     profiles=profiles)
+                     profiles=profiles, quality_target=quality_target, slo_p99_s=slo_p99_s,
+                     freq_estimator=freq_estimator)
+    if not throughput:
+        options["throughput"] = False
     run_bench(live=live, output=output.value, **options)
 
 
