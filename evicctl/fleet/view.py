@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from evicctl.errors import EvicctlError
 from evicctl.fleet.agent import HEARTBEAT_S, HOLDER_TIMEOUT_S
 from evicctl.fleet.keys import FleetKeys
+from evicctl.redact import redact_url
 
 STALE_AFTER_S = 3 * HEARTBEAT_S  # three missed heartbeats
 
@@ -47,13 +48,13 @@ class FleetView:
     def __init__(self, url: str, namespace: str = "evk") -> None:
         from evicctl.manager.tiers.remote_client import connect, redis_errors
 
-        self.url, self.keys = url, FleetKeys(namespace)
+        self.url, self.keys = redact_url(url), FleetKeys(namespace)  # shown in errors: no password
         self.namespace = namespace
         self._errors = redis_errors()
         try:
             self.client = connect(url)
         except Exception as exc:  # noqa: BLE001 - the client raises many kinds for a dead URL
-            raise FleetUnreachableError(f"fleet {url} is unreachable: {exc}") from None
+            raise FleetUnreachableError(f"fleet {self.url} is unreachable: {exc}") from None
 
     def close(self) -> None:
         self.client.close()

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from evicctl import __version__
 from evicctl.config import ManagerConfig, TierConfig, per_store_disk_dir
-from evicctl.errors import CorruptDataError, NoSuchContextError, UnknownNameError, UsageError
+from evicctl.errors import (
+    CorruptDataError,
+    NoSuchContextError,
+    StoreError,
+    UnknownNameError,
+    UsageError,
+)
 from evicctl.manager.description import ManagerDescription, TierDescription
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
@@ -42,6 +48,7 @@ from evicctl.manager.state import (
     Placement,
     tier_key,
 )
+from evicctl.store.connect import check_parent_not_shared_writable, check_private
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +133,20 @@ class Manager:
         self._wake = threading.Event()
         self._closed = False
 
+        db_file = Path(config.db_path).expanduser()
+        check_private(db_file, "the database")
+        check_parent_not_shared_writable(db_file, "the database")
         self.tiers = list(tiers) if tiers is not None else [
             make_tier(per_store_disk(cfg, config), rank, cache_dir=config.cache_dir)
             for rank, cfg in enumerate(config.tiers)
         ]
+        try:
+            for tier in self.tiers:
+                if isinstance(getattr(tier, "path", None), Path):
+                    check_private(tier.path, f"the {tier.name} tier's folder")
+        except StoreError:
+            self._close_tiers()
+            raise
         if probe:
             for tier in self.tiers:
                 tier.probe()
@@ -155,6 +172,12 @@ class Manager:
         self.fleet = attach_fleet(self)  # a shared redis tier: register, publish, take fleet commands
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _close_tiers(self) -> None:
+        for tier in self.tiers:
+            close = getattr(tier, "close", None)
+            if close is not None:
+                close()  # helper threads, connections; the data stays
 
     def start(self) -> Manager:
         """Start the control thread (commands, re-planning, state writes)."""
@@ -182,10 +205,7 @@ class Manager:
             self._control.heartbeat(self.config_json())  # the latest cost model and KV shape
             self._control.stop()
             self.rt.store.close()
-        for tier in self.tiers:
-            close = getattr(tier, "close", None)
-            if close is not None:
-                close()  # helper threads, connections; the data stays
+        self._close_tiers()
 
     def __enter__(self) -> Manager:
         return self.start()

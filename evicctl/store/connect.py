@@ -109,3 +109,33 @@ def connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def check_private(path: Path, what: str) -> None:
+    """StoreError unless `path` (the database file, a disk tier's folder) is its owner's alone:
+    owned by this user, nothing for group or others. The database steers the manager and the
+    folders hold users' KV (their documents, as tensors): checked at every start, never fixed
+    silently (a mode someone widened on purpose is theirs to narrow)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # created private on first use
+    if st.st_uid != os.getuid():
+        raise StoreError(f"{what} {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()}): refusing to use it")
+    if st.st_mode & 0o077:
+        private = "700" if path.is_dir() else "600"
+        raise StoreError(f"{what} {path} is open to group or others (mode {st.st_mode & 0o777:o}): "
+                         f"refusing to use it; make it private with `chmod {private} {path}`")  # fmt: skip
+
+
+def check_parent_not_shared_writable(path: Path, what: str) -> None:
+    """StoreError if the folder holding `path` lets others write without the sticky bit: they
+    could replace the file. A sticky shared folder (/tmp) is fine; the file itself is private."""
+    parent = path.parent
+    try:
+        st = parent.stat()
+    except FileNotFoundError:
+        return
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise StoreError(f"the folder of {what} {path} is writable by others without the sticky bit "
+                         f"(mode {st.st_mode & 0o777:o}): refusing to use it; `chmod go-w {parent}`")  # fmt: skip

@@ -22,6 +22,7 @@ from evicctl.manager.tiers.tier import (
     serialize,
     sha256_hex,
 )
+from evicctl.redact import redact_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -45,8 +46,9 @@ class RedisTier(Tier):
         if client is None:
             import redis
 
-            client = redis.Redis.from_url(url)
-        self.url, self.prefix, self.client = url, prefix, client
+            client = redis.Redis.from_url(url)  # redis:// or rediss:// (TLS), user and password in it
+        # shown in errors, logs and `evicctl tiers`: without the password
+        self.url, self.prefix, self.client = redact_url(url), prefix, client
 
     def close(self) -> None:
         self.client.close()

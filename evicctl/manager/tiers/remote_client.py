@@ -3,7 +3,7 @@ errors its failures become. The redis client is imported here, on use, never at 
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from evicctl.errors import CorruptDataError, RefusedError
 
@@ -48,9 +48,9 @@ def connect(url: str):
         plain.close()
     if not clustered:
         return redis.Redis.from_url(url, **options)
-    parts = urlsplit(url)  # a cluster has only database 0: drop a "/0" path
-    return RedisCluster(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                        password=parts.password, retry=Retry(NoBackoff(), 1), **options)  # fmt: skip
+    # a cluster has only database 0: drop a "/0" path; user, password and rediss:// (TLS) stay
+    bare = urlunsplit(urlsplit(url)._replace(path="", query=""))
+    return RedisCluster.from_url(bare, retry=Retry(NoBackoff(), 1), **options)
 
 
 def is_cluster(client) -> bool:
