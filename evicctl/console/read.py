@@ -219,11 +219,12 @@ def _print_detail(detail, data: dict) -> None:
 def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
     """Capacity, use, bandwidth and hit rate per tier (and GPUs through NVML where present)."""
     from evicctl.snapshot.lifetimes import TierLifetimes, tier_lifetimes
-    from evicctl.snapshot.read import read_tiers
+    from evicctl.snapshot.read import read_manager, read_tiers
 
     with open_reader(db) as store:
         rows = read_tiers(store)
         lifetimes = tier_lifetimes(store, [t.name for t in rows])
+        manager = read_manager(store)
     none = TierLifetimes(0, None, None)
     records = [{**dataclasses.asdict(t), "used_fraction": t.used_fraction,
                 **dataclasses.asdict(lifetimes.get(t.name, none))} for t in rows]  # fmt: skip
@@ -239,6 +240,8 @@ def tiers(output: OutputOpt = OutputFormat.table, db: DbOpt = None) -> None:
             Column("occupancy_history", "OCCUPANCY", sparkline),
         )
         print_table(records, cols)
+        if manager is not None:
+            sys.stdout.write(f"codecs run on: {manager.description.codec_backend}\n")
         gpus = gpu_records()
         if gpus:
             print_table(gpus, GPU_COLUMNS, title="GPUs (NVML)")

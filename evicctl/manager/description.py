@@ -76,6 +76,7 @@ class ManagerDescription:
     kv_shape: dict | None = None  # layers, kv_heads, head_dim, dtype_bytes, window_numel of the last KV stored
     cost_model: dict | None = None  # the current fitted CostModel.to_dict(), carried over a restart
     pricing: PricingInputs | None = None  # of the last executed plan
+    codec_backend: str = "torch (cpu)"  # what runs the codecs: triton on CUDA, else torch (said loudly)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -29,6 +29,7 @@ from evicctl.errors import (
     UnknownNameError,
     UsageError,
 )
+from evicctl.manager.codecs.quant import codec_backend
 from evicctl.manager.description import ManagerDescription, TierDescription
 from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
@@ -401,7 +402,7 @@ class Manager:
             heartbeat_timeout_s=c.heartbeat_timeout_s, heartbeat_every_s=self._heartbeat_every_s, tick_s=c.tick_s,
             replan_s=c.replan_s, quality_floor=c.quality_floor, tenant_quality_floors=tuple(self._tenant_floors.items()),
             reprofile_drop=c.reprofile_drop, query_tokens=self._query_tokens, kv_shape=self.rt.kv_shape,
-            cost_model=self.cost_model.to_dict(), pricing=self._pricing,
+            cost_model=self.cost_model.to_dict(), pricing=self._pricing, codec_backend=codec_backend(c.device),
         )  # fmt: skip
 
     def _checked_quality(self, codec: str, quality: float) -> str:

@@ -44,6 +44,9 @@ def manager_text(manager: Any, now: float) -> Text:
         text.append(f" · up {fmt.fmt_duration(now - manager.started_at)}")
         text.append(f" · v{manager.version}")
         text.append(f" · heartbeat {fmt.fmt_ago(manager.heartbeat_at, now)}")
+        backend = manager.description.codec_backend
+        if backend != "torch (cpu)":  # on a GPU: which code decodes, loudly when it is the slow one
+            text.append(f" · codecs: {backend}", style="green" if backend == "triton" else "bold yellow")
         return text
     text = Text("✗ no manager running", style="bold red")
     if manager is None:

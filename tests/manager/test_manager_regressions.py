@@ -3,6 +3,7 @@ and the per-database disk folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from manager_helpers import KV_BYTES, make_config, make_kv
@@ -182,3 +183,25 @@ def test_heartbeats_continue_after_the_wall_clock_jumps_back(tmp_path, monkeypat
     finally:
         monkeypatch.undo()
         m.close()
+
+
+def test_the_codec_backend_is_said_where_operators_look(tmp_path, monkeypatch, run_cli):
+    """On CUDA without Triton the codecs run 14-38x slower: the description, `evicctl tiers`
+    and the dashboard's header say so (here on the CPU: what runs them is said too)."""
+    from evicctl.manager.codecs import quant
+    from evicctl.tui.render import manager_text
+
+    config = make_config(tmp_path)
+    with Manager(config, probe=False) as m:
+        assert m.describe().codec_backend == "torch (cpu)"
+        out = run_cli("tiers", "--db", str(config.db_path))
+        assert "codecs run on: torch (cpu)" in out.stdout
+        monkeypatch.setattr(quant, "_kernels_module", lambda: None)
+        monkeypatch.setattr(quant, "_KERNELS_MISSING", ["Triton is not installed"])
+        assert quant.codec_backend("cuda:0").startswith("torch eager, 14-38x slower (Triton is not installed")
+        from evicctl.snapshot.read import read_manager
+
+        info = read_manager(m.rt.store)
+        slow = dataclasses.replace(info, description=dataclasses.replace(info.description,
+                                   codec_backend=quant.codec_backend("cuda:0")))  # fmt: skip
+        assert "codecs: torch eager" in manager_text(slow, time.time()).plain

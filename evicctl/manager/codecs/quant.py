@@ -69,8 +69,24 @@ def _kernels_module() -> ModuleType | None:
         # Only CUDA tensors ask (kernels_for): torch eager is 14-38x slower there, so say it
         # once instead of running slow without a word (functools.cache: once per process).
         logging.getLogger("evicctl").warning("codecs on CUDA fall back to torch eager (14-38x slower): %s", exc)
+        _KERNELS_MISSING.append(str(exc))
         return None
     return kernels
+
+
+_KERNELS_MISSING: list[str] = []  # why the kernels cannot run here, once asked on CUDA
+
+
+def codec_backend(device: str) -> str:
+    """What runs the codecs on `device`, for operators (`evicctl tiers`, the dashboard)."""
+    if not str(device).startswith("cuda"):
+        return CPU_BACKEND
+    if _kernels_module() is not None:
+        return "triton"
+    return f"torch eager, 14-38x slower ({_KERNELS_MISSING[-1] if _KERNELS_MISSING else 'no Triton'})"
+
+
+CPU_BACKEND = "torch (cpu)"
 
 
 def kernels_for(x: torch.Tensor) -> ModuleType | None:
