@@ -64,7 +64,7 @@ def codec_table(records: list[dict], codecs: tuple[str, ...]) -> list[str]:
     sim = per_context(records, "answer_similarity", codecs)
     squad = [r for r in records if r["source"] == "squad"]
     icc = {c: _icc({r["context"]: Tally.of(r["teacher_forced"][c]) for r in squad}) for c in codecs}
-    rows = [f"| codec | bytes vs fp16 | TF mean | TF sd | TF p10 | TF ICC | AS mean | AS sd | AS p10 |",
+    rows = ["| codec | bytes vs fp16 | TF mean | TF sd | TF p10 | TF ICC | AS mean | AS sd | AS p10 |",
             "|---|---|---|---|---|---|---|---|---|"]
     for k, c in enumerate(codecs):
         rows.append(f"| {c} | {bytes_ratio(c):.3f} | {tf[:, k].mean():.3f} | {tf[:, k].std(ddof=1):.3f} | "

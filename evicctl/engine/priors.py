@@ -1,9 +1,11 @@
 """Per-codec quality priors for the teacher-forced metric (exp(-KL) vs the full KV).
 
-Measured by benchmarks/quality_bench.py on SmolLM2-135M-Instruct over 40 contexts of ~1.1k
-tokens (27 SQuAD v2 dev chunks with 8 questions each, 13 HotpotQA dev examples with one),
-greedy answers of up to 24 tokens: (pooled mean, between-context variance tau²,
-within-context variance sigma²). A fresh deployment starts from these, so a context
+Measured by benchmarks/quality_menu.py on SmolLM2-135M-Instruct (fp32, one H200) for every
+codec of the default menu (config.generate_menu, 32 codecs) over 160 contexts of ~1.1k
+tokens (107 SQuAD v2 dev chunks with 8 questions each, 53 HotpotQA dev examples with one),
+greedy answers of up to 24 tokens; rows printed by benchmarks/quality_menu_report.py
+--print-priors (docs/quality.md has the table and the commands): (pooled mean,
+between-context variance tau², within-context variance sigma²). A fresh deployment starts from these, so a context
 that has not been profiled yet still gets a calibrated estimate (the pooled mean, with an
 honest sd) and the manager can compress it at once; measured contexts then move the
 estimates (shrinkage.codec_stats weighs the prior as PRIOR_CONTEXTS contexts).
@@ -14,26 +16,42 @@ from __future__ import annotations
 from evicctl.engine.shrinkage import CodecStats
 
 METRIC = "teacher-forced"
-PRIOR_CONTEXTS = 40
+PRIOR_CONTEXTS = 160
 
 # codec: (mean, tau2, sigma2)
 _MEASURED: dict[str, tuple[float, float, float]] = {
     "none": (1.0000, 0.00000, 0.00000),
     "int8": (1.0000, 0.00000, 0.00000),
-    "int4": (0.9913, 0.00000, 0.00006),
-    "snapkv@0.25": (0.9334, 0.00000, 0.01569),
-    "snapkv@0.5": (0.8409, 0.00103, 0.03151),
-    "snapkv@0.75": (0.7468, 0.00409, 0.04179),
-    "keydiff@0.25": (0.9170, 0.00504, 0.00718),
-    "keydiff@0.5": (0.8282, 0.00536, 0.01898),
-    "keydiff@0.75": (0.7241, 0.01146, 0.03180),
-    "knorm@0.25": (0.8962, 0.00000, 0.01051),
-    "knorm@0.5": (0.7632, 0.00766, 0.02876),
-    "knorm@0.75": (0.6836, 0.01377, 0.03808),
-    "snapkv@0.25+int8": (0.9333, 0.00000, 0.01573),
-    "snapkv@0.5+int8": (0.8409, 0.00103, 0.03151),
-    "keydiff@0.5+int8": (0.8280, 0.00534, 0.01902),
-    "knorm@0.5+int8": (0.7632, 0.00757, 0.02876),
+    "int4": (0.9903, 0.00003, 0.00007),
+    "int3": (0.9592, 0.00000, 0.00083),
+    "int2": (0.7294, 0.00304, 0.00896),
+    "snapkv@0.25": (0.9383, 0.00000, 0.01118),
+    "snapkv@0.5": (0.8538, 0.00131, 0.02532),
+    "snapkv@0.75": (0.7501, 0.01018, 0.03582),
+    "keydiff@0.25": (0.9184, 0.00265, 0.00670),
+    "keydiff@0.5": (0.8241, 0.00510, 0.01842),
+    "keydiff@0.75": (0.7181, 0.01201, 0.02934),
+    "knorm@0.25": (0.8915, 0.00103, 0.01160),
+    "knorm@0.5": (0.7671, 0.00990, 0.02861),
+    "knorm@0.75": (0.6847, 0.01564, 0.03705),
+    "snapkv@0.25+int4": (0.9317, 0.00000, 0.01139),
+    "snapkv@0.25+int2": (0.7051, 0.00337, 0.01575),
+    "snapkv@0.5+int4": (0.8468, 0.00146, 0.02536),
+    "snapkv@0.5+int2": (0.6719, 0.00550, 0.02304),
+    "snapkv@0.75+int4": (0.7475, 0.00989, 0.03567),
+    "snapkv@0.75+int2": (0.6202, 0.01031, 0.02801),
+    "keydiff@0.25+int4": (0.9102, 0.00256, 0.00717),
+    "keydiff@0.25+int2": (0.6737, 0.00445, 0.01345),
+    "keydiff@0.5+int4": (0.8184, 0.00550, 0.01851),
+    "keydiff@0.5+int2": (0.6270, 0.00539, 0.01978),
+    "keydiff@0.75+int4": (0.7149, 0.01199, 0.02914),
+    "keydiff@0.75+int2": (0.5950, 0.01061, 0.02519),
+    "knorm@0.25+int4": (0.8856, 0.00096, 0.01203),
+    "knorm@0.25+int2": (0.7055, 0.00555, 0.01591),
+    "knorm@0.5+int4": (0.7645, 0.00958, 0.02848),
+    "knorm@0.5+int2": (0.6555, 0.00941, 0.02571),
+    "knorm@0.75+int4": (0.6827, 0.01571, 0.03695),
+    "knorm@0.75+int2": (0.6189, 0.01378, 0.03049),
 }
 
 
