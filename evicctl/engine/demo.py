@@ -410,7 +410,7 @@ class PlainProgress:
     def _loop(self) -> None:
         while not self._stop.wait(self._every_s):
             elapsed_s = time.monotonic() - self._started
-            self._console.print(f"[{elapsed_s:5.0f} s] {self._status}", markup=False, highlight=False)
+            self._console.print(f"[{elapsed_s:5.0f} s] {self._status}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _run_with_dashboard(setup: _Setup, db_path: Path) -> DemoSummary:
