@@ -98,7 +98,7 @@ def filesystem_full(root: Path, fs_kib: int = 192, contexts: int = 40) -> tuple[
 
     figure = Figure("disk tier filesystem full", f"tmpfs of {fs_kib} KiB under a 1000-context disk tier")
     disk_dir = root / "disk"
-    with mounted(disk_dir, f"size={fs_kib}k") as fs:
+    with mounted(disk_dir, f"size={fs_kib}k,mode=0700") as fs:
         if fs is None:
             figure.notes.append("skipped: this process may not mount a tmpfs")
             return figure, []

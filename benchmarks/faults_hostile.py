@@ -319,7 +319,8 @@ def planted_symlinks(root: Path) -> tuple[Figure, list[str]]:
     victim.write_bytes(b"precious" * 1000)
     config = make_config(root, cpu_contexts=0, disk_contexts=1000)
     disk_dir = Path(config.tiers[1].path)
-    disk_dir.mkdir(parents=True, exist_ok=True)
+    disk_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(disk_dir, 0o700)  # the manager refuses a disk folder others may open
     os.symlink(victim, disk_dir / ".planted.safetensors.1.deadbeef.tmp")  # a stale temp name
     os.symlink(victim, disk_dir / "orphan.safetensors")  # an orphan: deleted at start
     with Manager(config, probe=False) as manager:
