@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# `make install` installs exactly the locked set (requirements/*.txt, hashes checked); `make lock`
+# `make install` installs exactly the locked set (requirements.txt and requirements/data.lock.txt, hashes checked); `make lock`
 # regenerates it; `make test-latest` runs the suite against the newest versions pyproject allows.
 
 # any CPython the lock supports (3.11 and newer); override with `make PY=python3.12`
@@ -7,7 +7,7 @@ PY      ?= $(shell for p in python3.11 python3.12 python3.13 python3; do command
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-LOCKS   := requirements/lock.txt requirements/data.lock.txt
+LOCKS   := requirements.txt requirements/data.lock.txt
 
 # torch comes from one explicit source, never from whatever index a machine's pip happens to
 # use: PyPI's Linux wheel is a multi-GB CUDA build. The `+cpu` local version exists only on
@@ -95,7 +95,7 @@ bench: install
 lock:
 	uv pip compile pyproject.toml --extra all --universal --python-version 3.11 --generate-hashes \
 	  --find-links $(or $(TORCH_WHEELS),$(TORCH_INDEX)) -c requirements/torch-cpu.txt \
-	  --no-emit-package torch --custom-compile-command "make lock" -o requirements/lock.txt
+	  --no-emit-package torch --custom-compile-command "make lock" -o requirements.txt
 	uv pip compile requirements/data.in --no-deps --universal --python-version 3.11 --generate-hashes \
 	  --custom-compile-command "make lock" -o requirements/data.lock.txt
 

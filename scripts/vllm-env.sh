@@ -21,7 +21,7 @@ PIP=("$VENV/bin/python" -m pip install -q --no-deps)
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
 echo '*' > "$VENV/.gitignore"   # the whole environment stays out of git, wherever it lives
 "${PIP[@]}" "${TORCH_SOURCE[@]}" "torch==$TORCH_VERSION"
-"${PIP[@]}" --require-hashes -r requirements/lock.txt -r requirements/data.lock.txt
+"${PIP[@]}" --require-hashes -r requirements.txt -r requirements/data.lock.txt
 "${PIP[@]}" --no-build-isolation -e .
 "${PIP[@]}" --require-hashes -r requirements/vllm.txt
 

@@ -127,7 +127,7 @@ class Manager:
         self._pricing = None  # PricingInputs of the last executed plan, and whether it was written
         self._pricing_written = None
         self._priced_model: tuple[dict, CostModel] | None = None
-        # monotonic seconds of the last of each (0.0: never, so the first tick does all of them)
+        # monotonic seconds of the last of each (long ago: the first tick does all of them)
         self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = -1e9
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -420,7 +420,7 @@ class Manager:
         with self.rt.exec_lock:
             if self._closed and self._thread is None:
                 return
-            self.heartbeat_if_due(now)
+            self.heartbeat_if_due()
             self._control.poll(self._commands)
             # Intervals on the monotonic clock: a wall clock set back must not stop the timers
             # (timestamps written to the store stay wall time).
@@ -435,10 +435,9 @@ class Manager:
                 self._control.heartbeat(self.config_json())
                 self._pricing_written, self._last_heartbeat = self._pricing, time.monotonic()
 
-    def heartbeat_if_due(self, now: float | None = None) -> None:
+    def heartbeat_if_due(self) -> None:
         """Rewrite the manager row's heartbeat if the last one is HEARTBEAT_EVERY_S old (on the
         monotonic clock: after the wall clock jumps back, readers must still see it alive)."""
-        del now  # accepted for callers that pass the tick's wall time; the interval ignores it
         mono = time.monotonic()
         if mono - self._last_heartbeat >= self._heartbeat_every_s and not self._closed:
             self._control.heartbeat(self.config_json())

@@ -5,9 +5,9 @@ key), then the context's placement row is switched (one transaction with its eve
 old copy is deleted. A crash at any point leaves one valid copy that the store points at
 (plus, at worst, an orphan file that the next start deletes: see `restart`).
 
-The executor works on its Manager's state: `_contexts` and `_batch` under `_lock`, the tiers by
-name, `_flush()` to write the batch, `heartbeat_if_due()` between copies (a long plan must not
-look like a dead manager), and the `fault` test hook.
+The executor works on the manager's runtime.Runtime: `contexts` and `batch` under `lock`, the
+tiers by name, `flush()` to write the batch, and the `fault` test hook; the manager hands it a
+heartbeat to call between copies (a long plan must not look like a dead manager).
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from needs import missing
+from redis_server import redis_server
 
 from evicctl.entry import CHECKOUT_ROOT
 
@@ -85,22 +85,8 @@ def own_cluster(tmp_path):
 @pytest.fixture(scope="session")
 def standalone_url(tmp_path_factory):
     need_redis()
-    workdir = tmp_path_factory.mktemp("standalone")
-    port = free_base_port(1)
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)  # fmt: skip
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with redis_server(tmp_path_factory.mktemp("standalone")) as url:
+        yield url
 
 
 @pytest.fixture()

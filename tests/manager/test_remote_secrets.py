@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import socket
 import sqlite3
-import subprocess
-import time
 
 import pytest
 from manager_helpers import make_kv
-from needs import missing
+from redis_server import redis_server
 
 from evicctl.config import ManagerConfig, TierConfig
 from evicctl.manager.manager import Manager
@@ -32,31 +28,12 @@ def test_redact_url_hides_only_the_password():
 
 @pytest.fixture
 def private_redis(tmp_path):
-    server = shutil.which("redis-server")
-    if server is None:
-        missing("redis-server is not on PATH (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", SECRET, "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port, password=SECRET)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"redis://:{SECRET}@127.0.0.1:{port}/0", client
-    client.close()
-    proc.kill()
-    proc.wait()
+    with redis_server(tmp_path, password=SECRET) as url:
+        client = redis.Redis.from_url(url)
+        yield url, client
+        client.close()
 
 
 def test_the_password_shows_nowhere(tmp_path, private_redis, run_cli, caplog):

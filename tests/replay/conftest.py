@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_workload import N, R
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.replay.profiles import profiles_from_scores
@@ -97,3 +98,18 @@ def slow_disk_scenario():
     d = json.loads(json.dumps(SMALL))
     d["tiers"][1]["read_bps"] = 5e6
     return scenario_from_dict(d)
+
+
+
+@pytest.fixture
+def catalog(scenario, profiles):
+    from evicctl.replay.catalog import build_catalog
+
+    return build_catalog(scenario, profiles, N, seed=1)
+
+
+@pytest.fixture
+def trace(scenario):
+    from evicctl.replay.trace import zipf_trace
+
+    return zipf_trace(N, R, qps=1.0, zipf=1.0, seed=3, query_tokens=scenario.query_tokens)

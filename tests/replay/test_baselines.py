@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shared_workload import N, R  # the catalog and trace fixtures' size
 
 from evicctl.replay.baselines import QUALITY_TARGET, Arc, Gdsf, baseline_specs, expand_best_fixed
 from evicctl.replay.catalog import build_catalog
@@ -12,18 +13,7 @@ from evicctl.replay.policies import default_policies, make_policy
 from evicctl.replay.replay import MISS, Simulator, replay
 from evicctl.replay.trace import Trace, zipf_trace
 
-N, R = 120, 1500
 EVERY = (*baseline_specs(), "ideal")
-
-
-@pytest.fixture
-def catalog(scenario, profiles):
-    return build_catalog(scenario, profiles, N, seed=1)
-
-
-@pytest.fixture
-def trace(scenario):
-    return zipf_trace(N, R, qps=1.0, zipf=1.0, seed=3, query_tokens=scenario.query_tokens)
 
 
 def run(spec, catalog, trace):

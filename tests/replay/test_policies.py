@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from shared_workload import N, R  # the catalog and trace fixtures' size
 
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.placer.place import DROPPED
@@ -13,18 +14,6 @@ from evicctl.replay.catalog import build_catalog
 from evicctl.replay.policies import FIXED_SWEEP, Lru, PlacerPolicy, make_policy
 from evicctl.replay.replay import MISS, RECOMPUTE, Simulator, replay
 from evicctl.replay.trace import zipf_trace
-
-N, R = 120, 1500
-
-
-@pytest.fixture
-def catalog(scenario, profiles):
-    return build_catalog(scenario, profiles, N, seed=1)
-
-
-@pytest.fixture
-def trace(scenario):
-    return zipf_trace(N, R, qps=1.0, zipf=1.0, seed=3, query_tokens=scenario.query_tokens)
 
 
 def run(spec, catalog, trace, **kw):
