@@ -12,6 +12,8 @@ otherwise executes it. Results: {"message", "plan": [moves], "event_ids": [...]}
   stays at or below that tier until it is used again.
 - recompress {codec, dry_run, force}: in place; refused below the quality floor unless force.
 - promote {tier?, dry_run}: to a faster tier (default: the next one up).
+
+dry_run and force are JSON booleans: any other value fails the command, with the reason.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class CommandHandler:
             raise UsageError(f"unknown verb {command.verb!r}")
         if not command.context_id:
             raise UsageError(f"{command.verb} needs a context id")
+        check_flags(command.args)
         return verb(command)
 
     # ------------------------------------------------------------------ verbs
@@ -256,6 +259,20 @@ class CommandHandler:
         if plan is None:
             return {"message": message, "plan": [], "event_ids": m.flush()}
         return self._run(plan, command, message)
+
+
+FLAGS = ("dry_run", "force")  # the verbs' boolean arguments
+
+
+def check_flags(args: dict) -> None:
+    """Boolean arguments must be JSON true or false. A row is written by any client, or by hand:
+    read loosely, `"force": "no"` or `"dry_run": "false"` would be truthy and do the opposite of
+    what was asked, so anything else fails the command (before it does anything) with the reason."""
+    for name in FLAGS:
+        if name in args and not isinstance(args[name], bool):
+            shown = repr(args[name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise UsageError(f"{name} must be true or false (a JSON boolean), not {shown}")
 
 
 def _pins(tier: str | None, codec: str | None) -> str:
