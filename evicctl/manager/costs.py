@@ -21,9 +21,14 @@ the least-squares factor; when the cached counts cannot be told apart from the f
 Coefficients of the older three-term form (a, b, d), as stored manager configs and cost
 files hold them, read as (a, b, 0, d): the same predictions.
 
-Codec decode throughput (stored bytes per second of ``decode``) per family: defaults from
-benchmarks/codec_bench.py on this CPU, refined by ``observe_decode`` (moving average) or set by
-``probe_decode``.
+Codec decode throughput (stored bytes per second of ``decode``) per family and quantized width:
+a codec is priced by its decode key, its family and for a quantized codec its width too
+(``quant:int4``, ``drop+quant:int2``; ``decode_key``), since decoding does work per element and
+a stored byte of int2 holds four times the elements of int8's (on the H200 int4 decodes 282 GB/s
+of stored bytes against int8's 528). A width not measured yet is priced at its family's figure
+(the family entries are int8's, what the probe measured before it measured widths, and what
+cost files written before then hold). Defaults from benchmarks/codec_bench.py on this CPU,
+refined by ``observe_decode`` (moving average, per width) or set by ``probe_decode`` (every width).
 
 All the predictors take numpy arrays as well as scalars (the placer vectorises).
 """
@@ -36,6 +41,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from evicctl.errors import UnknownNameError
+from evicctl.manager.codecs.names import FAMILIES, QUANTIZERS, parse_codec_name
+
 # prefill_s = a + b*new + c*cached + d*new*(new+cached); 1k tokens: 0.05 + 1.6 + 0.15 = 1.8 s.
 # c: DESIGN §8's 24-token answer on a cached 1k prefix took 1.65 s, 69 ms a one-token forward,
 # of which a + b + d*1001 is 52 ms: ~17 ms per 1k cached tokens (HF copies the cache on append)
@@ -45,7 +53,9 @@ N_COEF = 4
 # fp32, 1 thread: int8 ~0.5 GB/s of stored bytes, int4 about half per stored byte; the
 # machine was shared, so these are conservative). `none` and drop codecs decode by handing
 # out the stored tensors (and a 2-byte position per kept token): no real work.
+# The family entries stand for int8; widths fall back to them until measured (decode_key).
 DEFAULT_DECODE_BPS = {"none": 1e12, "drop": 1e12, "quant": 4e8, "drop+quant": 4e8}
+WIDTH_SEP = ":"  # a decode key's family and width: "quant:int4"
 HISTORY = 256  # prefill observations kept for the fit
 MIN_FIT = 4  # observations (spanning the features) before coefficients are fitted
 DECODE_EWMA = 0.2
@@ -70,8 +80,29 @@ def as_prefill_coef(values: Iterable[float]) -> np.ndarray:
     return coef
 
 
+def decode_key(codec: str) -> str:
+    """The entry a codec's decode speed is kept under: its family, plus its width when it
+    quantizes (``int4-g64`` -> ``quant:int4``, ``knorm@0.5+int2`` -> ``drop+quant:int2``,
+    ``snapkv@0.5`` -> ``drop``). A family name or a decode key is its own key.
+
+    Raises ValueError for anything else."""
+    if codec in FAMILIES:
+        return codec
+    family, sep, width = codec.partition(WIDTH_SEP)
+    if sep:
+        if family in ("quant", "drop+quant") and width in QUANTIZERS:
+            return codec
+        raise ValueError(f"unknown decode key {codec!r}; valid: <family>:int<bits> of a quantizing family")
+    try:
+        parts = parse_codec_name(codec)
+    except UnknownNameError:
+        valid = ", ".join(FAMILIES)
+        raise ValueError(f"unknown codec family {codec!r}; valid: a codec name or one of {valid}") from None
+    return f"{parts.family}{WIDTH_SEP}int{parts.bits}" if parts.bits else parts.family
+
+
 class CostModel:
-    """Prefill cost fitted from observations; codec decode throughput per family."""
+    """Prefill cost fitted from observations; codec decode throughput per family and width."""
 
     def __init__(
         self,
@@ -144,26 +175,34 @@ class CostModel:
 
     # ------------------------------------------------------------ decode
 
-    def decode_bps(self, codec_family: str) -> float:
-        """Stored bytes a codec of this family decodes per second."""
-        try:
-            return self._decode_bps[codec_family]
-        except KeyError:
-            raise ValueError(f"unknown codec family {codec_family!r}; valid: {', '.join(self._decode_bps)}") from None
+    def decode_bps(self, codec: str) -> float:
+        """Stored bytes a codec decodes per second: its width's figure where measured, else
+        its family's. `codec`: a codec name, a family or a decode key (decode_key)."""
+        key = decode_key(codec)
+        bps = self._decode_bps.get(key)
+        if bps is None:
+            bps = self._decode_bps.get(key.partition(WIDTH_SEP)[0])
+        if bps is None:
+            raise ValueError(f"no decode speed for {codec!r}; known: {', '.join(self._decode_bps)}")
+        return bps
 
-    def decode_s(self, codec_family: str, stored_bytes):
-        """Seconds to decode `stored_bytes` (scalar or array) of a codec of this family."""
-        out = np.asarray(stored_bytes, dtype=float) / self.decode_bps(codec_family)
+    def decode_s(self, codec: str, stored_bytes):
+        """Seconds to decode `stored_bytes` (scalar or array) of a codec (name, family or key)."""
+        out = np.asarray(stored_bytes, dtype=float) / self.decode_bps(codec)
         return float(out) if out.ndim == 0 else out
 
-    def observe_decode(self, codec_family: str, stored_bytes: int, seconds: float) -> None:
+    def observe_decode(self, codec: str, stored_bytes: int, seconds: float) -> None:
+        """Fold one measured decode into the codec's entry (its width's, for a quantized name)."""
         if stored_bytes <= 0 or not seconds > 0:
             return
-        old = self.decode_bps(codec_family)
-        self._decode_bps[codec_family] = (1 - DECODE_EWMA) * old + DECODE_EWMA * stored_bytes / seconds
+        old = self.decode_bps(codec)
+        seen = stored_bytes / seconds
+        self._decode_bps[decode_key(codec)] = (1 - DECODE_EWMA) * old + DECODE_EWMA * seen
 
     def probe_decode(self, device: str = "cpu", tokens: int = 512) -> dict[str, float]:
-        """Measure decode throughput per family on a small SmolLM2-shaped KV (~0.2 s on CPU)."""
+        """Measure decode throughput of every quantized width, alone and after a drop, on a
+        small SmolLM2-shaped KV (~1 s on this CPU). The family entries take int8's figures
+        (what callers that name no width are priced at)."""
         import torch
 
         from evicctl.manager.codecs.codec import get_codec
@@ -175,17 +214,21 @@ class CostModel:
             [torch.randn(1, heads, tokens, dim, generator=gen) for _ in range(layers)],
             [torch.randn(1, heads, tokens, dim, generator=gen) for _ in range(layers)],
         ).to(device)
-        for family, name in (("quant", "int8"), ("drop+quant", "knorm@0.5+int8")):
-            codec = get_codec(name)
-            stored = codec.encode(kv)
-            best_s = float("inf")
-            for _ in range(4):  # the first warms up; the best of the rest resists a busy CPU
-                start = time.perf_counter()
-                codec.decode(stored, device)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                best_s = min(best_s, time.perf_counter() - start)
-            self._decode_bps[family] = stored.nbytes / max(best_s, 1e-9)
+        for width in QUANTIZERS:
+            for name in (width, f"knorm@0.5+{width}"):
+                codec = get_codec(name)
+                stored = codec.encode(kv)
+                best_s = float("inf")
+                for _ in range(4):  # the first warms up; the best of the rest resists a busy CPU
+                    start = time.perf_counter()
+                    codec.decode(stored, device)
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    best_s = min(best_s, time.perf_counter() - start)
+                bps = stored.nbytes / max(best_s, 1e-9)
+                self._decode_bps[decode_key(name)] = bps
+                if width == "int8":
+                    self._decode_bps[codec.family] = bps
         return dict(self._decode_bps)
 
     # ------------------------------------------------------------ persistence

@@ -289,7 +289,7 @@ class Manager:
             except CorruptDataError as exc:
                 return self._lost_on_read(ctx, key, exc, now)
             decode_s = time.perf_counter() - start
-            self.cost_model.observe_decode(get_codec(codec).family, nbytes, decode_s)
+            self.cost_model.observe_decode(codec, nbytes, decode_s)  # per quantized width
             with self.rt.lock:
                 freq = self.rt.freq.record(context_id, now)
                 ctx.hits += 1

@@ -18,7 +18,7 @@ import numpy as np
 
 from evicctl.manager.codecs.codec import get_codec
 from evicctl.manager.costs import CostModel, miss_ttft_s, predicted_ttft_s
-from evicctl.manager.placer.pricing import codec_family, codec_sizes, kept_tokens, price_options
+from evicctl.manager.placer.pricing import codec_sizes, kept_tokens, price_options
 from evicctl.replay.profiles import Profiles, assign
 from evicctl.replay.scenario import Scenario
 
@@ -118,7 +118,7 @@ def build_catalog(
     cost = scenario.cost_model()
     q_mean = float(np.mean(scenario.query_tokens))
     # priced at the mean query length, as the manager prices with its running estimate
-    prices = price_options(stored, kept, [codec_family(c) for c in codecs], tokens,
+    prices = price_options(stored, kept, list(codecs), tokens,
                            read_bps=[t.read_bps for t in scenario.tiers], cost_model=cost, query_tokens=q_mean)  # fmt: skip
     shares = np.array([t.share for t in scenario.tiers], dtype=float)
     raw_total = stored[codecs.index("none")].sum()

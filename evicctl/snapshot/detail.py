@@ -147,7 +147,7 @@ def price_context(row, placement, profiles, tiers, description: ManagerDescripti
     cost_model = CostModel.from_dict(inputs.cost_model) if inputs.cost_model else CostModel()
     read_bps = [inputs.tier_read_bps(t.name) or float(t.read_bps) for t in tiers]
     prices = price_options([[sizes[c]] for c in codecs], [[kept_tokens(c, row.tokens)] for c in codecs],
-                           [codec_family(c) for c in codecs], [row.tokens], read_bps=read_bps, cost_model=cost_model,
+                           codecs, [row.tokens], read_bps=read_bps, cost_model=cost_model,
                            query_tokens=inputs.query_tokens, miss_s=[miss_s or np.nan])  # fmt: skip
     ttft = prices.ttft_s[:, :, 0]  # [T, C]
     values = utility(freq, inputs.alpha, [quality[c] for c in codecs], ttft)  # [T, C]

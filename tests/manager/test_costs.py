@@ -13,6 +13,7 @@ from evicctl.manager.costs import (
     HISTORY,
     CostModel,
     as_prefill_coef,
+    decode_key,
     miss_ttft_s,
     predicted_ttft_s,
 )
@@ -145,6 +146,60 @@ def test_probe_decode_measures_something() -> None:
     model = CostModel(decode_bps={"quant": 1.0, "drop+quant": 1.0})
     measured = model.probe_decode()
     assert measured["quant"] > 1e6 and measured["drop+quant"] > 1e6
+
+
+@pytest.mark.parametrize(
+    ("codec", "key"),
+    [("none", "none"), ("snapkv@0.5", "drop"), ("int8", "quant:int8"), ("int4-g64", "quant:int4"),
+     ("int3-r0", "quant:int3"), ("knorm@0.5+int2", "drop+quant:int2"), ("quant", "quant"),
+     ("drop+quant:int4", "drop+quant:int4")],
+)  # fmt: skip
+def test_decode_key_is_family_and_width(codec: str, key: str) -> None:
+    assert decode_key(codec) == key
+
+
+@pytest.mark.parametrize("bad", ["zip", "quant:int5", "drop:int4", "int9"])
+def test_decode_key_rejects_what_is_not_a_codec(bad: str) -> None:
+    with pytest.raises(ValueError):
+        decode_key(bad)
+
+
+def test_a_width_not_measured_is_priced_at_its_family_then_learns_alone() -> None:
+    """Cost files written before per-width entries hold families only: they price as before."""
+    model = CostModel(decode_bps={"quant": 2e9, "drop+quant": 3e9})
+    assert model.decode_bps("int4") == model.decode_bps("int2-g64") == 2e9
+    assert model.decode_bps("snapkv@0.5+int2") == 3e9
+    for _ in range(200):  # a manager's hits observe per codec name: only that width moves
+        model.observe_decode("int2", int(5e8), 1.0)
+    assert model.decode_bps("int2") == pytest.approx(5e8, rel=1e-3)
+    assert model.decode_bps("int2-g64") == model.decode_bps("int2")  # same width, same entry
+    assert model.decode_bps("int4") == model.decode_bps("quant") == 2e9
+    assert model.decode_bps("knorm@0.5+int2") == 3e9  # another family's entry
+
+
+def test_probe_decode_records_every_width_and_pricing_uses_it() -> None:
+    from evicctl.manager.codecs.names import QUANTIZERS
+    from evicctl.manager.placer.pricing import price_options
+
+    model = CostModel(decode_bps={"quant": 1.0, "drop+quant": 1.0})
+    measured = model.probe_decode()
+    for width in QUANTIZERS:
+        for key in (f"quant:{width}", f"drop+quant:{width}"):
+            assert measured[key] > 1e5, key  # measured, not the 1 B/s given
+    assert measured["quant"] == measured["quant:int8"]  # a bare family prices at int8's
+    # the probe's figures are what the placer prices each codec's decode with: set them apart
+    # (speeds on a shared CPU are too noisy to compare) and price every width at once
+    distinct = {**measured, **{f"quant:{w}": 1e8 * (i + 1) for i, w in enumerate(QUANTIZERS)}}
+    model = CostModel(decode_bps=distinct)
+    codecs = [*QUANTIZERS, "knorm@0.5+int3"]
+    stored = np.full((len(codecs), 1), 6e8)
+    prices = price_options(stored, np.full((len(codecs), 1), 500), codecs, [1000], read_bps=[1e9],
+                           cost_model=model, query_tokens=20)  # fmt: skip
+    expected = [6e8 / (1e8 * (i + 1)) for i in range(len(QUANTIZERS))] + [6e8 / measured["drop+quant:int3"]]
+    assert np.allclose(prices.decode_s[:, 0], expected)
+    assert len(set(prices.decode_s[: len(QUANTIZERS), 0])) == len(QUANTIZERS)
+    back = CostModel.from_dict(json.loads(json.dumps(model.to_dict())))  # and they persist
+    assert back.decode_bps("int2") == model.decode_bps("int2") == 4e8
 
 
 def test_round_trip_through_json() -> None:

@@ -63,7 +63,8 @@ def price_options(stored_bytes, kept_tokens, families, tokens, *, read_bps, cost
                   miss_s=None) -> OptionPrices:  # fmt: skip
     """Predicted delays of every (tier, codec) option of N contexts and of their misses.
 
-    stored_bytes, kept_tokens: [C, N]; families: [C] codec families (decode speed); tokens: [N];
+    stored_bytes, kept_tokens: [C, N]; families: [C] codec names (their decode speed: per family
+    and quantized width, costs.decode_key; a bare family prices at int8's); tokens: [N];
     read_bps: [T] as measured, fastest first; miss_s: [N] measured full prefills, NaN (or <= 0)
     where none was measured (the cost model prices those); query_tokens: the query length.
     """
@@ -197,7 +198,7 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
 
     miss_s = np.array([s.miss_s or np.nan for s in states], dtype=np.float64)
     read_bps = [float(t.read_bps) for t in tiers]  # read once: probes and loads refine them meanwhile
-    prices = price_options(stored_bytes, kept, [c.family for c in parts], tokens, read_bps=read_bps,
+    prices = price_options(stored_bytes, kept, [c.name for c in parts], tokens, read_bps=read_bps,
                            cost_model=cost_model, query_tokens=query_tokens, miss_s=miss_s)  # fmt: skip
     priced_with = PricingInputs(float(alpha), float(query_tokens), tuple(zip((t.name for t in tiers), read_bps, strict=True)),
                                 cost_model.to_dict())  # fmt: skip
@@ -288,7 +289,7 @@ def placed_utilities(states, freq, *, tiers: tuple[str, ...], read_bps, cost_mod
         group = [states[i] for i in rows]
         stored_bytes = [[s.stored_bytes if codec else 0 for s in group]]
         kept = [[kept_tokens(codec, s.tokens) if codec else s.tokens for s in group]]
-        prices = price_options(stored_bytes, kept, [codec_family(codec or "none")], [s.tokens for s in group],
+        prices = price_options(stored_bytes, kept, [codec or "none"], [s.tokens for s in group],
                                read_bps=read_bps, cost_model=cost_model, query_tokens=query_tokens,
                                miss_s=[s.miss_s or np.nan for s in group])  # fmt: skip
         if codec:
