@@ -6,6 +6,14 @@ re-plans (on tier pressure, new profiles, and every `replan_s`) and writes state
 `_lock` guards the in-memory placement state and is never held during tier I/O; `_exec_lock`
 lets one thread at a time plan and move data.
 
+Admission is off that path: `store()` admits a new context against the current placement
+(`placer.admit`: its best option given the tiers' free room and the price the last full plan
+put on more room) and returns; the full re-plan runs on the control thread, at once when the
+admission overflowed a tier, else on the timer. A plan prices the contexts without holding
+`_lock` (a chunk of its work at a time takes it), so a store() waits for the lock a few
+milliseconds at most; moves check, under the lock, that a context is still where the plan
+found it.
+
 Moves are executed crash-safe by `moves.MoveExecutor` (copy, switch, delete); a restart
 adopts what the previous manager left (`restart.recover`); online quality measurements flag
 contexts whose profiles no longer hold (`reprofile.OnlineQuality`).
@@ -35,6 +43,7 @@ from evicctl.manager.freq import DecayedRate
 from evicctl.manager.kv import KV, raw_kv_bytes
 from evicctl.manager.metrics_start import start_metrics
 from evicctl.manager.moves import MoveExecutor
+from evicctl.manager.placer.admit import admission_plan, overflows, room_prices
 from evicctl.manager.placer.place import PlacementProblem, Plan, place
 from evicctl.manager.placer.pricing import codec_sizes, price_problem
 from evicctl.manager.priced import record_priced
@@ -61,6 +70,7 @@ HEARTBEAT_EVERY_S = 0.5
 HEARTBEATS_PER_TIMEOUT = 4
 SAMPLE_EVERY_S = 1.0  # tier occupancy samples for the dashboard's history
 FREQ_REFRESH_S = 10.0  # every context's row gets its decayed freq rewritten this often
+ROWS_PER_FLUSH = 2048  # context rows per transaction of a state write: a store() waits for one
 
 
 def check_context_id(context_id) -> None:
@@ -127,6 +137,14 @@ class Manager:
         self._pricing = None  # PricingInputs of the last executed plan, and whether it was written
         self._pricing_written = None
         self._priced_model: tuple[dict, CostModel] | None = None
+        # Admission (see the module docstring): one store() at a time admits; the price of
+        # room on each tier from the last full plan (placer.admit.room_prices).
+        self._admit_lock = threading.Lock()
+        self._room_prices = None
+        self._tier_used: dict[str, int] | None = None  # each tier's used_bytes when last asked
+        # False: every store() re-plans all contexts, as before admission was incremental
+        # (the benchmark's baseline, and the reference the tests compare admission with).
+        self.admit_incrementally = True
         # monotonic seconds of the last of each (long ago: the first tick does all of them)
         self._last_replan = self._last_heartbeat = self._last_sample = self._last_refresh = -1e9
         self._thread: threading.Thread | None = None
@@ -166,6 +184,7 @@ class Manager:
         self._commands = CommandHandler(self)
         self.orphans_deleted = recover(self.rt, self.codec_names, self.tiers,
                                        previous[0]["heartbeat_at"] if previous else time.time())
+        self.rt.recount_placed()
         self._control.heartbeat(self.config_json())
         self._last_heartbeat = time.monotonic()
         from evicctl.fleet.hook import attach_fleet
@@ -237,9 +256,46 @@ class Manager:
 
     def store(self, context_id: str, kv: KV, *, label: str | None = None, tenant: str = "default",
               prefill_s: float | None = None) -> Placement:  # fmt: skip
-        """Keep a context's (full) KV: admitted at its best option the tiers have room for."""
+        """Keep a context's (full) KV: admitted at once at the option a full plan would most
+        likely give it (placer.admit), against the current placement, without re-planning the
+        others; the full re-plan follows on the control thread (see the module docstring)."""
         check_context_id(context_id)
         now = time.time()
+        if not self.admit_incrementally:
+            return self._store_replanning(context_id, kv, label, tenant, prefill_s, now)
+        with self._admit_lock:
+            with self.rt.lock:
+                ctx = self.rt.contexts.get(context_id)
+                if ctx is not None and ctx.stored:  # already kept: nothing new to store
+                    self.rt.freq.record(context_id, now)
+                    ctx.last_access_at = now
+                    self.rt.dirty.add(context_id)
+                    return ctx.placement()
+                ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
+                problem = self._admission_problem(ctx, now)
+                over = [self.rt.placed_bytes.get(t.name, 0) - t.capacity_bytes for t in self.tiers]
+                ctx.priced_freq = float(problem.freq[0])
+            plan = admission_plan(problem, over, self._room_prices)
+            if plan is not None:
+                pressure = overflows(plan, over)
+            else:  # no option allowed on its own (a pin its copy cannot meet): as a full plan says
+                with self.rt.exec_lock:
+                    plan = self.plan(admit=context_id)
+                pressure = True  # that plan may displace others: the next tick carries it out
+            self._moves.admit(ctx, kv, plan, now)
+            with self.rt.lock:
+                self.rt.dirty.add(context_id)  # a plan's row write may have read it before it was admitted
+        if pressure:
+            self.rt.replan_needed = True
+            if self.running:
+                self._wake.set()
+            else:
+                self.tick()
+        with self.rt.lock:
+            return ctx.placement()
+
+    def _store_replanning(self, context_id: str, kv: KV, label, tenant, prefill_s, now: float) -> Placement:
+        """store() as a full re-plan of every context (admit_incrementally off)."""
         with self.rt.exec_lock:
             with self.rt.lock:
                 ctx = self.rt.contexts.get(context_id)
@@ -425,11 +481,15 @@ class Manager:
             # Intervals on the monotonic clock: a wall clock set back must not stop the timers
             # (timestamps written to the store stay wall time).
             timer = time.monotonic() - self._last_replan >= self.config.replan_s
+            planned = False
             if timer or self.rt.replan_needed or self._over_capacity():
                 self.rt.replan_needed = False
                 self._last_replan = time.monotonic()
-                self.execute(self.plan(rebalance=timer))
-            self._write_state(now)
+                plan = self.plan(rebalance=timer)
+                self.execute(plan)
+                self._room_prices = room_prices(plan)  # what the next admissions pay for room
+                planned = True
+            self._write_state(now, measure=planned)
             self.rt.flush()
             if self._pricing is not self._pricing_written:  # readers reprice with it: write it at once
                 self._control.heartbeat(self.config_json())
@@ -444,7 +504,27 @@ class Manager:
             self._last_heartbeat = mono
 
     def _over_capacity(self) -> bool:
-        return any(t.used_bytes > t.capacity_bytes for t in self.tiers)
+        """Whether a tier holds more than its capacity, as the placer counts (the contexts'
+        copies; O(tiers), where asking each tier sums everything it holds)."""
+        with self.rt.lock:
+            return any(self.rt.placed_bytes.get(t.name, 0) > t.capacity_bytes for t in self.tiers)
+
+    def _admission_problem(self, ctx: ContextState, now: float) -> PlacementProblem:
+        """The one-context problem of admitting `ctx`, priced with the figures of the last
+        executed plan (the ones its row and `evicctl show` price with), or the live ones
+        before the first plan. Under _lock."""
+        from types import SimpleNamespace
+
+        inputs = self._pricing
+        tiers, cost_model, query_tokens = self.tiers, self._pricing_model(), self._query_tokens
+        if inputs is not None:
+            bps = dict(inputs.read_bps)
+            tiers = [SimpleNamespace(name=t.name, capacity_bytes=t.capacity_bytes, read_bps=bps.get(t.name, t.read_bps))
+                     for t in self.tiers]  # fmt: skip
+            cost_model, query_tokens = self._pricing_model(inputs.cost_model), inputs.query_tokens
+        return price_problem([ctx], [self.rt.freq.rate(ctx.id, now)], codecs=self.codec_names, tiers=tiers,
+                             cost_model=cost_model, alpha=self.config.alpha, query_tokens=query_tokens,
+                             floor_of=self.quality_floor_of, admit=ctx.id)  # fmt: skip
 
     # ------------------------------------------------------------------ planning and moves
 
@@ -464,25 +544,26 @@ class Manager:
         operator asks about before they take effect."""
         now = time.time()
         with self.rt.lock:
-            states = [ctx for cid, ctx in self.rt.contexts.items() if ctx.stored or cid == admit]
-            in_use = {ctx.codec for ctx in states if ctx.stored} - set(self.codec_names)
-            # A copy at a codec no longer offered adds it. The same tuple object otherwise: the
-            # priced rows cached on each context are checked against it by identity first.
-            codecs = self.codec_names + tuple(sorted(in_use)) if in_use else self.codec_names
-            return price_problem(
-                states,
-                self.rt.freq.rates([ctx.id for ctx in states], now),
-                codecs=codecs,
-                tiers=self.tiers,
-                cost_model=self._pricing_model(),
-                alpha=self.config.alpha,
-                query_tokens=self._query_tokens,
-                floor_of=self.quality_floor_of,
-                admit=admit,
-                rebalance=rebalance,
-                overrides=overrides,
-                settled_before=now - self.config.rebalance_min_residence_s if rebalance else None,
-            )
+            known = list(self.rt.contexts.items())  # one C-speed copy; the rest without the lock
+        states = [ctx for cid, ctx in known if ctx.stored or cid == admit]
+        in_use = {ctx.codec for ctx in states if ctx.stored} - set(self.codec_names)
+        # A copy at a codec no longer offered adds it. The same tuple object otherwise: the
+        # priced rows cached on each context are checked against it by identity first.
+        codecs = self.codec_names + tuple(sorted(in_use)) if in_use else self.codec_names
+        return price_problem(
+            states,
+            self.rt.freq.rates([ctx.id for ctx in states], now),
+            codecs=codecs,
+            tiers=self.tiers,
+            cost_model=self._pricing_model(),
+            alpha=self.config.alpha,
+            query_tokens=self._query_tokens,
+            floor_of=self.quality_floor_of,
+            admit=admit,
+            rebalance=rebalance,
+            overrides=overrides,
+            settled_before=now - self.config.rebalance_min_residence_s if rebalance else None,
+        )
 
     def execute(self, plan: Plan, *, actor: str = "policy", command_id: int | None = None) -> list[int]:
         """Carry out a plan's moves (copy, switch rows, delete old copies); returns event ids."""
@@ -491,10 +572,11 @@ class Manager:
         return ids
 
     def _record_priced(self, plan: Plan) -> None:
-        """Every context's utility where it now is, with the figures `plan` priced with (priced.py)."""
+        """The utility where it now is of each context whose row changed, with the figures
+        `plan` priced with (priced.py)."""
         inputs = getattr(getattr(plan, "problem", None), "priced_with", None)  # None: a plan built by hand
         if inputs is not None:
-            self._pricing = record_priced(self.rt, plan, self._pricing_model(inputs.cost_model))
+            self._pricing = record_priced(self.rt, plan, self._pricing_model(inputs.cost_model), self._pricing)
 
     def _pricing_model(self, data: dict | None = None):
         """A copy of the cost model (of `data`, by default the live one's figures) that engine
@@ -542,31 +624,52 @@ class Manager:
 
     # ------------------------------------------------------------------ state writes
 
-    def _write_state(self, now: float, *, force: bool = False) -> None:
-        """Batch the dirty contexts, every tier and (each SAMPLE_EVERY_S) occupancy samples."""
+    def _write_state(self, now: float, *, force: bool = False, measure: bool = False) -> None:
+        """Batch the dirty contexts, every tier and (each SAMPLE_EVERY_S) occupancy samples.
+
+        Many dirty rows (a re-plan, the periodic freq refresh) are written ROWS_PER_FLUSH at a
+        time, each chunk built under the lock and flushed in its own transaction: a store()
+        waits for one chunk, not for 100,000 rows. Tiers are asked for their occupancy (a sum
+        over all they hold) with the samples, after a plan (measure) and when forced."""
         with self.rt.lock:
             dirty, self.rt.dirty = self.rt.dirty, set()
             if force or time.monotonic() - self._last_refresh >= FREQ_REFRESH_S:
                 self._last_refresh = time.monotonic()
-                dirty |= set(self.rt.contexts)  # freq decays for everyone: refresh all rows now and then
-            rates = self.rt.freq.rates(list(dirty), now)
-            for cid, rate in zip(dirty, rates, strict=True):
-                ctx = self.rt.contexts.get(cid)
-                if ctx is not None:
-                    self.rt.batch.upsert("contexts", ctx.row(float(rate)))
+                dirty |= self.rt.contexts.keys()  # freq decays for everyone: refresh all rows now and then
+        ids = list(dirty)
+        rates = self.rt.freq.rates(ids, now).tolist()
+        for start in range(0, len(ids), ROWS_PER_FLUSH):
+            batch = self.rt.batch if len(ids) <= ROWS_PER_FLUSH else self.rt.store.batch()
+            with self.rt.lock:
+                for cid, rate in zip(ids[start : start + ROWS_PER_FLUSH], rates[start : start + ROWS_PER_FLUSH], strict=True):
+                    ctx = self.rt.contexts.get(cid)
+                    if ctx is not None:
+                        batch.upsert("contexts", ctx.row(rate))
+            if batch is not self.rt.batch:
+                try:
+                    self.rt.store.flush(batch)
+                except Exception:
+                    with self.rt.lock:  # written next time
+                        self.rt.dirty.update(ids[start:])
+                    raise
+        sample = force or time.monotonic() - self._last_sample >= SAMPLE_EVERY_S
+        if sample or measure or self._tier_used is None:
+            self._tier_used = {tier.name: tier.used_bytes for tier in self.tiers}
+        with self.rt.lock:
             for tier in self.tiers:
                 self.rt.batch.upsert("tiers", {
                     "name": tier.name, "backend": tier.backend, "rank": tier.rank,
-                    "capacity_bytes": tier.capacity_bytes, "used_bytes": tier.used_bytes,
+                    "capacity_bytes": tier.capacity_bytes, "used_bytes": self._tier_used[tier.name],
                     "read_bps": tier.read_bps, "write_bps": tier.write_bps,
                     "hits": self.rt.tier_hits.get(tier.name, 0), "updated_at": now,
                 })  # fmt: skip
-            if force or time.monotonic() - self._last_sample >= SAMPLE_EVERY_S:
+            if sample:
                 self._last_sample = time.monotonic()
                 for tier in self.tiers:
                     self.rt.batch.sample(
-                        ts=now, tier=tier.name, used_bytes=tier.used_bytes, capacity_bytes=tier.capacity_bytes,
-                        hits=self.rt.tier_hits.get(tier.name, 0), misses=self.rt.misses,
+                        ts=now, tier=tier.name, used_bytes=self._tier_used[tier.name],
+                        capacity_bytes=tier.capacity_bytes, hits=self.rt.tier_hits.get(tier.name, 0),
+                        misses=self.rt.misses,
                     )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers for commands

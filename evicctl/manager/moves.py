@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 Copy = tuple[str, str | None, str | None, int]
 DROP_COPY: Copy = ("drop", None, None, 0)
 NOT_ADMISSIONS = ("compress", "demote", "promote", "move", "drop")
+SWITCH_CHUNK = 512  # moves switched per lock hold and transaction
 
 
 class MoveExecutor:
@@ -51,13 +52,21 @@ class MoveExecutor:
                     copies.append((move, copy))
                 self._heartbeat()
             self._fault("copied")
-            old_copies = []
-            with m.lock:
-                for move, copy in copies:
-                    old = self._switch(move, copy, actor, command_id)
-                    if old is not None:
-                        old_copies.append(old)
-            event_ids = m.flush()
+            old_copies, event_ids = [], []
+            # A chunk of switches at a time, each chunk one transaction: an engine thread's
+            # store() waits for the lock and the database for one chunk, not a whole plan.
+            for start in range(0, len(copies), SWITCH_CHUNK):
+                with m.lock:
+                    for move, copy in copies[start : start + SWITCH_CHUNK]:
+                        if not self._still_at(move):
+                            # moved or lost since its copy was made: the new copy is nobody's
+                            if move.to_codec is not None:
+                                old_copies.append((m.tier_by_name[move.to_tier], copy[0]))
+                            continue
+                        old = self._switch(move, copy, actor, command_id)
+                        if old is not None:
+                            old_copies.append(old)
+                event_ids += m.flush()
             self._fault("switched")
             with m.lock:
                 live = {(ctx.tier, ctx.key) for ctx in m.contexts.values() if ctx.stored}
@@ -106,12 +115,19 @@ class MoveExecutor:
             )  # fmt: skip
             m.metrics.lost(ctx.tier, reason, ctx.tenant, lifetime)
             log.warning("context %s lost: %s", context_id, why)
+            m.placed(ctx, -1)
             ctx.set_dropped(time.time())
             m.batch.upsert("placements", ctx.placement_row())
         if tier is not None and key is not None:
             tier.delete(key)
         if not self._running():
             m.flush()
+
+    def _still_at(self, move: Move) -> bool:
+        """Whether the context is still where the move starts (under _lock): a store() does not
+        wait for a plan, so a context can be lost and stored again while its move copies."""
+        ctx = self.rt.contexts.get(move.context_id)
+        return ctx is not None and ctx.stored and ctx.tier == move.from_tier and ctx.codec == move.from_codec
 
     def _fault(self, stage: str) -> None:
         self.rt.at_fault_point(stage)
@@ -180,11 +196,13 @@ class MoveExecutor:
         now = time.time()
         kind = EVENT_KIND.get(move.kind, "move")
         lifetime = lifetime_of(ctx, now) if ctx.stored else None  # of the copy leaving, before the switch
+        m.placed(ctx, -1)
         if move.to_codec is None:
             ctx.set_dropped(now)
         else:
             ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes = move.to_tier, move.to_codec, new_key, nbytes
             ctx.location, ctx.checksum, ctx.since = location, checksum, now
+        m.placed(ctx, 1)
         ctx.utility = move.utility_after
         m.batch.upsert("placements", ctx.placement_row())
         m.batch.upsert("contexts", {"id": ctx.id, "utility": ctx.utility})

@@ -45,6 +45,11 @@ class Runtime:
     write_blocked_until: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Prometheus hooks (metrics.py): a no-op recorder unless the manager serves /metrics
     metrics: Recorder = field(default_factory=lambda: NULL)
+    # tier -> stored bytes of the contexts placed there, as the placer counts them (each
+    # context's copy, not the tier's transient double copies of a move): what an admission
+    # checks for free room without summing every context. Every placement change goes
+    # through moves.MoveExecutor, which keeps it with `placed`; counted once at start.
+    placed_bytes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch is None:
@@ -65,6 +70,20 @@ class Runtime:
             with self.lock:
                 self.batch = batch.followed_by(self.batch)
             raise
+
+    def placed(self, ctx: ContextState, sign: int) -> None:
+        """Count (sign 1) or uncount (sign -1) a context's copy in placed_bytes. Under `lock`."""
+        if ctx.stored:
+            self.placed_bytes[ctx.tier] = self.placed_bytes.get(ctx.tier, 0) + sign * ctx.stored_bytes
+
+    def recount_placed(self) -> None:
+        """placed_bytes counted from every context (O(N): at start, and by tests to check it)."""
+        with self.lock:
+            counts = dict.fromkeys(self.tier_by_name, 0)
+            for ctx in self.contexts.values():
+                if ctx.stored:
+                    counts[ctx.tier] = counts.get(ctx.tier, 0) + ctx.stored_bytes
+            self.placed_bytes = counts
 
     def block_writes(self, tier: str, why: str, seconds: float = WRITE_BACKOFF_S) -> None:
         """No copies to `tier` for `seconds` (a write there just failed: disk full, read-only)."""

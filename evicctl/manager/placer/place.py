@@ -291,6 +291,7 @@ def finish_plan(p: PlacementProblem, opts: Options, opt: np.ndarray, conflicts: 
         reason_code=_reasons(p, opts, changed, before, utility[changed]),
         utility_before=before,
         conflicts=conflicts,
+        options=opts,
     )
 
 

@@ -13,6 +13,7 @@ Shapes: N contexts, C codecs, T tiers (fastest first); per-option arrays are opt
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,7 +169,6 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
         NEW,
         NO_PIN,
         PlacementProblem,
-        derivable_matrix,
     )
 
     overrides = overrides or {}
@@ -184,13 +184,21 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
     profiled = np.ascontiguousarray(rows[:, ROW_PROFILED].T) > 0.5
     tokens = np.array([s.tokens for s in states], dtype=np.int64)
     # Comprehensions with the common case inline: a function call per context costs ~1 us.
-    stored = [s.stored for s in states]
-    current_tier = np.array([tier_at[s.tier] if k else NEW for s, k in zip(states, stored, strict=True)], dtype=np.int64)
-    current_codec = np.array([codec_at[s.codec] if k else -1 for s, k in zip(states, stored, strict=True)], dtype=np.int64)
+    # Each context's placement is read once, as (tier, codec, bytes): the manager prices
+    # without holding its state lock, and a lookup may drop a context meanwhile (a copy that
+    # failed its checksum); one whose tier reads as unknown then is priced as dropped.
+    placed = [(s.tier, s.codec, s.stored_bytes) for s in states]
+    stored = [tier in tier_at for tier, _, _ in placed]
+    current_tier = np.array([tier_at[p[0]] if k else NEW for p, k in zip(placed, stored, strict=True)], dtype=np.int64)
+    current_codec = np.array([codec_at.get(p[1], -1) if k else -1 for p, k in zip(placed, stored, strict=True)],
+                             dtype=np.int64)  # fmt: skip
+    current_tier[(current_codec < 0) & (current_tier >= 0)] = NEW  # a codec outside `codecs`: placed as new
+    gone = np.array([not k and s.stored for s, k in zip(states, stored, strict=True)], dtype=bool)
+    current_tier[gone] = DROPPED  # stored on a tier this plan does not know: never the placer's to move
     # The real copy's size, not a prediction, where a context is stored.
     real = np.flatnonzero(current_codec >= 0)
     if len(real):
-        nbytes = np.array([s.stored_bytes for s in states], dtype=np.int64)
+        nbytes = np.array([p[2] for p in placed], dtype=np.int64)
         stored_bytes[current_codec[real], real] = nbytes[real]
     if admit is not None:  # held whole by the caller: placed as new
         admitted = [i for i, s in enumerate(states) if s.id == admit]
@@ -250,13 +258,24 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
         force_tier=force_tier,
         force_codec=force_codec,
         min_tier=min_tier,
-        derivable=derivable_matrix(codecs),
+        derivable=_derivable(codecs),
         rebalance=rebalance,
         # moved after settled_before (a time): too recent for a rebalance to move again
         settled=np.array([k and s.since > settled_before for s, k in zip(states, stored, strict=True)], dtype=bool)
         if settled_before is not None else None,
         priced_with=priced_with,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _derivable(codecs: tuple[str, ...]) -> np.ndarray:
+    """derivable_matrix, once per codec list (C x C name parses: ms for the full menu, which
+    a one-context admission would otherwise pay on every store). Read only."""
+    from evicctl.manager.placer.types import derivable_matrix
+
+    out = derivable_matrix(codecs)
+    out.flags.writeable = False
+    return out
 
 
 # --- the utility of where each context is now -----------------------------------------------

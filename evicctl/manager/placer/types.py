@@ -152,6 +152,7 @@ class Plan:
     reason_code: np.ndarray  # [M] index into REASONS
     utility_before: np.ndarray  # [M] utility of the current option (nan when new)
     conflicts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # contexts whose constraints no option meets
+    options: Any = field(default=None, repr=False)  # the placer's Options (options.py), for room_prices
 
     @property
     def overflow_bytes(self) -> np.ndarray:
