@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "keydiff_scores_layers": "scorers",
     "snapkv_scores": "scorers",
     "snapkv_scores_layers": "scorers",
+    "as_layers": "_layers",  # checked layer tables a caller may keep (decode plans)
 }
 
 __all__ = ["available", "interpreting", *_EXPORTS]

@@ -21,10 +21,17 @@ class Layers:
 
     Indexing and len() work as on a list; the stacked form never builds the L views."""
 
-    __slots__ = ("stacked", "items", "first", "count")
+    __slots__ = ("stacked", "items", "first", "count", "offsets")
 
-    def __init__(self, stacked: torch.Tensor | None = None, items: list[torch.Tensor] | None = None) -> None:
-        self.stacked, self.items = stacked, items
+    def __init__(
+        self,
+        stacked: torch.Tensor | None = None,
+        items: list[torch.Tensor] | None = None,
+        offsets: tuple[int, ...] | None = None,
+    ) -> None:
+        """offsets: the items' element offsets from the first, when the caller computed them
+        while validating (as_layers), so layer_table need not read every address again."""
+        self.stacked, self.items, self.offsets = stacked, items, offsets
         self.first = stacked[0] if stacked is not None else items[0]
         self.count = stacked.shape[0] if stacked is not None else len(items)
 
@@ -57,11 +64,13 @@ def layer_table(layers, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
         key = (device, "stacked", layers.count, step)
         offsets = None
     else:
-        size = base.element_size()
-        deltas = [t.data_ptr() - base_ptr for t in layers.items]
-        if any(d % size for d in deltas) or any(t.dtype != base.dtype for t in layers.items):
-            raise ValueError("layer tensors must share a dtype and element alignment")
-        offsets = tuple(d // size for d in deltas)
+        offsets = layers.offsets
+        if offsets is None:
+            size = base.element_size()
+            deltas = [t.data_ptr() - base_ptr for t in layers.items]
+            if any(d % size for d in deltas) or any(t.dtype != base.dtype for t in layers.items):
+                raise ValueError("layer tensors must share a dtype and element alignment")
+            offsets = tuple(d // size for d in deltas)
         key = (device, offsets)
     table = _TABLES.get(key)
     if table is None:
@@ -90,13 +99,22 @@ def as_layers(x, rank: int, what: str) -> Layers:
     if not items:
         raise ValueError(f"{what}: no layers")
     first = items[0]
-    sig = (first.dim(), first.shape, first.dtype, first.device, first.stride())
-    if sig[0] != rank:
+    if first.dim() != rank:
         raise ValueError(f"{what}: every layer must be a {rank}-d tensor; got {tuple(first.shape)}")
-    for t in items[1:]:
-        if (t.dim(), t.shape, t.dtype, t.device, t.stride()) != sig:
+    # One pass over the layers that also records their offsets for layer_table: this runs on
+    # every decode, and a few attribute reads per layer x 32 layers x 6 tensors is most of a
+    # short context's decode time on the host.
+    shape, dtype, device, stride = first.shape, first.dtype, first.device, first.stride()
+    size, base_ptr = first.element_size(), first.data_ptr()
+    offsets = []
+    for t in items:
+        if t.shape != shape or t.stride() != stride or t.dtype != dtype or t.device != device:
             raise ValueError(f"{what}: every layer must have one shape, dtype, device and strides")
-    return Layers(items=items)
+        delta = t.data_ptr() - base_ptr
+        if delta % size:
+            raise ValueError("layer tensors must share a dtype and element alignment")
+        offsets.append(delta // size)
+    return Layers(items=items, offsets=tuple(offsets))
 
 
 def kernel_device(*tensors: torch.Tensor, device: torch.device | str | None = None) -> torch.device:

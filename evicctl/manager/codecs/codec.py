@@ -38,7 +38,7 @@ import torch
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import CorruptDataError, UnknownNameError
-from evicctl.manager.codecs import quant
+from evicctl.manager.codecs import decode_plan, quant
 from evicctl.manager.codecs.names import (
     FAMILIES,
     POS16_MAX_TOKENS,
@@ -223,8 +223,8 @@ class PipelineCodec(Codec):
         # finish before the CPU reads it
         move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
         if self.bits:
-            keys = self._dequantized(t, "k", int(meta["group"]), layers, dtype, target)
-            values = self._dequantized(t, "v", int(meta["value_group"]), layers, dtype, target)
+            keys = self._dequantized(t, "k", int(meta["group"]), layers, dtype, target, stored)
+            values = self._dequantized(t, "v", int(meta["value_group"]), layers, dtype, target, stored)
         else:
             keys = [move(t[f"k.{i}"]) for i in range(layers)]
             values = [move(t[f"v.{i}"]) for i in range(layers)]
@@ -239,25 +239,28 @@ class PipelineCodec(Codec):
         return KV(tuple(keys), tuple(values), positions, tokens, wq)
 
 
-    def _dequantized(self, t: dict[str, torch.Tensor], side: str, group: int, layers: int, dtype, target) -> list:
+    def _dequantized(
+        self, t: dict[str, torch.Tensor], side: str, group: int, layers: int, dtype, target, owner=None
+    ) -> list:
         """Layer tensors [1, H, K, D] of one side: the dequantized rows, then the residual rows.
 
         With a residual, one [L, 1, H, K, D] buffer is allocated and the kernels write its
-        first rows directly; the residual is copied behind them (no concatenation pass)."""
+        first rows directly; the residual is copied behind them (no concatenation pass).
+        owner: the Stored the tensors belong to, whose decode plan (decode_plan.py) is reused."""
         what = "keys" if side == "k" else "values"
-        parts = _parts(t, side, layers)
-        if f"{side}.0.res" not in t:
-            return quant.dequantize_layers(what, *parts, self.bits, group, dtype, target)
-        residual = [t[f"{side}.{i}.res"] for i in range(layers)]
-        _, heads, quantized, _ = parts[0][0].shape
-        _, _, res_rows, dim = residual[0].shape
+        codes, scales, mns, residual = decode_plan.quantized_parts(owner, t, side, layers, target)
+        if residual is None:
+            return quant.dequantize_layers(what, codes, scales, mns, self.bits, group, dtype, target)
+        # the residual is small (R rows): stacked where it is (once, when planned), then one
+        # copy (async host -> GPU, ordered before any use) instead of a launch per layer
+        residual = residual if isinstance(residual, torch.Tensor) else torch.stack(residual)
+        _, heads, quantized, _ = codes[0].shape
+        res_rows, dim = residual.shape[-2], residual.shape[-1]
         full = torch.empty((layers, 1, heads, quantized + res_rows, dim), dtype=dtype, device=target)
         if quantized:
-            quant.dequantize_layers(what, *parts, self.bits, group, dtype, target, out=full[:, :, :, :quantized])
-        # the residual is small (R rows): stack it where it is, then one copy (async host ->
-        # GPU, ordered before any use) instead of a launch per layer
-        full[:, :, :, quantized:].copy_(torch.stack(residual), non_blocking=target.type == "cuda")
-        return list(full)
+            quant.dequantize_layers(what, codes, scales, mns, self.bits, group, dtype, target, out=full[:, :, :, :quantized])
+        full[:, :, :, quantized:].copy_(residual, non_blocking=target.type == "cuda")
+        return list(full.unbind(0))  # one call for the L views
 
 
 def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:

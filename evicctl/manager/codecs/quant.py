@@ -356,19 +356,26 @@ def dequantize_layers(
     target = torch.device(device) if device is not None else codes[0].device
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
-    # async only host -> GPU (ordered before the dequantize on the stream)
-    move = lambda t: t.to(target, non_blocking=target.type == "cuda")  # noqa: E731
-    codes, scales, mns = [move(c) for c in codes], [move(s) for s in scales], [move(m) for m in mns]
+    if codes[0].device != target:
+        # async only host -> GPU (ordered before the dequantize on the stream)
+        move = lambda t: t.to(target, non_blocking=target.type == "cuda")  # noqa: E731
+        codes, scales, mns = [move(c) for c in codes], [move(s) for s in scales], [move(m) for m in mns]
     kernels = kernels_for(codes[0])  # codes are on the target now
     if (
         kernels is not None
         and _dequant_kernel_fits(codes, bits, group, dtype)
-        and all(same_layout(parts) and parts[0].is_contiguous() for parts in (codes, scales, mns))
+        and codes[0].is_contiguous()
         and (out is None or out.stride(-1) == 1)
     ):
         kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
         into = {} if out is None else {"out": out}
-        return list(kernel(codes, scales, mns, bits, group, dtype, **into))  # [L, 1, H, T, D] -> L views
+        try:
+            # the launch checks every layer's shape, dtype, device and strides once (the
+            # per-layer checks are most of a short context's host time, so not twice)
+            result = kernel(codes, scales, mns, bits, group, dtype, **into)
+            return list(result.unbind(0) if isinstance(result, torch.Tensor) else result)  # L views
+        except ValueError:
+            pass  # layers of mixed layouts or places: the reference below handles them
     one = dequantize_keys if side == "keys" else dequantize_values
     layers = [one(c, s, m, bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]
     if out is None:
