@@ -13,7 +13,7 @@ import textwrap
 
 # top-level modules of the extras' distributions (tui, engine, bench, redis, metrics, gpu)
 EXTRA_MODULES = ("textual", "transformers", "sentence_transformers", "gguf", "accelerate",
-                 "matplotlib", "redis", "prometheus_client", "triton")  # fmt: skip
+                 "matplotlib", "zstandard", "redis", "prometheus_client", "triton")  # fmt: skip
 
 SCRIPT = textwrap.dedent(
     """
