@@ -8,6 +8,11 @@
    against building the same JSON from Python objects in-process;
 3. command round trip pin -> done, p50/p99, while another process writes events
    (goal p99 <= 250 ms), against the same with an idle writer.
+4. `Manager.store()` of a new context into a manager holding --contexts contexts (goal p99
+   <= 5 ms): incremental admission with the control thread re-planning in the background,
+   against the full re-plan inside every store() in the same run; wall time and the calling
+   thread's CPU time, and whether the placement after the background re-plan is a full
+   re-plan's. `--only admission` runs this section alone.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def bench_events(tmp: Path, total: int = 200_000, per_tick: int = 2000, baseline
 
 # ---- 2. ls -o json over 100k contexts -------------------------------------------------------
 def bench_ls(tmp: Path, contexts: int, runs: int = 5) -> dict:
-    from fixtures import make_fixture_db
+    from evicctl.store.synthetic import make_fixture_db
 
     path = tmp / "ls.db"
     t0 = time.perf_counter()
@@ -183,7 +188,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def bench_round_trip(tmp: Path, n: int, writer_eps: int, tick_s: float = 0.05) -> dict:
-    from fixtures import make_fixture_db
+    from evicctl.store.synthetic import make_fixture_db
 
     results = {}
     for label, eps in (("idle", 0), ("busy", writer_eps)):
@@ -220,6 +225,166 @@ def bench_round_trip(tmp: Path, n: int, writer_eps: int, tick_s: float = 0.05) -
     return results
 
 
+# ---- 4. Manager.store() at --contexts contexts ------------------------------------------
+ADMIT_SHAPE = (2, 2, 16, 2)  # layers, kv heads, head dim, fp16: small KV, many contexts
+ADMIT_WINDOW = 4  # window queries per head (snapkv's scorer reads them)
+
+
+def _admit_kv(tokens: int, seed: int):
+    import torch
+
+    from evicctl.manager.kv import KV
+
+    layers, heads, dim, _ = ADMIT_SHAPE
+    g = torch.Generator().manual_seed(seed)
+    keys = [torch.randn(1, heads, tokens, dim, generator=g).half() for _ in range(layers)]
+    queries = torch.randn(layers, heads, ADMIT_WINDOW, dim, generator=g).half()
+    return KV.full(keys, [k.clone() for k in keys], queries)
+
+
+def seeded_manager(root: Path, contexts: int, seed: int = 0):
+    """A manager holding `contexts` contexts (the default codec menu, profiled), placed by one
+    cold plan: cpu holds 5% of their raw bytes, a slower in-memory tier 30%, the rest dropped.
+    Tiers are in memory and every context of one size shares one encoded copy per codec, so
+    100,000 contexts seed in seconds; the manager sees ordinary contexts."""
+    import numpy as np
+
+    from evicctl.config import DEFAULT_CODECS, ManagerConfig
+    from evicctl.manager.codecs.codec import get_codec
+    from evicctl.manager.kv import raw_kv_bytes
+    from evicctl.manager.manager import Manager
+    from evicctl.manager.placer.place import place
+    from evicctl.manager.placer.pricing import codec_sizes, price_problem
+    from evicctl.manager.state import ContextState, tier_key
+    from evicctl.manager.tiers.tier import CpuTier, Entry
+
+    rng = np.random.default_rng(seed)
+    layers, heads, dim, dtype_bytes = ADMIT_SHAPE
+    shape = (layers, heads, dim, dtype_bytes, layers * heads * ADMIT_WINDOW * dim)
+    token_choices = (16, 32, 64, 128)
+    kvs = {t: _admit_kv(t, t) for t in token_choices}
+    sizes = {t: codec_sizes(DEFAULT_CODECS, t, shape, raw_kv_bytes(t, *shape[:4])) for t in token_choices}
+    tokens = rng.choice(token_choices, contexts).tolist()
+    total = sum(sizes[t]["none"] for t in tokens)
+    fast = CpuTier(capacity_bytes=int(total * 0.05), name="cpu", rank=0, pin=False)
+    slow = CpuTier(capacity_bytes=int(total * 0.3), name="slow", rank=1, pin=False)
+    fast.read_bps, slow.read_bps = 8e9, 1e9
+    config = ManagerConfig(db_path=root / "evicctl.db", cache_dir=root / "cache", replan_s=3600.0)
+    m = Manager(config, probe=False, tiers=[fast, slow])
+    m.rt.kv_shape = dict(zip(("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel"), shape, strict=True))
+    profiles = [{c: (float(q), 0.02, "teacher-forced") for c, q in zip(DEFAULT_CODECS[1:], rng.uniform(0.8, 1.0, len(DEFAULT_CODECS) - 1), strict=True)}
+                for _ in range(64)]  # fmt: skip
+    rates = 10.0 / np.arange(1, contexts + 1) ** 1.1  # Zipf-like popularity
+    rng.shuffle(rates)
+    now = time.time()
+    states = []
+    for i, t in enumerate(tokens):
+        ctx = ContextState(f"ctx-{i:06d}", t, raw_kv_bytes(t, *shape[:4]), created_at=now, shape=shape)
+        ctx.set_sizes(dict(sizes[t]))
+        ctx.profiles = dict(profiles[i % len(profiles)])
+        ctx.miss_s = 0.05 + t * 1e-3
+        states.append(ctx)
+        m.rt.freq.set(ctx.id, float(rates[i]), now)
+    problem = price_problem(states, m.rt.freq.rates([s.id for s in states], now), codecs=m.codec_names, tiers=m.tiers,
+                            cost_model=m._pricing_model(), alpha=config.alpha, query_tokens=32.0,
+                            floor_of=m.quality_floor_of)  # fmt: skip
+    plan = place(problem)
+    encoded = {}
+    for i, ctx in enumerate(states):
+        tier_name, codec = plan.option_of(i)
+        if codec is not None:
+            stored = encoded.get((ctx.tokens, codec))
+            if stored is None:
+                stored = encoded[(ctx.tokens, codec)] = get_codec(codec).encode(kvs[ctx.tokens])
+            tier, key = m.rt.tier_by_name[tier_name], tier_key(ctx.id, codec)
+            tier._held[key], tier._entries[key] = stored, Entry(stored.nbytes)  # shared, not copied
+            ctx.tier, ctx.codec, ctx.key, ctx.stored_bytes, ctx.since = tier_name, codec, key, stored.nbytes, now
+        m.rt.contexts[ctx.id] = ctx
+    m.rt.recount_placed()
+    m.rt.dirty.update(m.rt.contexts)
+    return m, kvs
+
+
+def _timed_stores(m, kvs, prefix: str, n: int, gap_s: float) -> tuple[list[float], list[float]]:
+    """Wall and calling-thread CPU seconds of n store() calls of new contexts, gap_s apart."""
+    walls, cpus = [], []
+    for j in range(n):
+        kv = kvs[(16, 32, 64, 128)[j % 4]]
+        w, c = time.perf_counter(), time.thread_time()
+        m.store(f"{prefix}-{j:05d}", kv, prefill_s=0.1)
+        cpus.append(time.thread_time() - c)
+        walls.append(time.perf_counter() - w)
+        time.sleep(gap_s)
+    return walls, cpus
+
+
+def bench_admission(tmp: Path, contexts: int, stores: int, baseline_stores: int, gap_s: float) -> dict:
+    import gc
+
+    t0 = time.perf_counter()
+    m, kvs = seeded_manager(tmp / "admission", contexts)
+    m.tick()  # the first plan (after a start: cold pricing caches) and its state write
+    first_plan_s = time.perf_counter() - t0
+    out = {"contexts": contexts, "seed_and_first_tick_s": first_plan_s}
+    try:
+        m.rt.replan_needed = True
+        t0 = time.perf_counter()
+        m.tick()
+        out["replan_tick_s"] = time.perf_counter() - t0
+        m.admit_incrementally = False  # baseline: every store() re-plans everyone
+        out["full"] = _timed_stores(m, kvs, "full", baseline_stores, 0.0)
+        m.admit_incrementally = True
+        m.rt.replan_needed = True
+        m.tick()
+        plans = []
+        plan = m.plan
+        m.plan = lambda **kw: plans.append(time.perf_counter()) or plan(**kw)
+        collected = []
+        gc.callbacks.append(lambda phase, info: collected.append(info["generation"]) if phase == "stop" else None)
+        m.start()
+        out["incremental"] = _timed_stores(m, kvs, "inc", stores, gap_s)
+        m.stop()
+        out["background_plans"] = len(plans)
+        out["gc_full"] = sum(1 for g in collected if g == 2)
+        m.rt.replan_needed = True
+        m.tick()  # the background re-plan after the last admission
+        after = plan()
+        out["replan_moves_after"] = len(after)
+        ids = after.problem.context_ids.tolist()
+        out["equal_to_full_replan"] = all(
+            after.option_of(i) == (m.rt.contexts[cid].tier, m.rt.contexts[cid].codec if m.rt.contexts[cid].stored else None)
+            for i, cid in enumerate(ids)
+        )  # fmt: skip
+        placed = dict(m.rt.placed_bytes)
+        m.rt.recount_placed()
+        out["placed_count_exact"] = placed == m.rt.placed_bytes
+    finally:
+        m.close()
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q * 100))
+
+
+def admission_table(ad: dict):
+    from rich.table import Table
+
+    table = Table(title=f"Manager.store() of a new context, {ad['contexts']:,} contexts held (32-codec menu, 2 tiers)")
+    for col in ("store() path", "calls", "wall p50 ms", "wall p99 ms", "CPU p50 ms", "CPU p99 ms", "goal"):
+        table.add_column(col, justify="right" if col != "store() path" else "left")
+    for name, key, goal in (("full re-plan inside store() (before, same run)", "full", ""),
+                            ("incremental admission, background re-plans", "incremental", "p99 <= 5 ms")):  # fmt: skip
+        walls, cpus = ad[key]
+        table.add_row(name, str(len(walls)), f"{_pct(walls, 0.5) * 1e3:.2f}", f"{_pct(walls, 0.99) * 1e3:.2f}",
+                      f"{_pct(cpus, 0.5) * 1e3:.2f}", f"{_pct(cpus, 0.99) * 1e3:.2f}", goal)  # fmt: skip
+    full, inc = _pct(ad["full"][0], 0.99), _pct(ad["incremental"][0], 0.99)
+    table.add_row("ratio (full / incremental), wall p99", "", "", f"{full / inc:.0f}x", "", "", "")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contexts", type=int, default=100_000)
@@ -230,6 +395,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--events-per-s", type=int, default=10_000)
     ap.add_argument("--tick-s", type=float, default=0.05)
+    ap.add_argument("--only", choices=("admission",), help="run one section alone")
+    ap.add_argument("--stores", type=int, default=300, help="incremental store() calls timed (section 4)")
+    ap.add_argument("--baseline-stores", type=int, default=10, help="full re-plan store() calls timed (section 4)")
+    ap.add_argument("--store-gap-ms", type=float, default=20.0, help="pause between timed store() calls")
     args = ap.parse_args()
     if args.role == "writer":
         return run_writer(args.db, args.seconds, args.events_per_s)
@@ -240,6 +409,21 @@ def main() -> None:
     from rich.table import Table
 
     tmp = Path(tempfile.mkdtemp(prefix="evicctl-bench-"))
+    if args.only == "admission":
+        try:
+            ad = bench_admission(tmp, args.contexts, args.stores, args.baseline_stores, args.store_gap_ms / 1e3)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        console = Console()
+        console.print(admission_table(ad))
+        console.print(
+            f"seed + first plan {ad['seed_and_first_tick_s']:.1f} s; a re-plan tick {ad['replan_tick_s']:.2f} s; "
+            f"{ad['background_plans']} background plans and {ad['gc_full']} full garbage collections during the "
+            f"incremental stores ({args.store_gap_ms:g} ms apart); after the last background re-plan a full re-plan "
+            f"moves {ad['replan_moves_after']} contexts, placement equal to it: {ad['equal_to_full_replan']}; "
+            f"placed-bytes count exact: {ad['placed_count_exact']}"
+        )
+        return
     try:
         ev = bench_events(tmp)
         ls = bench_ls(tmp, args.contexts)

@@ -143,8 +143,8 @@ def test_show_json_shape(run_cli, fixture_db):
     result = run_cli("show", "ctx-00003", "--db", fixture_db.path, "-o", "json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert list(data) == ["context", "placement", "reason", "alpha", "cost_model", "profiles", "options",
-                          "events", "lifetimes"]
+    assert list(data) == ["context", "placement", "reason", "room_note", "alpha", "cost_model", "profiles",
+                          "options", "events", "lifetimes"]
     assert data["context"]["id"] == "ctx-00003"
     assert set(data["placement"]) == {"tier", "codec", "stored_bytes", "checksum", "location", "since"}
     assert {"codec", "metric", "quality", "quality_sd", "n_queries", "measured_at"} <= set(data["profiles"][0])

@@ -125,6 +125,7 @@ def detail_dict(detail) -> dict:
         "context": _context_dict(detail.row),
         "placement": dataclasses.asdict(detail.placement) if detail.placement else None,
         "reason": detail.reason,
+        "room_note": detail.room_note,
         "alpha": detail.alpha,
         "cost_model": detail.cost_model,
         "profiles": [profile_record(p) for p in detail.profiles],
@@ -202,6 +203,7 @@ def _print_detail(detail, data: dict) -> None:
         f"size      {r.tokens:,} tokens, {fmt_bytes(r.raw_bytes)} raw"
         + (f", {r.compression_ratio:.1f}x compressed" if r.compression_ratio else ""),
         f"placement {where}" + (f"  (reason: {detail.reason})" if detail.reason else ""),
+        *([f"why here  {detail.room_note}"] if detail.room_note else []),
         f"usage     freq {r.freq:.4f}/s, {r.hits:,} hits, {r.misses:,} misses, last access {fmt_ago_now(r.last_access_at)}",
         f"utility   {fmt_float(r.utility, 4)} (alpha {detail.alpha:g})   pin {pin}   quality floor {fmt_float(r.quality_floor, 2)}",
     ]

@@ -141,7 +141,10 @@ class Manager:
         # room on each tier from the last full plan (placer.admit.room_prices).
         self._admit_lock = threading.Lock()
         self._room_prices = None
-        self._tier_used: dict[str, int] | None = None  # each tier's used_bytes when last asked
+        # Each tier's used_bytes (a sum over all it holds) when last asked, and rt.placed_changes then:
+        # asked again after a placement changed, a plan, and with each sample.
+        self._tier_used: dict[str, int] = {}
+        self._tier_used_at = -1
         # False: every store() re-plans all contexts, as before admission was incremental
         # (the benchmark's baseline, and the reference the tests compare admission with).
         self.admit_incrementally = True
@@ -206,6 +209,15 @@ class Manager:
             self._thread = threading.Thread(target=self._run, name="evicctl-manager", daemon=True)
             self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """Stop the control thread (start() starts it again); the manager stays open."""
+        if self._thread is not None:
+            self._stop.set()
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+            self._stop.clear()
 
     def close(self) -> None:
         if self._closed:
@@ -653,8 +665,9 @@ class Manager:
                         self.rt.dirty.update(ids[start:])
                     raise
         sample = force or time.monotonic() - self._last_sample >= SAMPLE_EVERY_S
-        if sample or measure or self._tier_used is None:
-            self._tier_used = {tier.name: tier.used_bytes for tier in self.tiers}
+        changes = self.rt.placed_changes
+        if sample or measure or changes != self._tier_used_at:
+            self._tier_used, self._tier_used_at = {tier.name: tier.used_bytes for tier in self.tiers}, changes
         with self.rt.lock:
             for tier in self.tiers:
                 self.rt.batch.upsert("tiers", {

@@ -50,6 +50,7 @@ class Runtime:
     # checks for free room without summing every context. Every placement change goes
     # through moves.MoveExecutor, which keeps it with `placed`; counted once at start.
     placed_bytes: dict[str, int] = field(default_factory=dict)
+    placed_changes: int = 0  # moves by `placed`: readers of the tiers' occupancy ask again after one
 
     def __post_init__(self) -> None:
         if self.batch is None:
@@ -75,6 +76,7 @@ class Runtime:
         """Count (sign 1) or uncount (sign -1) a context's copy in placed_bytes. Under `lock`."""
         if ctx.stored:
             self.placed_bytes[ctx.tier] = self.placed_bytes.get(ctx.tier, 0) + sign * ctx.stored_bytes
+            self.placed_changes += 1
 
     def recount_placed(self) -> None:
         """placed_bytes counted from every context (O(N): at start, and by tests to check it)."""

@@ -15,17 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from evicctl.config import ManagerConfig
 from evicctl.errors import UnknownNameError
 from evicctl.manager.costs import CostModel
 from evicctl.manager.description import ManagerDescription, PricingInputs
 from evicctl.manager.placer.pricing import (
     MISS_QUALITY,
+    QUALITY_Z,
     codec_family,
     codec_sizes,
     kept_tokens,
     price_options,
     utility,
 )
+from evicctl.manager.placer.types import derivable_matrix
 from evicctl.snapshot.read import read_context_row, read_events, read_manager, read_tiers
 from evicctl.store.database import Store
 
@@ -78,6 +81,8 @@ class ContextDetail:
     alpha: float
     taken_at: float
     cost_model: str | None = None  # "manager" (its fitted model), "default" coefficients, or None
+    # Why it is not on a faster tier that has room (None: no faster tier has room for it)
+    room_note: str | None = None
 
 
 def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: float | None = None) -> ContextDetail:
@@ -106,7 +111,73 @@ def read_context(store: Store, context_id: str, *, events_limit: int = 20, now: 
         (e.reason for e in reversed(events) if placement and e.to_tier == placement.tier and e.reason), None
     )
     source = "manager" if description.pricing or description.cost_model else "default"
-    return ContextDetail(row, placement, profiles, options, events, reason, inputs.alpha, now, source)
+    note = room_note(row, placement, profiles, options, tiers, description, now)
+    return ContextDetail(row, placement, profiles, options, events, reason, inputs.alpha, now, source, note)
+
+
+def room_note(row, placement, profiles, options, tiers, description: ManagerDescription, now: float) -> str | None:
+    """One line: why the context is not on a faster tier that has room for one of its options
+    (None when no faster tier has room). The placer's rules, checked on what `show` prices:
+    a copy only goes to codecs it can be made into, above its quality floor, and a rebalance
+    moves it up into free room for any gain, but not within the residence time of its last move."""
+    order = [t.name for t in tiers]  # fastest first
+    if placement is None or not order:
+        return None
+    here = order.index(placement.tier) if placement.tier in order else len(order)  # dropped: below all
+    roomy = [o for o in options if o.tier in order[:here] and o.fits]
+    if not roomy:
+        return None
+    free = {t.name: t.capacity_bytes - t.used_bytes for t in tiers}
+    room = ", ".join(f"{name} has {_mib(free[name])} free" for name in order[:here] if any(o.tier == name for o in roomy))
+    if placement.tier == DROPPED:
+        return f"{room}, but it is dropped: no copy is left to move up; its next use recomputes it and stores it again"
+    if row.pin_tier:
+        return f"{room}, but it is pinned to {row.pin_tier}"
+    floor = row.quality_floor
+    if floor is None:
+        floor = dict(description.tenant_quality_floors).get(row.tenant, description.quality_floor)
+    lower = _quality_lower(profiles)
+    reach = derivable_matrix(tuple(dict.fromkeys((placement.codec, *(o.codec for o in roomy)))))
+    codec_at = {c: k for k, c in enumerate(dict.fromkeys((placement.codec, *(o.codec for o in roomy))))}
+    allowed = [
+        o for o in roomy
+        if reach[0, codec_at[o.codec]] and (o.codec == "none" or lower.get(o.codec, 0.0) >= floor)
+        and (row.pin_codec is None or o.codec == row.pin_codec) and o.utility is not None
+    ]  # fmt: skip
+    if not allowed:
+        return f"{room}, but no codec there can be made from its {placement.codec} copy within its pin and quality floor"
+    best = max(allowed, key=lambda o: o.utility)
+    current = next((o for o in options if o.chosen), None)
+    if current is None or current.utility is None:
+        return None
+    if best.utility <= current.utility:
+        return (f"{room}, but its best option there ({best.tier} / {best.codec}, utility {best.utility:.4g}) is "
+                f"worth no more than where it is ({current.utility:.4g})")  # fmt: skip
+    age_s = now - placement.since
+    residence_s = float(_RESIDENCE_S)
+    if age_s < residence_s:
+        return (f"{room}: moved here {age_s:.0f} s ago, a rebalance moves it up to {best.tier} / {best.codec} "
+                f"(+{best.utility - current.utility:.4g} utility) once it has stayed {residence_s:g} s")  # fmt: skip
+    return (f"{room}, and {best.tier} / {best.codec} is worth more ({best.utility:.4g} against "
+            f"{current.utility:.4g}): the next rebalance (every {description.replan_s:g} s) moves it up")  # fmt: skip
+
+
+# The manager's default rebalance_min_residence_s (the description does not carry it).
+_RESIDENCE_S = ManagerConfig.__dataclass_fields__["rebalance_min_residence_s"].default
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def _quality_lower(profiles) -> dict[str, float]:
+    """The lower bound the placer checks floors against, per codec (the profile it prices)."""
+    best: dict[str, ProfileRow] = {}
+    for p in profiles:
+        cur = best.get(p.codec)
+        if cur is None or (p.metric == "teacher-forced", p.measured_at) > (cur.metric == "teacher-forced", cur.measured_at):
+            best[p.codec] = p
+    return {c: max(0.0, p.quality - QUALITY_Z * (p.quality_sd or 0.0)) for c, p in best.items()}
 
 
 def pricing_inputs(description: ManagerDescription, tiers) -> PricingInputs:

@@ -24,7 +24,7 @@ import numpy as np
 
 from evicctl.manager.placer.hull import hull_steps
 from evicctl.manager.placer.options import build_options
-from evicctl.manager.placer.place import _candidates, finish_plan
+from evicctl.manager.placer.place import finish_plan, relief_candidates
 from evicctl.manager.placer.types import DROPPED, PlacementProblem, Plan
 
 
@@ -36,14 +36,20 @@ class RoomPrice:
     cum_loss: np.ndarray  # [S] float64, ascending
 
     def loss(self, need: int) -> float:
-        """Utility the greedy's cheapest moves lose to free `need` bytes (inf: it cannot)."""
-        if need <= 0:
+        """Utility the greedy's cheapest moves lose to free `need` bytes. Beyond what the
+        contexts of the last plan can free, the rest is priced at nothing: contexts admitted
+        since can move too (the newcomer itself among them), and the re-plan decides. Erring
+        this way is safe: a context admitted too high can still go anywhere, one admitted
+        compressed or dropped cannot come back."""
+        if need <= 0 or len(self.cum_bytes) == 0:
             return 0.0
         k = int(np.searchsorted(self.cum_bytes, need))  # the first step with enough freed
-        return float(self.cum_loss[k]) if k < len(self.cum_bytes) else math.inf
+        return float(self.cum_loss[min(k, len(self.cum_loss) - 1)])
 
 
-NO_ROOM = RoomPrice(np.zeros(0, dtype=np.int64), np.zeros(0))  # nothing can be moved off
+NO_ROOM = RoomPrice(np.zeros(0, dtype=np.int64), np.zeros(0))  # nothing to move off: room costs nothing
+# Room beyond the free space not to be had at any price (for comparisons: free room only).
+UNAVAILABLE = RoomPrice(np.zeros(1, dtype=np.int64), np.array([math.inf]))
 
 
 def room_prices(plan: Plan) -> tuple[RoomPrice, ...]:
@@ -60,7 +66,7 @@ def room_prices(plan: Plan) -> tuple[RoomPrice, ...]:
             continue
         cur_codec = plan.codec_index[rows]
         cur_bytes = p.stored_bytes.reshape(-1).take(cur_codec * n + rows)
-        freed, loss, _ = _candidates(p, opts, rows, t, cur_codec, cur_bytes)
+        freed, loss, _ = relief_candidates(p, opts, rows, t, cur_codec, cur_bytes)
         steps, _ = hull_steps(freed, loss, p.freq[rows], int(cur_bytes.sum()))
         if not steps:
             out.append(NO_ROOM)
@@ -81,11 +87,15 @@ def admission_plan(
     highest utility net of the room it takes (see the module docstring).
 
     over_bytes: [T] bytes each tier holds beyond its capacity now (negative: free room);
-    prices: room_prices of the last full plan, or None (none yet: room beyond the free space is
-    priced as unavailable). None when no option is allowed (the caller re-plans in full)."""
+    prices: room_prices of the last full plan, or None when there is none yet (after a start):
+    room is then priced at nothing (RoomPrice.loss says why that errs the safe way), the
+    context takes its best option as a full plan would at first, and the full re-plan its
+    overflow asks for relieves the tier. None when no option is allowed (the caller re-plans
+    in full).
+    """
     if p.n_contexts != 1:
         raise ValueError(f"admission_plan admits one context; got {p.n_contexts}")
-    opts = build_options(p)
+    opts = build_options(p, size_classes=False)
     n_tiers, n_codecs = len(p.tiers), len(p.codecs)
     one = np.zeros(1, dtype=np.int64)
     allowed = np.stack([opts.allowed_at(t, one)[:, 0] for t in range(n_tiers)])  # [T, C]
@@ -97,9 +107,10 @@ def admission_plan(
         price = prices[t] if prices is not None and t < len(prices) else NO_ROOM
         already = price.loss(over)
         for c in range(n_codecs):
-            if allowed[t, c] <= -1e29:
-                continue
-            cost = price.loss(over + int(sizes[c])) - already if over + int(sizes[c]) > 0 else 0.0
+            if allowed[t, c] <= -1e29 or sizes[c] > p.capacity_bytes[t]:
+                continue  # not allowed, or larger than the tier: it never fits there
+            need = over + int(sizes[c])
+            cost = price.loss(need) - already if need > 0 else 0.0
             net[t * n_codecs + c] = freq * float(allowed[t, c]) - cost
     if opts.drop_ok[0]:
         net[-1] = freq * float(opts.drop_value[0])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from evicctl.manager.placer.admit import admission_plan, overflows, room_prices
+from evicctl.manager.placer.admit import UNAVAILABLE, admission_plan, overflows, room_prices
 from evicctl.manager.placer.options import build_options
 from evicctl.manager.placer.place import place
 from evicctl.manager.placer.types import DROPPED, NEW, PlacementProblem
@@ -65,9 +65,9 @@ def replay_admissions(
     p: PlacementProblem, first: int, replan_every: int = 16, *, priced: bool = True
 ) -> ReplayResult:
     """Place contexts [0, first) with one cold plan, then admit the rest one at a time under
-    both policies (see the module docstring). priced False: admissions see no room prices (a
-    new context takes the best option that fits in the free space: the comparison that shows
-    what pricing room is worth). Utility is priced in `p`'s own terms; with
+    both policies (see the module docstring). priced False: room beyond the free space is
+    priced as unavailable (a new context takes the best option that fits: the comparison that
+    shows what pricing room is worth). Utility is priced in `p`'s own terms; with
     negative utilities (every option worse than nothing) the ratio reads inverted, so `p`
     should have positive ones (random_problem's have)."""
     n = p.n_contexts
@@ -78,7 +78,8 @@ def replay_admissions(
     tier[:first], codec[:first] = cold.tier_index, cold.codec_index
     full = (tier.copy(), codec.copy())
     inc = (tier.copy(), codec.copy())
-    prices = room_prices(cold) if priced else None
+    no_room = (UNAVAILABLE,) * len(p.tiers)
+    prices = room_prices(cold) if priced else no_room
     ratios, replans, overflowing = [], 0, 0
     for k in range(first, n):
         present = np.arange(k + 1)
@@ -93,7 +94,7 @@ def replay_admissions(
         if pressure or (k - first + 1) % replan_every == 0:
             plan = place(select(p, present, inc[0][present], inc[1][present]))
             inc[0][present], inc[1][present] = plan.tier_index, plan.codec_index
-            prices = room_prices(plan) if priced else None
+            prices = room_prices(plan) if priced else no_room
             replans += 1
         ratios.append(_total(p, value, *inc, k) / _total(p, value, *full, k))
     return ReplayResult(np.array(ratios), replans, overflowing)

@@ -92,7 +92,8 @@ class Options:
         return np.concatenate([stored, self.drop_ok[:, None]], axis=1)
 
 
-def build_options(p: PlacementProblem) -> Options:
+def build_options(p: PlacementProblem, *, size_classes: bool = True) -> Options:
+    """size_classes False: leave them out (a one-context admission never compresses in place)."""
     n_codecs, n_tiers = len(p.codecs), len(p.tiers)
     value = option_value(p.alpha, p.quality, p.ttft_s, out=np.empty((n_tiers, n_codecs, p.n_contexts), dtype=np.float32))
     drop_value = option_value(p.alpha, MISS_QUALITY, p.miss_ttft_s)
@@ -101,7 +102,7 @@ def build_options(p: PlacementProblem) -> Options:
     stored_now = p.current_tier >= 0
     current = np.where(stored_now, p.current_codec * n_tiers + p.current_tier, -1)
     current = np.where(p.current_tier == DROPPED, n_codecs * n_tiers, current)
-    classes = _size_classes(p.stored_bytes)
+    classes = _size_classes(p.stored_bytes) if size_classes else ()
     return Options(value, drop_value, drop_allowed, codec_ok, tier_ok, current, classes)
 
 

@@ -59,6 +59,9 @@ from evicctl.manager.placer.types import (
 # above the noise of probed bandwidths and fitted costs, which is relative to the TTFT) and
 # absolute (in seconds: a gain this small is not worth a copy).
 # Contexts marked `settled` (moved within the manager's rebalance_min_residence_s) stay put.
+# The hysteresis guards against churn where a move displaces others: a rebalance still moves a
+# context up into a faster tier's free room for any gain (`_promote_into_room`), so hot
+# contexts do not sit on a slower tier while a faster one has room.
 REBALANCE_GAIN_REL = 0.10
 REBALANCE_GAIN_ABS_S = 0.002
 
@@ -112,8 +115,32 @@ def initial_options(p: PlacementProblem, opts: Options) -> tuple[np.ndarray, np.
     clear_gain = top > cur_value + np.maximum(REBALANCE_GAIN_ABS_S, REBALANCE_GAIN_REL * cur_ttft_s)
     move = found & (~rebalance_only[rows] | clear_gain)
     opt[rows[move]] = chosen[move]
+    if rebalance_only.any():
+        # Below the hysteresis, a move up into free room still pays: it displaces nobody, so
+        # nothing can push it back down (the churn the hysteresis guards against).
+        small = found & rebalance_only[rows] & ~move & (top > cur_value) & (chosen < p.n_options - 1)
+        small &= chosen % n_tiers < cur_t
+        if small.any():
+            _promote_into_room(p, opt, rows[small], chosen[small], p.freq[rows[small]] * (top - cur_value)[small])
     # No allowed option (e.g. a pinned codec the stored copy cannot reach): stay put, say so.
     return opt, rows[~found]
+
+
+def _promote_into_room(p: PlacementProblem, opt: np.ndarray, rows, target, gain) -> None:
+    """Move contexts rows[k] up to flat option target[k] (gain[k]: utility gained) while the
+    destination tier's free room lasts, the most gain per byte first; updates `opt`."""
+    n, n_tiers, n_stored = p.n_contexts, len(p.tiers), p.n_options - 1
+    stored = (opt >= 0) & (opt < n_stored)
+    held = np.flatnonzero(stored)
+    sizes = p.stored_bytes.reshape(-1).take((opt[held] // n_tiers) * n + held)
+    room = p.capacity_bytes - np.bincount(opt[held] % n_tiers, weights=sizes, minlength=n_tiers).astype(np.int64)
+    size = p.stored_bytes.reshape(-1).take((target // n_tiers) * n + rows)
+    order = np.argsort(-gain / np.maximum(size, 1), kind="stable")
+    dest = target % n_tiers
+    for t in np.unique(dest):
+        mine = order[dest[order] == t]
+        take = mine[np.cumsum(size[mine]) <= room[t]]  # a prefix: the cumulative size only grows
+        opt[rows[take]] = target[take]
 
 
 def _option_ok(p: PlacementProblem, opts: Options, opt: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -133,7 +160,7 @@ def _relieve_tier(p: PlacementProblem, opts: Options, opt: np.ndarray, t: int) -
     excess = int(cur_bytes.sum()) - int(p.capacity_bytes[t])
     if excess <= 0:
         return
-    freed, loss, target = _candidates(p, opts, rows, t, cur_codec, cur_bytes)
+    freed, loss, target = relief_candidates(p, opts, rows, t, cur_codec, cur_bytes)
     if p.rebalance:
         # Hysteresis: a context already where it is (not just promoted by this rebalance) costs
         # more to push out, so a newcomer displaces it only for a clear gain, not a near-tie
@@ -189,7 +216,7 @@ def _rehome_undroppable(p: PlacementProblem, opts: Options, opt: np.ndarray) -> 
                 break
 
 
-def _candidates(p, opts, rows, t, cur_codec, cur_bytes):
+def relief_candidates(p, opts, rows, t, cur_codec, cur_bytes):
     """Each row's points (bytes freed on tier t, value lost, flat option), [K, n] each.
 
     Row 0 leaves the tier: the best option below no larger than now (a move never grows a

@@ -176,7 +176,7 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
     n, n_codecs = len(states), len(codecs)
     codec_at = {c: k for k, c in enumerate(codecs)}
     tier_at = {t.name: k for k, t in enumerate(tiers)}
-    parts = [parse_codec_name(c) for c in codecs]
+    parts = _parts_of(codecs)
 
     rows = np.array([option_rows(s, codecs, parts) for s in states]).reshape(n, 5, n_codecs)
     stored_bytes = np.ascontiguousarray(rows[:, ROW_BYTES].T).astype(np.int64)  # [C, N]
@@ -265,6 +265,12 @@ def price_problem(states, freq, *, codecs, tiers, cost_model, alpha: float, quer
         if settled_before is not None else None,
         priced_with=priced_with,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _parts_of(codecs: tuple[str, ...]) -> list:
+    """The codecs' CodecParts, once per codec list (a one-context admission prices with them)."""
+    return [parse_codec_name(c) for c in codecs]
 
 
 @functools.lru_cache(maxsize=8)
