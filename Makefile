@@ -79,8 +79,9 @@ fleet-demo: install
 	done; sleep 3; $(BIN)/evicctl top --fleet redis://127.0.0.1:7100; \
 	kill $$(jobs -p) 2>/dev/null; scripts/redis-cluster.sh stop $(FLEET_DIR)/cluster
 
-# Faults, load and hostile input on real processes (RELIABILITY.md); ~25 min; the filesystem
-# rows need mount rights. Quick: make faults ARGS="--crashes 10 --fuzz 500 --only crash,hostile"
+# Faults, load and hostile input on real processes (RELIABILITY.md); ~50 min on 2 cores (the
+# load at 10,000 contexts ~25 of them); the filesystem rows need mount rights.
+# Quick: make faults ARGS="--crashes 10 --fuzz 500 --only crash,hostile"
 faults: install
 	$(BIN)/python -P benchmarks/faults.py $(ARGS)
 

@@ -3,7 +3,8 @@
     .venv/bin/python -P benchmarks/faults.py --crashes 100 --fuzz 10000
     .venv/bin/python -P benchmarks/faults.py --crashes 10 --fuzz 500 --only crash,hostile   # quick
 
-Sections (--only, comma-separated): crash, hostile, env, load. Every section works in its own
+Sections (--only, comma-separated): crash, hostile, env, load (then kill -9 at that size,
+timed restarts), scale (memory at --scale-contexts). Every section works in its own
 temporary folder; `--lock-s` is how long another writer holds the database (30 by default).
 A row's "lost" counts what should have survived and did not (contexts, commands, or checks
 that failed); the problems behind every nonzero count are printed under the table.
@@ -24,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (never t
 import faults_env  # noqa: E402
 import faults_hostile  # noqa: E402
 import faults_load  # noqa: E402
+import faults_scale  # noqa: E402
 from faults_common import Figure, dump  # noqa: E402
 from faults_crash import CrashHarness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("crash", "hostile", "env", "load")
+SECTIONS = ("crash", "hostile", "env", "load", "scale")
 
 
 def machine() -> str:
@@ -66,8 +68,15 @@ def section(name: str, args, tmp: Path) -> list[tuple[Figure, list[str]]]:
             faults_env.clock_backwards(_mk(folder / "clock")),
             faults_load.pinned_reader_wal(_mk(folder / "wal"), seconds=args.wal_s),
         ]
-    figure, wal, problems = faults_load.run_load(_mk(folder / "load"), args.load_contexts, args.operators, args.load_commands)
-    return [(figure, problems), (wal, [])]
+    if name == "scale":
+        return [faults_scale.rss_at_scale(_mk(folder / "rss"), args.scale_contexts, seconds=args.scale_s)]
+    root = _mk(folder / "load")
+    figure, wal, problems = faults_load.run_load(root, args.load_contexts, args.operators, args.load_commands,
+                                                 deadline_s=args.load_deadline_s)  # fmt: skip
+    rows = [(figure, problems), (wal, [])]
+    if args.recover_kills:  # on the state the load run left: kill -9 during a replay, timed restarts
+        rows.append(faults_scale.recovery_at_scale(root, args.load_contexts, kills=args.recover_kills, seed=args.seed))
+    return rows
 
 
 def _mk(path: Path) -> Path:
@@ -95,6 +104,10 @@ def main() -> int:
     ap.add_argument("--load-contexts", type=int, default=10_000)
     ap.add_argument("--operators", type=int, default=8)
     ap.add_argument("--load-commands", type=int, default=1000, help="commands per operator process")
+    ap.add_argument("--load-deadline-s", type=float, default=1800.0, help="no load command starts after this")
+    ap.add_argument("--recover-kills", type=int, default=3, help="kill -9 of the loaded manager, each restart timed")
+    ap.add_argument("--scale-contexts", type=int, default=100_000, help="contexts for the memory figure")
+    ap.add_argument("--scale-s", type=float, default=60.0, help="seconds of replay before RSS is read")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     only = [s for s in args.only.split(",") if s]
