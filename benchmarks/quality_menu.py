@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 from evicctl.config import DEFAULT_CODECS
-from evicctl.engine import hf, prompt
+from evicctl.engine import hf, kvzip, prompt
 from evicctl.manager.codecs.codec import get_codec
+from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.kv import KV
 
 MAX_NEW_TOKENS = 24  # as the profiler (ProfilerSettings.max_new_tokens)
@@ -138,7 +139,10 @@ def compress(kv: KV, codecs: tuple[str, ...]) -> tuple[dict[int, dict[str, KV]],
 def measure_context(model, tokenizer, ctx: dict, codecs: tuple[str, ...], n_tf: int, n_as: int, device) -> dict:
     """One context's record: per codec, teacher-forced scores (and greedy answers if n_as)."""
     t0 = time.perf_counter()
-    kv, _ = hf.prefill_context(model, prompt.context_ids(tokenizer, ctx["text"]).to(device))
+    ids = prompt.context_ids(tokenizer, ctx["text"]).to(device)
+    kv, _ = hf.prefill_context(model, ids)  # with the ``expected`` scores
+    if any(parse_codec_name(c).scorer == "kvzip" for c in codecs):  # the engine's --kvzip pass
+        kv = kvzip.with_kvzip_scores(model, kv, ids, tokenizer)
     qas = (ctx["profiling"] + [q for q in ctx["test"] if q not in ctx["profiling"]])[:n_tf]
     q_ids = [prompt.question_ids(tokenizer, q["question"])[0].tolist() for q in qas]
     stop = prompt.stop_token_ids(tokenizer)

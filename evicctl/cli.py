@@ -105,6 +105,7 @@ def demo(
     cache_dir: Annotated[Path | None, typer.Option(help="Model and disk-tier cache (default: $XDG_CACHE_HOME/evicctl).", file_okay=False)] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help=f"Serve Prometheus /metrics on 127.0.0.1:PORT (default: {DEMO.DEFAULT_METRICS_PORT}; 0: any free port).")] = None,
+    kvzip: Annotated[bool, typer.Option("--kvzip", help="Also compute KVzip scores when storing a context (about 2-3 prefills more per miss), so the kvzip codecs can be chosen.")] = False,
     db: DbOpt = None,
 ) -> None:
     """Run an embedded engine, workload and manager (the store others can watch with evicctl top)."""
@@ -117,7 +118,7 @@ def demo(
     }
     run_demo = lazy_attr("evicctl.engine.demo", "run_demo", "evicctl demo")
     options = _given(duration_s=duration, contexts=contexts, requests=requests, seed=seed, cache_dir=cache_dir, device=device)
-    options |= _given(metrics_port=metrics_port)
+    options |= _given(metrics_port=metrics_port) | ({"kvzip": True} if kvzip else {})
     run_demo(headless=headless, db_path=db_path(db), **options, **capacities)
 
 

@@ -18,6 +18,13 @@ MENU_SCORERS: tuple[str, ...] = ("snapkv", "keydiff", "knorm")
 MENU_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
 MENU_QUANT_WIDTHS: tuple[int, ...] = (8, 4, 3, 2)  # alone
 MENU_COMBO_WIDTHS: tuple[int, ...] = (4, 2)  # after dropping
+# Scorers that need the model (the engine computes their per-token scores when it stores a
+# context: Expected Attention always, KVzip when configured; a context without them is never
+# offered their codecs) at 0.5, alone and with int4 and int2: the best drops measured at 0.5
+# (teacher-forced kvzip .94, expected .92 against snapkv .85; engine/priors.py).
+MENU_MODEL_SCORERS: tuple[str, ...] = ("kvzip", "expected")
+MENU_MODEL_RATIOS: tuple[float, ...] = (0.5,)
+MENU_MODEL_WIDTHS: tuple[int, ...] = (4, 2)
 
 
 def generate_menu(
@@ -25,15 +32,21 @@ def generate_menu(
     ratios: tuple[float, ...] = MENU_RATIOS,
     quant_widths: tuple[int, ...] = MENU_QUANT_WIDTHS,
     combo_widths: tuple[int, ...] = MENU_COMBO_WIDTHS,
+    model_scorers: tuple[str, ...] = MENU_MODEL_SCORERS,
+    model_ratios: tuple[float, ...] = MENU_MODEL_RATIOS,
+    model_widths: tuple[int, ...] = MENU_MODEL_WIDTHS,
 ) -> tuple[str, ...]:
     """Codec names, in canonical spelling: none, each width alone, each (scorer, ratio) alone,
-    each (scorer, ratio, combo width). 1 + Q + S*R*(1 + W) names."""
+    each (scorer, ratio, combo width). 1 + Q + S*R*(1 + W) names; then each (model scorer,
+    ratio) alone and with each model width: + MS*MR*(1 + MW)."""
     drops = [f"{s}@{r!r}" for s in scorers for r in ratios]
+    model_drops = [f"{s}@{r!r}" for s in model_scorers for r in model_ratios]
     return (
         "none",
         *(f"int{b}" for b in quant_widths),
         *drops,
         *(f"{d}+int{b}" for d in drops for b in combo_widths),
+        *(c for d in model_drops for c in (d, *(f"{d}+int{b}" for b in model_widths))),
     )
 
 

@@ -240,6 +240,7 @@ def run_demo(
     profile_questions: int = 3,
     metric: str = "teacher-forced",
     metrics_port: int | None = DEFAULT_METRICS_PORT,
+    kvzip: bool = False,
     console=None,
 ) -> DemoSummary:
     """Run the demo; returns (and, headless, prints) the summary. See the module docstring."""
@@ -266,7 +267,8 @@ def run_demo(
     manager = _start_manager(config, console)
     try:
         setup = _Setup(console, manager, cache_dir, device, contexts, requests, duration_s, seed, rate_rps, zipf,
-                       trace, target_tokens, profile_questions, metric, max_new_tokens, started_at)  # fmt: skip
+                       trace, target_tokens, profile_questions, metric, max_new_tokens, started_at,
+                       kvzip=kvzip)  # fmt: skip
         summary = _run_with_dashboard(setup, db_path) if interactive else _run_headless(setup)
         _finish(summary, manager, setup, started_at)
     finally:
@@ -313,6 +315,7 @@ class _Setup:
     max_new_tokens: int
     started_at: float
     profiler: object = None
+    kvzip: bool = False  # the engine (and profiler) compute KVzip scores when storing a context
 
     def build(self, status=None) -> DemoRun:
         """Load the model and data, wire engine + profiler + workload (the slow part)."""
@@ -330,7 +333,7 @@ class _Setup:
         say("loading contexts")
         chosen = load_contexts(tokenizer, self.contexts, target_tokens=self.target_tokens, seed=self.seed)
         settings = ProfilerSettings(metric=self.metric, questions=self.profile_questions,
-                                    max_new_tokens=self.max_new_tokens, seed=self.seed)  # fmt: skip
+                                    max_new_tokens=self.max_new_tokens, seed=self.seed, kvzip=self.kvzip)  # fmt: skip
         self.profiler = Profiler(self.manager, model, tokenizer, self.manager.codec_names, settings,
                                  priors=default_priors(self.metric), device=self.device)  # fmt: skip
         self.profiler.load_stored(read_stored_profiles(self.manager.config.db_path))
@@ -346,7 +349,7 @@ class _Setup:
                                     duration_s=None, seed=self.seed)  # fmt: skip
         if self.trace and self.requests:
             workload = (r for r in workload if r.index < self.requests)
-        engine = Engine(self.manager, model, tokenizer, self.device)
+        engine = Engine(self.manager, model, tokenizer, self.device, kvzip=self.kvzip)
         return DemoRun(engine, self.profiler, chosen, workload, self.max_new_tokens, self.started_at, self.duration_s)
 
 

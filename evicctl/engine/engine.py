@@ -1,8 +1,12 @@
 """The reference engine: answers questions about contexts whose KV the manager keeps.
 
 Miss: prefill context + question in one pass, answer, then hand the context's KV (with the
-snapkv window queries) to the manager; storing happens after the answer so it is not on
-the time-to-first-token path. Hit: take the KV from the manager and prefill only the
+snapkv window queries and the per-token scores of the ``expected`` scorer, whose query
+statistics that one prefill gathers) to the manager; storing happens after the answer so it
+is not on the time-to-first-token path. With ``kvzip=True`` storing also runs KVzip's
+reconstruction pass (kvzip.py) for the ``kvzip`` scorer: about one more prefill of the
+context per miss (BENCHMARKS.md), so it is off unless configured; without it the manager
+never offers the ``kvzip`` codecs for that context and refuses a recompress to them. Hit: take the KV from the manager and prefill only the
 question on top of it, its positions continuing from the original context length.
 """
 
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evicctl.engine import hf, prompt
+from evicctl.engine import hf, kvzip, prompt, query_stats
 from evicctl.manager.kv import KV
 
 
@@ -64,10 +68,12 @@ def _sync(device: torch.device) -> None:
 class Engine:
     """HF transformers engine over a Manager (see evicctl.manager.manager.Manager)."""
 
-    def __init__(self, manager, model, tokenizer, device: str | torch.device = "cpu") -> None:
+    def __init__(self, manager, model, tokenizer, device: str | torch.device = "cpu", *, kvzip: bool = False) -> None:
+        """kvzip: also compute KVzip scores when storing a context (one more pass; module docstring)."""
         self.manager, self.model, self.tokenizer = manager, model, tokenizer
         self.device = torch.device(device)
         self.stop_ids = prompt.stop_token_ids(tokenizer)
+        self.kvzip = kvzip
 
     def answer(
         self,
@@ -122,7 +128,10 @@ class Engine:
         ids = torch.cat([c_ids, q_ids], dim=1)  # [1, T + Q]
         t0 = time.perf_counter()
         window_start = max(0, tokens_ctx - hf.WINDOW)
-        with hf.capture_window_queries(self.model, window_start, min(hf.WINDOW, tokens_ctx)) as captured:
+        with (
+            hf.capture_window_queries(self.model, window_start, min(hf.WINDOW, tokens_ctx)) as captured,
+            query_stats.capture_query_statistics(self.model, tokens_ctx) as stats,
+        ):
             result = hf.forward(self.model, ids)
         _sync(self.device)
         prefill_s = time.perf_counter() - t0
@@ -135,6 +144,7 @@ class Engine:
         # The cache grew by the answer; its first T positions are the context's KV, exactly.
         kv = hf.kv_from_cache(result.cache, tokens_ctx, hf.stack_window(captured))
         t1 = time.perf_counter()
+        kv = self.scored(kv, c_ids, stats)
         # prefill_s tells the manager what a miss costs for this context (utility of keeping it)
         self.manager.store(context_id, kv, label=label, tenant=tenant, prefill_s=prefill_s)
         store_s = time.perf_counter() - t1
@@ -147,6 +157,12 @@ class Engine:
             context_tokens=tokens_ctx, kept_tokens=tokens_ctx, question_tokens=q_ids.shape[1],
             full_kv=kv,
         )
+
+    def scored(self, kv: KV, context_ids: torch.Tensor, stats: dict) -> KV:
+        """`kv` with its per-token scores: ``expected`` from the prefill's query statistics, and
+        ``kvzip`` from a reconstruction pass when the engine is configured for it."""
+        kv = query_stats.with_expected_scores(kv, stats)
+        return kvzip.with_kvzip_scores(self.model, kv, context_ids, self.tokenizer) if self.kvzip else kv
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -116,11 +116,18 @@ def stack_window(captured: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 def prefill_context(model, context_ids: torch.Tensor, window: int = WINDOW) -> tuple[KV, torch.Tensor]:
-    """Prefill a context alone: (its KV with window queries, logits of its last position)."""
+    """Prefill a context alone: (its KV with window queries and Expected Attention scores,
+    logits of its last position)."""
+    from evicctl.engine import query_stats
+
     tokens = context_ids.shape[1]
-    with capture_window_queries(model, max(0, tokens - window), window) as captured:
+    with (
+        capture_window_queries(model, max(0, tokens - window), window) as captured,
+        query_stats.capture_query_statistics(model, tokens) as stats,
+    ):
         result = forward(model, context_ids)
-    return kv_from_cache(result.cache, tokens, stack_window(captured)), result.logits[:, -1]
+    kv = kv_from_cache(result.cache, tokens, stack_window(captured))
+    return query_stats.with_expected_scores(kv, stats), result.logits[:, -1]
 
 
 @torch.no_grad()

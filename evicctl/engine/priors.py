@@ -52,6 +52,16 @@ _MEASURED: dict[str, tuple[float, float, float]] = {
     "knorm@0.5+int2": (0.6555, 0.00941, 0.02571),
     "knorm@0.75+int4": (0.6827, 0.01571, 0.03695),
     "knorm@0.75+int2": (0.6189, 0.01378, 0.03049),
+    # The model-side scorers, measured the same way on the same 160 contexts and questions
+    # (quality_menu.py --codecs with the 0.5 rows above, which it reproduced to 4 decimals;
+    # docs/codecs.md has the command): Expected Attention and KVzip scores as the engine
+    # computes them when it stores a context.
+    "expected@0.5": (0.9150, 0.00112, 0.01333),
+    "expected@0.5+int4": (0.9083, 0.00104, 0.01380),
+    "expected@0.5+int2": (0.7085, 0.00322, 0.01817),
+    "kvzip@0.5": (0.9365, 0.00057, 0.00503),
+    "kvzip@0.5+int4": (0.9287, 0.00056, 0.00542),
+    "kvzip@0.5+int2": (0.6895, 0.00299, 0.01387),
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from evicctl.engine import hf, prompt
+from evicctl.engine import hf, kvzip, prompt
 from evicctl.engine.data import QA, Context
 from evicctl.engine.quality import (
     METRICS,
@@ -38,6 +38,7 @@ from evicctl.engine.quality import (
 from evicctl.engine.shrinkage import CodecStats, Estimate, Tally, codec_stats, estimate
 from evicctl.errors import NoSuchContextError, UsageError
 from evicctl.manager.codecs.codec import get_codec
+from evicctl.manager.codecs.scorers import available_scorers
 from evicctl.manager.kv import KV
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ProfilerSettings:
     max_held_kvs: int = 2  # queued jobs that keep their full KV (46 MB per 1k tokens, fp32)
     max_online_queue: int = 8
     seed: int = 0
+    kvzip: bool = False  # compute KVzip scores when the profiler prefills a context itself (as the engine)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -175,7 +177,10 @@ class Profiler:
     def _profile_job(self, context: Context, kv: KV | None, held: bool) -> Iterator[None]:
         try:
             if kv is None:
-                kv, _ = hf.prefill_context(self.model, prompt.context_ids(self.tokenizer, context.text).to(self.device))
+                ids = prompt.context_ids(self.tokenizer, context.text).to(self.device)
+                kv, _ = hf.prefill_context(self.model, ids)
+                if self.settings.kvzip:
+                    kv = kvzip.with_kvzip_scores(self.model, kv, ids, self.tokenizer)
                 yield
             questions = self._next_questions(context)
             refs = []
@@ -183,7 +188,7 @@ class Profiler:
                 refs.append(self.reference(kv, qa))
                 self._add_f1(context.id, "none", refs[-1].text, qa)
                 yield
-            for codec in self.codecs:
+            for codec in self.scorable(kv):
                 for score in self.score_codec(kv, codec, refs, context.id):
                     self._add(context.id, codec, score)
                 yield
@@ -252,6 +257,13 @@ class Profiler:
         )
         return tokens
 
+    def scorable(self, kv: KV) -> list[str]:
+        """The codecs this KV can be encoded with: a codec whose scorer needs side data the KV
+        lacks (kvzip scores of an engine not configured for them) is not measured; the manager
+        never offers it for that context."""
+        have = available_scorers(kv)
+        return [c for c in self.codecs if get_codec(c).scorer in (None, *have)]
+
     def score_codec(self, kv: KV, codec: str, refs: list[Reference], context_id: str | None = None) -> list[float]:
         """Quality of `codec` on this KV for each reference question, by the configured metric."""
         c = get_codec(codec)
@@ -274,7 +286,7 @@ class Profiler:
         for r in refs:
             self._add_f1(context.id, "none", r.text, r.qa)
         out = {}
-        for codec in self.codecs:
+        for codec in self.scorable(kv):
             out[codec] = self.score_codec(kv, codec, refs, context.id)
             for score in out[codec]:
                 self._add(context.id, codec, score)

@@ -51,6 +51,8 @@ class CommandHandler:
         with m.state_lock:
             pin_tier, pin_codec = tier or ctx.pin_tier, codec or ctx.pin_codec
             stored = ctx.stored
+        if codec and stored:
+            self._check_scores(ctx, codec, "pin")
         if codec and not args.get("force"):
             self._check_floor(ctx, codec, "pin")
         what = " and ".join(x for x in (pin_tier and f"tier {pin_tier}", pin_codec and f"codec {pin_codec}") if x)
@@ -137,6 +139,7 @@ class CommandHandler:
             raise RefusedError(f"{ctx.id} is already stored as {codec}")
         if pin_codec and pin_codec != codec:
             raise RefusedError(f"{ctx.id} is pinned to codec {pin_codec}; unpin it first")
+        self._check_scores(ctx, codec, "recompress")  # force cannot make scores that are not there
         if not args.get("force"):
             self._check_floor(ctx, codec, "recompress")
         plan = m.plan(overrides={ctx.id: {"force_codec": codec, "force_tier": tier_name}})
@@ -180,6 +183,33 @@ class CommandHandler:
         if codec not in self.manager.codec_names:
             raise UnknownNameError("codec", codec, self.manager.codec_names)
         return codec
+
+    def _check_scores(self, ctx, codec: str, verb: str) -> None:
+        """Refuse a codec whose scorer reads per-token scores (expected, kvzip) that the
+        context's KV does not carry: the engine computes them when it stores a context, and
+        nothing can compute them from a stored copy."""
+        from evicctl.manager.codecs.codec import carried_scores
+        from evicctl.manager.codecs.names import TOKEN_SCORERS, parse_codec_name
+
+        scorer = parse_codec_name(codec).scorer
+        if scorer not in TOKEN_SCORERS:
+            return
+        m = self.manager
+        with m.state_lock:
+            carried, tier_name, key = ctx.token_scores, ctx.tier, ctx.key
+        if carried is None:  # not known since a restart: the stored copy says
+            try:
+                carried = carried_scores(m.tier_named(tier_name).get(key)[0])
+            except (KeyError, EvicctlError) as exc:
+                raise RefusedError(f"cannot {verb} {ctx.id} to {codec}: its stored copy cannot be read ({exc})") from exc
+            with m.state_lock:
+                ctx.learn_token_scores(carried)
+        if scorer not in carried:
+            how = "when it is configured for kvzip (demo --kvzip)" if scorer == "kvzip" else "when it prefills it"
+            raise RefusedError(
+                f"cannot {verb} {ctx.id} to {codec}: its KV carries no {scorer} scores (an engine computes "
+                f"them when it stores a context, {how}; a stored copy cannot be re-scored without them)"
+            )
 
     def _check_floor(self, ctx, codec: str, verb: str) -> None:
         """Refuse a codec whose quality (lower bound) is below the context's floor."""

@@ -20,6 +20,10 @@ class KV:
     tokens: token count of the full (uncompressed) context.
     window_queries: optional [layers, q_heads, window, head_dim] queries of the last
         prompt positions, kept with the context for the ``snapkv`` scorer.
+    token_scores: optional scorer name -> [layers, kv_heads, tokens] per-token scores the
+        engine computed when it stored the context (``expected``, ``kvzip``: they need the
+        model), indexed by original position, so a dropped KV is re-scored by gathering at
+        ``positions``.
     """
 
     keys: tuple[torch.Tensor, ...]
@@ -27,6 +31,7 @@ class KV:
     positions: torch.Tensor
     tokens: int
     window_queries: torch.Tensor | None = field(default=None, compare=False)
+    token_scores: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.values) or not self.keys:
@@ -85,7 +90,15 @@ class KV:
             positions=move(self.positions),
             tokens=self.tokens,
             window_queries=None if self.window_queries is None else move(self.window_queries),
+            token_scores={name: move(s) for name, s in self.token_scores.items()},
         )
+
+    @property
+    def side_numel(self) -> int:
+        """Elements of the side tensors a stored form carries in 16 bits (window queries and
+        token scores): the ``window_numel`` of the size arithmetic (names.py)."""
+        wq = 0 if self.window_queries is None else self.window_queries.numel()
+        return wq + sum(s.numel() for s in self.token_scores.values())
 
 
 def raw_kv_bytes(tokens: int, layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:

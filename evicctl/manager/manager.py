@@ -363,6 +363,7 @@ class Manager:
                 ctx.hits += 1
                 ctx.last_access_at = now
                 ctx.min_tier = 0  # used again: an operator's evict no longer holds it down
+                ctx.learn_token_scores(kv.token_scores)  # not known after a restart until now
                 self.rt.tier_hits[tier.name] = self.rt.tier_hits.get(tier.name, 0) + 1
                 self.rt.dirty.add(context_id)
             self.rt.metrics.lookup_hit(tier.name, codec, ctx.tenant, ctx.tokens, nbytes, load_s + decode_s)
@@ -603,8 +604,8 @@ class Manager:
 
     def _admit_state(self, ctx, context_id, kv: KV, label, tenant, prefill_s, now) -> ContextState:
         """Create (or refresh a dropped) context's state for admission. Under _lock."""
-        wq = kv.window_queries
-        shape = (kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(), 0 if wq is None else wq.numel())
+        # window_numel counts every 16-bit side tensor a stored form carries (window queries, token scores)
+        shape = (kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(), kv.side_numel)
         self.rt.kv_shape = dict(zip(("layers", "kv_heads", "head_dim", "dtype_bytes", "window_numel"), shape, strict=True))
         if ctx is None:
             ctx = ContextState(context_id, kv.tokens, raw_kv_bytes(kv.tokens, *shape[:4]), created_at=now)
@@ -613,6 +614,7 @@ class Manager:
         ctx.label = label if label is not None else ctx.label
         ctx.tenant = tenant
         ctx.last_access_at = now
+        ctx.learn_token_scores(kv.token_scores)
         ctx.set_sizes(codec_sizes(self.codec_names, kv.tokens, shape, ctx.raw_bytes))
         if prefill_s is not None and prefill_s > 0:
             ctx.miss_s = float(prefill_s)

@@ -68,6 +68,9 @@ class ContextState:
     utility: float | None = None  # of the current placement, priced by the last plan
     priced_freq: float | None = None  # the access rate (1/s) that plan priced it at
     sizes: dict[str, int] = field(default_factory=dict)  # codec -> predicted stored bytes
+    # Scorers whose per-token scores its KV carries (KV.token_scores: expected, kvzip), so the
+    # codecs of those scorers it can take; None = not known (after a restart, until a hit).
+    token_scores: frozenset[str] | None = None
     # The placer's per-codec rows of this context, kept by utility.option_rows between plans
     # (a plan prices every context: rebuilding them each time cost ~35 us a context).
     # `version` moves whenever sizes or profiles change; set them through the methods below.
@@ -91,6 +94,13 @@ class ContextState:
     def set_sizes(self, sizes: dict[str, int]) -> None:
         self.sizes = sizes
         self.version += 1
+
+    def learn_token_scores(self, names) -> None:
+        """Record which token scores its KV carries (the placer offers their codecs only then)."""
+        names = frozenset(names)
+        if names != self.token_scores:
+            self.token_scores = names
+            self.version += 1
 
     def add_size(self, codec: str, nbytes: int) -> None:
         """The size of a copy at a codec the size table lacks (one no longer offered)."""

@@ -38,7 +38,8 @@ def _kv(tokens: int, layers: int, heads: int, dim: int, dtype: torch.dtype, wind
     keys = [torch.randn(1, heads, tokens, dim, generator=gen).to(dtype) for _ in range(layers)]
     values = [torch.randn(1, heads, tokens, dim, generator=gen).to(dtype) for _ in range(layers)]
     wq = torch.randn(layers, 2 * heads, window, dim, generator=gen).to(dtype)  # snapkv scores with them
-    return KV(tuple(keys), tuple(values), torch.arange(tokens).expand(layers, heads, tokens), tokens, wq)
+    scores = {name: torch.rand(layers, heads, tokens, generator=gen) for name in ("expected", "kvzip")}  # the engine's
+    return KV(tuple(keys), tuple(values), torch.arange(tokens).expand(layers, heads, tokens), tokens, wq, scores)
 
 
 @pytest.mark.parametrize("name", example_codec_names(0.3) + ("none", "int4"))
@@ -46,7 +47,7 @@ def _kv(tokens: int, layers: int, heads: int, dim: int, dtype: torch.dtype, wind
 def test_torch_free_size_is_what_encoding_stores(name: str, tokens: int, dim: int, dtype, window: int) -> None:
     """Not only equal to the codec's prediction: equal to the bytes an encode really holds."""
     kv = _kv(tokens, 2, 2, dim, dtype, window)
-    predicted = cn.stored_bytes(name, tokens, 2, 2, dim, kv.keys[0].element_size(), window_numel=kv.window_queries.numel())
+    predicted = cn.stored_bytes(name, tokens, 2, 2, dim, kv.keys[0].element_size(), window_numel=kv.side_numel)
     assert predicted == get_codec(name).encode(kv).nbytes
 
 
@@ -136,11 +137,11 @@ def test_the_menu_is_generated_and_holds_the_combinations() -> None:
     from evicctl import config
 
     assert config.generate_menu() == DEFAULT_CODECS
-    assert len(DEFAULT_CODECS) == len(set(DEFAULT_CODECS)) == 1 + 4 + 9 * 3
+    assert len(DEFAULT_CODECS) == len(set(DEFAULT_CODECS)) == 1 + 4 + 9 * 3 + 2 * 3  # + kvzip/expected
     assert all(cn.validate_codec_name(n) == n for n in DEFAULT_CODECS)
     parts = [cn.parse_codec_name(n) for n in DEFAULT_CODECS]
     for scorer in cn.SCORER_NAMES:
-        for ratio in config.MENU_RATIOS:
+        for ratio in config.MENU_RATIOS if scorer in config.MENU_SCORERS else config.MENU_MODEL_RATIOS:
             for bits in (None, 4, 2):
                 assert cn.CodecParts(scorer, ratio, bits, residual=cn.default_residual(bits)) in parts
     assert {p.bits for p in parts} == {None, 8, 4, 3, 2}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import dataclasses
 import math
 import subprocess
 import sys
@@ -40,7 +41,10 @@ def make_kv(layers=2, heads=3, tokens=100, dim=64, q_heads=6, window=16, dtype=t
     keys = [rand(1, heads, tokens, dim) * (1 + torch.rand(1, 1, 1, dim, generator=gen)) for _ in range(layers)]
     values = [rand(1, heads, tokens, dim) for _ in range(layers)]
     wq = rand(layers, q_heads, window, dim) if q_heads else None
-    return KV.full([k.to(dtype) for k in keys], values, wq)
+    kv = KV.full([k.to(dtype) for k in keys], values, wq)
+    # the engine's per-token scores (expected, kvzip): float32, any positive values
+    scores = {name: torch.rand(layers, heads, tokens, generator=gen) for name in ("expected", "kvzip")}
+    return dataclasses.replace(kv, token_scores=scores)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,7 @@ def test_stored_bytes_is_exact(name: str, shape) -> None:
         q_heads = q_heads or heads
     kv = make_kv(layers, heads, tokens, dim, q_heads, window=min(tokens, 8), dtype=dtype)
     stored = codec.encode(kv)
-    wq_numel = 0 if kv.window_queries is None else kv.window_queries.numel()
-    predicted = codec.stored_bytes(tokens, layers, heads, dim, dtype.itemsize, window_numel=wq_numel)
+    predicted = codec.stored_bytes(tokens, layers, heads, dim, dtype.itemsize, window_numel=kv.side_numel)
     assert predicted == stored.nbytes == codec.predict_bytes(kv)
     assert all(t.is_contiguous() for t in stored.tensors.values())
 

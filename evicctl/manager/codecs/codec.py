@@ -21,6 +21,11 @@ Stored layout (flat, so safetensors saves it as is):
   account true bytes); ``stored_bytes`` counts them through ``window_numel`` (0 = none).
   For SmolLM2 (30 layers, 9 query heads, head_dim 64) a 16-query window is 0.55 MB in
   fp16, against 46 MB of fp32 KV for a 1k-token context.
+- ``ts.{name}`` [L, H, T] fp16: the KV's per-token scores (``expected``, ``kvzip``; the
+  engine computes them when it stores the context), of every original position whatever
+  was dropped, so a stored copy can be re-scored (recompress, after a restart). Counted like
+  ``wq``: ``window_numel`` is the elements of both (KV.side_numel). For SmolLM2 (30 layers,
+  3 kv heads) one score set of a 1k-token context is 0.18 MB.
 
 Encoding a KV whose tokens were already dropped keeps them dropped (positions travel), and
 a drop codec's ratio is of the full context, so ``knorm@0.5`` applied to a ``knorm@0.5``
@@ -101,10 +106,9 @@ class Codec:
 
     def predict_bytes(self, kv: KV) -> int:
         """stored_bytes for this KV (full, or already dropped by at most this codec's ratio)."""
-        wq = kv.window_queries
         return self.stored_bytes(
             kv.tokens, kv.layers, kv.kv_heads, kv.head_dim, kv.keys[0].element_size(),
-            window_numel=0 if wq is None else wq.numel(),
+            window_numel=kv.side_numel,
         )
 
     def __repr__(self) -> str:
@@ -154,6 +158,7 @@ class PipelineCodec(Codec):
         if kv.window_queries is not None:
             wq = kv.window_queries
             tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
+        tensors |= _score_tensors(kv)
         return Stored(self.name, tensors, self._meta(kv, kept))
 
     def _quantized(self, kv: KV, idx: torch.Tensor | None, kept: int) -> dict[str, torch.Tensor]:
@@ -236,7 +241,7 @@ class PipelineCodec(Codec):
         wq = t.get("wq")
         if wq is not None:
             wq = move(wq).to(dtype)
-        return KV(tuple(keys), tuple(values), positions, tokens, wq)
+        return KV(tuple(keys), tuple(values), positions, tokens, wq, _scores(t, move))
 
 
     def _dequantized(
@@ -261,6 +266,21 @@ class PipelineCodec(Codec):
             quant.dequantize_layers(what, codes, scales, mns, self.bits, group, dtype, target, out=full[:, :, :, :quantized])
         full[:, :, :, quantized:].copy_(residual, non_blocking=target.type == "cuda")
         return list(full.unbind(0))  # one call for the L views
+
+
+def _score_tensors(kv: KV) -> dict[str, torch.Tensor]:
+    """``ts.{name}`` [L, H, T] fp16 of the KV's token scores."""
+    return {f"ts.{name}": s.to(torch.float16).contiguous() for name, s in kv.token_scores.items()}
+
+
+def carried_scores(stored: Stored) -> frozenset[str]:
+    """Names of the token scores a stored form carries (the scorers that can re-score it)."""
+    return frozenset(name[3:] for name in stored.tensors if name.startswith("ts."))
+
+
+def _scores(tensors: dict[str, torch.Tensor], move) -> dict[str, torch.Tensor]:
+    """The token scores of a stored form, float32 (fp16 -> float32 -> fp16 is exact)."""
+    return {name[3:]: move(t).float() for name, t in tensors.items() if name.startswith("ts.")}
 
 
 def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:

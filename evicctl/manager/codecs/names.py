@@ -32,7 +32,10 @@ from dataclasses import dataclass
 
 from evicctl.errors import UnknownNameError
 
-SCORER_NAMES: tuple[str, ...] = ("knorm", "keydiff", "snapkv")  # scorers.SCORERS: one function each
+SCORER_NAMES: tuple[str, ...] = ("knorm", "keydiff", "snapkv", "expected", "kvzip")  # scorers.SCORERS
+# Scorers that read per-token scores the engine computes when it stores a context (KV.token_scores):
+# a context stored without them cannot take these codecs.
+TOKEN_SCORERS: tuple[str, ...] = ("expected", "kvzip")
 QUANTIZERS: dict[str, int] = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}  # name -> bits
 FAMILIES = ("none", "drop", "quant", "drop+quant")
 SINK_TOKENS = 4
@@ -147,7 +150,8 @@ class CodecParts:
     ) -> int:
         """Exact bytes of the stored form of a full (undropped) KV of that shape.
 
-        window_numel: elements of the KV's window queries (layers*q_heads*window*head_dim),
+        window_numel: elements of the KV's 16-bit side tensors (KV.side_numel): its window
+        queries (layers*q_heads*window*head_dim) and token scores (layers*kv_heads*tokens each),
         0 if none; they are stored in 16 bits."""
         kept = self.kept(tokens)
         if self.bits:

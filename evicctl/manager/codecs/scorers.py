@@ -11,6 +11,16 @@ Selection is per (layer, kv head), as kvpress does: every head keeps its own top
   queries (kv.window_queries, post-RoPE) over the keys, causal, softmax in fp32, averaged
   over the window queries, smoothed by a 5-wide average pool, averaged over each GQA group;
   the window's own keys get the layer's max score + 1 (kvpress 0.5), so they rank first.
+- expected (kvpress ExpectedAttentionPress) and kvzip (arXiv 2505.23416, kvpress KVzipPress):
+  per-token scores that need the model (query statistics of the prefill; a reconstruction
+  pass), computed by the engine when it stores the context (evicctl/engine/query_stats.py,
+  kvzip.py) and carried in kv.token_scores[name] [layers, kv_heads, tokens], indexed by
+  original position: the scorer gathers them at kv.positions, so a stored copy is re-scored
+  after a drop, a recompress or a restart exactly as the fresh KV was.
+
+A scorer whose side data (window queries, token scores) the KV lacks raises
+MissingScoresError: a ValueError, and a RefusedError, so a manager asked for such a codec
+refuses it (exit 5) instead of failing.
 
 Every codec also keeps the first SINK_TOKENS and the last WINDOW_TOKENS positions of the
 context whatever their scores (attention sinks and the recent window carry most of the
@@ -33,15 +43,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from evicctl.errors import RefusedError
 from evicctl.manager.codecs import quant
 
 # kept_count and the protected tokens are shared with the torch-free size arithmetic
-from evicctl.manager.codecs.names import SINK_TOKENS, WINDOW_TOKENS, kept_count
+from evicctl.manager.codecs.names import SINK_TOKENS, TOKEN_SCORERS, WINDOW_TOKENS, kept_count
 from evicctl.manager.kv import KV
 
 SNAPKV_POOL = 5  # kvpress SnapKVPress.kernel_size
 
 Scorer = Callable[[KV, int], torch.Tensor]
+
+
+class MissingScoresError(RefusedError, ValueError):
+    """The KV lacks what a scorer reads (window queries, per-token scores)."""
 
 
 def knorm(kv: KV, layer: int) -> torch.Tensor:
@@ -62,7 +77,7 @@ def keydiff(kv: KV, layer: int) -> torch.Tensor:
 def _window_queries(kv: KV, layer: int) -> torch.Tensor:
     wq = kv.window_queries
     if wq is None:
-        raise ValueError(
+        raise MissingScoresError(
             "snapkv needs kv.window_queries [layers, q_heads, window, head_dim] "
             "(the post-RoPE queries of the last prompt positions); pass them when storing the context"
         )
@@ -102,7 +117,47 @@ def snapkv(kv: KV, layer: int) -> torch.Tensor:
     return scores.masked_fill(in_window, top + 1.0)[None]
 
 
-SCORERS: dict[str, Scorer] = {"knorm": knorm, "keydiff": keydiff, "snapkv": snapkv}
+def _token_scores(kv: KV, name: str) -> torch.Tensor:
+    """kv.token_scores[name] [L, H, T], checked."""
+    scores = kv.token_scores.get(name)
+    if scores is None:
+        raise MissingScoresError(
+            f"{name} needs the per-token {name} scores the engine computes when it stores the context "
+            f"(kv.token_scores[{name!r}], [layers, kv_heads, tokens]); this KV has none"
+        )
+    if tuple(scores.shape) != (kv.layers, kv.kv_heads, kv.tokens):
+        raise ValueError(
+            f"token_scores[{name!r}] must be [{kv.layers}, {kv.kv_heads}, {kv.tokens}]; got {tuple(scores.shape)}"
+        )
+    return scores
+
+
+def _gathered(kv: KV, name: str, layer: int) -> torch.Tensor:
+    """[1, H, K]: the stored scores of layer `layer` at the kept tokens' original positions."""
+    scores = _token_scores(kv, name)
+    positions = kv.positions[layer].to(scores.device)
+    return scores[layer].float().gather(1, positions)[None].to(kv.device)
+
+
+def expected(kv: KV, layer: int) -> torch.Tensor:
+    """[1, H, K]: Expected Attention scores the engine computed at store time."""
+    return _gathered(kv, "expected", layer)
+
+
+def kvzip(kv: KV, layer: int) -> torch.Tensor:
+    """[1, H, K]: KVzip (context reconstruction) scores the engine computed at store time."""
+    return _gathered(kv, "kvzip", layer)
+
+
+SCORERS: dict[str, Scorer] = {"knorm": knorm, "keydiff": keydiff, "snapkv": snapkv, "expected": expected, "kvzip": kvzip}
+
+
+def available_scorers(kv: KV) -> frozenset[str]:
+    """The scorers that can score this KV: the ones needing only keys, and those whose side data it carries."""
+    names = {"knorm", "keydiff", *kv.token_scores}
+    if kv.window_queries is not None:
+        names.add("snapkv")
+    return frozenset(names & set(SCORERS))
 
 
 def protected(positions: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -123,6 +178,9 @@ def select(scores: torch.Tensor, positions: torch.Tensor, tokens: int, keep: int
 
 def _scores_layers(kv: KV, scorer: str) -> torch.Tensor | None:
     """[L, 1, H, K] scores of every layer from the kernels (CUDA), or None where they cannot run."""
+    if scorer in TOKEN_SCORERS and not isinstance(kv.positions, tuple):
+        scores = _token_scores(kv, scorer)  # no kernel needed: one gather for every layer
+        return scores.float().gather(2, kv.positions.to(scores.device))[:, None].to(kv.device)
     keys = kv.keys
     kernels = quant.kernels_for(keys[0])
     dim = kv.head_dim
@@ -171,4 +229,4 @@ def drop_tokens(kv: KV, scorer: str, ratio: float) -> KV:
         return kv
     keys, values = quant.gather_layers(kv.keys, idx), quant.gather_layers(kv.values, idx)
     positions = kv.positions.gather(2, idx[:, 0].to(kv.positions.device))  # [L, H, keep]
-    return KV(tuple(keys), tuple(values), positions, kv.tokens, kv.window_queries)
+    return KV(tuple(keys), tuple(values), positions, kv.tokens, kv.window_queries, kv.token_scores)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evicctl.manager.codecs.names import parse_codec_name, scaled_bytes
+from evicctl.manager.codecs.names import TOKEN_SCORERS, parse_codec_name, scaled_bytes
 from evicctl.manager.codecs.names import stored_bytes as codec_stored_bytes
 from evicctl.manager.costs import miss_ttft_s
 
@@ -128,11 +128,14 @@ def option_rows(state, codecs: tuple[str, ...], parts) -> np.ndarray:
             return cache["rows"]
     tokens = state.tokens
     quality, lower, profiled = [], [], []
-    for name in codecs:
+    # A codec whose scorer reads token scores the context's KV lacks (or may lack: None) is
+    # never offered; states that do not track them (the replay's) offer every codec.
+    carried = getattr(state, "token_scores", ...)
+    for name, part in zip(codecs, parts, strict=True):
         profile = state.profiles.get(name)
         if name == "none":
             q, lo, known = 1.0, 1.0, 1.0
-        elif profile is not None:
+        elif profile is not None and (carried is ... or part.scorer not in TOKEN_SCORERS or part.scorer in (carried or ())):
             q, sd, _metric = profile
             lo, known = max(0.0, q - QUALITY_Z * (sd or 0.0)), 1.0
         else:
