@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from evicctl.config import DEFAULT_CODECS
-from evicctl.engine import hf, kvzip, prompt
+from evicctl.engine import hf, kvzip, prompt, ragged
 from evicctl.manager.codecs.codec import get_codec
 from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.kv import KV
@@ -53,6 +53,8 @@ def _stack(kvs: list[KV], repeat: int) -> tuple[tuple[torch.Tensor, ...], tuple[
 def _cache(model, keys, values):
     from transformers import DynamicCache
 
+    if len({k.shape[2] for k in keys}) > 1:  # PyramidKV: layers of different lengths
+        ragged.allow_ragged_layers(model)
     return DynamicCache(ddp_cache_data=list(zip(keys, values, strict=True)), config=model.config)
 
 
@@ -89,7 +91,7 @@ def kl_quality(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 def greedy(model, kvs: list[KV], questions: list[list[int]], stop_ids: frozenset[int]) -> list[list[list[int]]]:
     """Per KV, per question: greedy answer ids (stop token excluded), batched with left padding."""
     n_q, width, dev = len(questions), max(map(len, questions)), kvs[0].device
-    rows, kept, start = len(kvs) * n_q, kvs[0].kept_tokens, kvs[0].tokens
+    rows, kept, start = len(kvs) * n_q, kvs[0].layer_kept[0], kvs[0].tokens  # the mask is sized by layer 0
     ids = torch.zeros((rows, width), dtype=torch.long, device=dev)
     mask = torch.ones((rows, kept + width), dtype=torch.long, device=dev)  # [B, cache + prompt]
     lengths = torch.tensor([len(questions[b % n_q]) for b in range(rows)], device=dev)
@@ -121,9 +123,9 @@ def greedy(model, kvs: list[KV], questions: list[list[int]], stop_ids: frozenset
     return [[tokens[k * n_q + j] for j in range(n_q)] for k in range(len(kvs))]
 
 
-def compress(kv: KV, codecs: tuple[str, ...]) -> tuple[dict[int, dict[str, KV]], dict[str, float]]:
-    """Each codec's decoded KV, grouped by kept tokens (one batch each), and seconds per codec."""
-    groups: dict[int, dict[str, KV]] = defaultdict(dict)
+def compress(kv: KV, codecs: tuple[str, ...]) -> tuple[dict[tuple[int, ...], dict[str, KV]], dict[str, float]]:
+    """Each codec's decoded KV, grouped by tokens kept per layer (one batch each), and seconds per codec."""
+    groups: dict[tuple[int, ...], dict[str, KV]] = defaultdict(dict)
     seconds = {}
     for name in codecs:
         t = time.perf_counter()
@@ -132,7 +134,7 @@ def compress(kv: KV, codecs: tuple[str, ...]) -> tuple[dict[int, dict[str, KV]],
         if kv.device.type == "cuda":
             torch.cuda.synchronize()
         seconds[name] = time.perf_counter() - t
-        groups[out.kept_tokens][name] = out
+        groups[out.layer_kept][name] = out
     return groups, seconds
 
 

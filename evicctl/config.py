@@ -18,6 +18,16 @@ MENU_SCORERS: tuple[str, ...] = ("snapkv", "keydiff", "knorm")
 MENU_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
 MENU_QUANT_WIDTHS: tuple[int, ...] = (8, 4, 3, 2)  # alone
 MENU_COMBO_WIDTHS: tuple[int, ...] = (4, 2)  # after dropping
+# PyramidKV (per-layer budgets, `-pyramid`) on SnapKV, as kvpress pairs it, at 0.5: at 0.75 a
+# ~1k-token context's budgets fall back to uniform (codecs/budgets.py), the same as snapkv@0.75.
+# Alone and with int4: the pyramid's question is whether other layers should keep the tokens.
+MENU_PYRAMID_DROPS: tuple[str, ...] = ("snapkv@0.5",)
+MENU_PYRAMID_WIDTHS: tuple[int, ...] = (4,)
+# ThinK (key channels, `think@c`) at half the key channels: it only composes (alone it saves
+# a quarter of the KV, less than int8), so with int4 alone and after SnapKV's drop at 0.5.
+MENU_THINK_RATIOS: tuple[float, ...] = (0.5,)
+MENU_THINK_DROPS: tuple[str, ...] = ("", "snapkv@0.5")  # "" = no token dropping
+MENU_THINK_WIDTHS: tuple[int, ...] = (4,)
 # Scorers that need the model (the engine computes their per-token scores when it stores a
 # context: Expected Attention always, KVzip when configured; a context without them is never
 # offered their codecs) at 0.5, alone and with int4 and int2: the best drops measured at 0.5
@@ -32,20 +42,31 @@ def generate_menu(
     ratios: tuple[float, ...] = MENU_RATIOS,
     quant_widths: tuple[int, ...] = MENU_QUANT_WIDTHS,
     combo_widths: tuple[int, ...] = MENU_COMBO_WIDTHS,
+    pyramid_drops: tuple[str, ...] = MENU_PYRAMID_DROPS,
+    pyramid_widths: tuple[int, ...] = MENU_PYRAMID_WIDTHS,
+    think_ratios: tuple[float, ...] = MENU_THINK_RATIOS,
+    think_drops: tuple[str, ...] = MENU_THINK_DROPS,
+    think_widths: tuple[int, ...] = MENU_THINK_WIDTHS,
     model_scorers: tuple[str, ...] = MENU_MODEL_SCORERS,
     model_ratios: tuple[float, ...] = MENU_MODEL_RATIOS,
     model_widths: tuple[int, ...] = MENU_MODEL_WIDTHS,
 ) -> tuple[str, ...]:
     """Codec names, in canonical spelling: none, each width alone, each (scorer, ratio) alone,
-    each (scorer, ratio, combo width). 1 + Q + S*R*(1 + W) names; then each (model scorer,
-    ratio) alone and with each model width: + MS*MR*(1 + MW)."""
+    each (scorer, ratio, combo width); then each pyramid drop alone and with each of its
+    widths; then each (think drop, think ratio, think width). 1 + Q + S*R*(1 + W) +
+    P*(1 + PW) + TD*TR*TW names; then each (model scorer, ratio) alone and with each model width:
+    + MS*MR*(1 + MW)."""
     drops = [f"{s}@{r!r}" for s in scorers for r in ratios]
+    pyramids = [f"{d}-pyramid" for d in pyramid_drops]
+    thinks = [f"think@{c!r}" for c in think_ratios]
     model_drops = [f"{s}@{r!r}" for s in model_scorers for r in model_ratios]
     return (
         "none",
         *(f"int{b}" for b in quant_widths),
         *drops,
         *(f"{d}+int{b}" for d in drops for b in combo_widths),
+        *(p for d in pyramids for p in (d, *(f"{d}+int{b}" for b in pyramid_widths))),
+        *(f"{d}+{t}+int{b}".lstrip("+") for d in think_drops for t in thinks for b in think_widths),
         *(c for d in model_drops for c in (d, *(f"{d}+int{b}" for b in model_widths))),
     )
 

@@ -4,7 +4,8 @@
   that continue from the ORIGINAL context length: after token dropping the cache is
   shorter than the context, but RoPE was applied to the stored keys at their original
   positions, so the query must sit after all of them. transformers 5.24 takes no
-  `cache_position`; the causal mask follows the cache length (DESIGN §8).
+  `cache_position`; the causal mask follows the cache length (DESIGN §8). A cache whose
+  layers keep different counts (PyramidKV) gets a mask per layer (ragged.py).
 - `kv_from_cache` / `cache_from_kv` convert between `DynamicCache` and `KV`.
 - `capture_window_queries` records the post-RoPE queries of the last prompt positions of
   every layer (for the `snapkv` scorer) with a pre-hook on each attention module: it sees
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from evicctl.engine import ragged
 from evicctl.manager.kv import KV
 
 WINDOW = 16  # snapkv observation window (kvpress's default)
@@ -55,6 +57,8 @@ def forward(model, input_ids: torch.Tensor, cache=None, start_position: int = 0,
 
     if cache is None:
         cache = DynamicCache(config=model.config)
+    elif ragged.is_ragged(cache):
+        ragged.allow_ragged_layers(model)  # one mask for every layer would fit only the first
     n = input_ids.shape[1]
     position_ids = torch.arange(start_position, start_position + n, device=input_ids.device)[None]
     out = model(
@@ -78,7 +82,8 @@ def kv_from_cache(cache, tokens: int, window_queries: torch.Tensor | None = None
 
 
 def cache_from_kv(kv: KV, config):
-    """A DynamicCache holding `kv` (kept tokens only; positions live in the query's ids)."""
+    """A DynamicCache holding `kv` (kept tokens only; positions live in the query's ids).
+    Layers of a ragged KV keep their own lengths (`forward` fits the mask to each)."""
     from transformers import DynamicCache
 
     return DynamicCache(ddp_cache_data=list(zip(kv.keys, kv.values, strict=True)), config=config)

@@ -11,10 +11,12 @@ import torch
 class KV:
     """A context's KV cache.
 
-    keys[i], values[i]: [1, kv_heads, kept_tokens, head_dim] for layer i.
-    positions: [layers, kv_heads, kept_tokens] int64, the original position of every
-        kept token per layer and head (scorers choose per head, as kvpress does; every
-        head keeps the same count). arange(tokens) broadcast when nothing was dropped.
+    keys[i], values[i]: [1, kv_heads, kept_i, head_dim] for layer i.
+    positions: [layers, kv_heads, kept] int64, the original position of every kept token
+        per layer and head (scorers choose per head, as kvpress does; every head keeps the
+        same count). arange(tokens) broadcast when nothing was dropped. When the layers
+        keep different counts (PyramidKV's per-layer budgets) a tuple of one [kv_heads,
+        kept_i] tensor per layer instead: the KV is then ``ragged``.
         Keys are stored after RoPE, so positions are bookkeeping: the engine continues
         the query's positions from ``tokens``, not from ``kept_tokens``.
     tokens: token count of the full (uncompressed) context.
@@ -28,7 +30,7 @@ class KV:
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
-    positions: torch.Tensor
+    positions: torch.Tensor | tuple[torch.Tensor, ...]
     tokens: int
     window_queries: torch.Tensor | None = field(default=None, compare=False)
     token_scores: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
@@ -36,14 +38,22 @@ class KV:
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.values) or not self.keys:
             raise ValueError("KV needs the same positive number of key and value layers")
-        kept = self.positions.shape[-1]
-        want = (len(self.keys), self.keys[0].shape[1], kept)
-        if tuple(self.positions.shape) != want:
-            raise ValueError(f"positions must be [layers, kv_heads, kept] = {want}; got {tuple(self.positions.shape)}")
-        for k, v in zip(self.keys, self.values, strict=True):
-            if k.dim() != 4 or k.shape[0] != 1 or k.shape[2] != kept or k.shape != v.shape:
+        heads = self.keys[0].shape[1]
+        if self.ragged:
+            if len(self.positions) != len(self.keys):
+                raise ValueError(f"ragged positions need one tensor per layer ({len(self.keys)}); got {len(self.positions)}")
+            kept = [p.shape[-1] for p in self.positions]
+            if any(p.dim() != 2 or p.shape[0] != heads for p in self.positions):
+                raise ValueError(f"ragged positions must be [kv_heads={heads}, kept] per layer")
+        else:
+            kept = [self.positions.shape[-1]] * len(self.keys)
+            want = (len(self.keys), heads, kept[0])
+            if tuple(self.positions.shape) != want:
+                raise ValueError(f"positions must be [layers, kv_heads, kept] = {want}; got {tuple(self.positions.shape)}")
+        for k, v, n in zip(self.keys, self.values, kept, strict=True):
+            if k.dim() != 4 or k.shape[0] != 1 or k.shape[1] != heads or k.shape[2] != n or k.shape != v.shape:
                 raise ValueError(
-                    f"layer shapes must be [1, kv_heads, {kept}, head_dim]; got {tuple(k.shape)} / {tuple(v.shape)}"
+                    f"layer shapes must be [1, {heads}, {n}, head_dim]; got {tuple(k.shape)} / {tuple(v.shape)}"
                 )
 
     @property
@@ -59,7 +69,21 @@ class KV:
         return self.keys[0].shape[3]
 
     @property
+    def ragged(self) -> bool:
+        """Whether the layers keep different token counts (positions is then a tuple)."""
+        return isinstance(self.positions, tuple)
+
+    @property
+    def layer_kept(self) -> tuple[int, ...]:
+        """Tokens per head each layer keeps."""
+        return tuple(int(k.shape[2]) for k in self.keys)
+
+    @property
     def kept_tokens(self) -> int:
+        """Tokens per head kept in every layer; of a ragged KV, the mean over layers (rounded
+        down): what a query attends to per layer on average."""
+        if self.ragged:
+            return sum(self.layer_kept) // self.layers
         return int(self.positions.shape[-1])
 
     @property
@@ -87,7 +111,7 @@ class KV:
         return KV(
             keys=tuple(move(k) for k in self.keys),
             values=tuple(move(v) for v in self.values),
-            positions=move(self.positions),
+            positions=tuple(move(p) for p in self.positions) if self.ragged else move(self.positions),
             tokens=self.tokens,
             window_queries=None if self.window_queries is None else move(self.window_queries),
             token_scores={name: move(s) for name, s in self.token_scores.items()},

@@ -59,30 +59,38 @@ def kv() -> KV:
 def test_round_trip_shapes_and_positions(name: str, kv: KV) -> None:
     codec = get_codec(name)
     out = decode(codec.encode(kv))
-    kept = codec.kept(kv.tokens)
+    kept = codec.parts.layer_kept(kv.tokens, kv.layers)  # one count, or PyramidKV's per layer
     assert out.tokens == kv.tokens and out.layers == kv.layers and out.kv_heads == kv.kv_heads
-    assert out.kept_tokens == kept and out.head_dim == kv.head_dim and out.dtype == kv.dtype
-    assert out.keys[0].shape == (1, kv.kv_heads, kept, kv.head_dim)
-    assert out.positions.shape == (kv.layers, kv.kv_heads, kept) and out.positions.dtype == torch.int64
-    assert (out.positions.diff(dim=-1) > 0).all(), "kept positions ascend"
+    assert out.layer_kept == kept and out.head_dim == kv.head_dim and out.dtype == kv.dtype
+    assert out.ragged == (len(set(kept)) > 1) and out.kept_tokens == sum(kept) // kv.layers
     must = torch.cat((torch.arange(SINK_TOKENS), torch.arange(kv.tokens - WINDOW_TOKENS, kv.tokens)))
-    assert torch.isin(must, out.positions).all() and bool((out.positions[..., :SINK_TOKENS] == torch.arange(4)).all())
+    for layer, n in enumerate(kept):
+        positions = out.positions[layer]
+        assert out.keys[layer].shape == (1, kv.kv_heads, n, kv.head_dim)
+        assert positions.shape == (kv.kv_heads, n) and positions.dtype == torch.int64
+        assert (positions.diff(dim=-1) > 0).all(), "kept positions ascend"
+        assert torch.isin(must, positions).all() and bool((positions[:, :SINK_TOKENS] == torch.arange(4)).all())
     assert torch.equal(out.window_queries, kv.window_queries.half().float())
 
 
 @pytest.mark.parametrize("name", ALL_CODECS)
 def test_round_trip_values(name: str, kv: KV) -> None:
     codec = get_codec(name)
-    out = decode(codec.encode(kv))
+    stored = codec.encode(kv)
+    out = decode(stored)
     for layer in range(kv.layers):
         idx = out.positions[layer][None, :, :, None].expand(-1, -1, -1, kv.head_dim)
         for got, ref in ((out.keys[layer], kv.keys[layer]), (out.values[layer], kv.values[layer])):
             want = ref.gather(2, idx)  # the original rows of the kept tokens
+            if ref is kv.keys[layer] and "ch" in stored.tensors:  # ThinK: pruned key channels are zeros
+                pruned = torch.ones(kv.kv_heads, kv.head_dim, dtype=torch.bool)
+                pruned.scatter_(1, stored.tensors["ch"][layer].long(), False)
+                want = want.masked_fill(pruned[None, :, None, :], 0.0)
             if codec.family in ("none", "drop"):
                 assert torch.equal(got, want)
             else:  # half a step: int8 ~ range/255 ... int2 ~ range/3 of N(0, ~2) data
                 tol = {8: 0.1, 4: 1.0, 3: 1.5, 2: 3.0}[codec.bits]
-                quantized = max(out.kept_tokens - codec.residual, 0)
+                quantized = max(got.shape[2] - codec.residual, 0)
                 assert (got - want).abs().max() < tol
                 assert quantized == 0 or not torch.equal(got[:, :, :quantized], want[:, :, :quantized])
                 # KIVI's residual window: the most recent kept tokens come back exactly
@@ -104,7 +112,7 @@ SHAPES = [  # (layers, heads, tokens, head_dim, dtype, q_heads)
 def test_stored_bytes_is_exact(name: str, shape) -> None:
     layers, heads, tokens, dim, dtype, q_heads = shape
     codec = get_codec(name)
-    if codec.scorer == "snapkv":  # it needs window queries; the others are sized without them too
+    if codec.scorer == "snapkv" or codec.parts.channel_ratio:  # they need window queries; the others are sized without them too
         q_heads = q_heads or heads
     kv = make_kv(layers, heads, tokens, dim, q_heads, window=min(tokens, 8), dtype=dtype)
     stored = codec.encode(kv)

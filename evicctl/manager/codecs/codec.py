@@ -4,7 +4,10 @@ Names (DESIGN §3; parsed, validated and sized in names.py, which needs no torch
 ``none``; quantization ``int8`` / ``int4`` / ``int3`` / ``int2`` (group-wise, quant.py; a
 ``-g<G>`` group and ``-r<R>`` residual window may follow); token dropping
 ``knorm@r`` / ``keydiff@r`` / ``snapkv@r`` (r = fraction of the context's tokens removed,
-0 < r < 1, scorers.py); and drop then quantize, ``knorm@0.5+int8``.
+0 < r < 1, scorers.py), with ``-pyramid`` per-layer budgets (budgets.py); key-channel
+pruning ``think@c`` (channels.py); and drop, prune, quantize in that order,
+``knorm@0.5+int8``, ``snapkv@0.5-pyramid+think@0.5+int4``. Pyramid and ThinK forms are
+encoded layer by layer (layered.py, which documents their extra tensors).
 
 Stored layout (flat, so safetensors saves it as is):
 - ``k.{i}`` / ``v.{i}``: layer i's keys / values [1, H, K, D] in the KV's dtype, or when
@@ -43,7 +46,7 @@ import torch
 
 from evicctl.config import DEFAULT_CODECS
 from evicctl.errors import CorruptDataError, UnknownNameError
-from evicctl.manager.codecs import decode_plan, quant
+from evicctl.manager.codecs import decode_plan, layered, quant
 from evicctl.manager.codecs.names import (
     FAMILIES,
     POS16_MAX_TOKENS,
@@ -118,9 +121,10 @@ class Codec:
 class PipelineCodec(Codec):
     """Optional token dropping, then optional quantization; ``none`` when neither."""
 
-    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None, **quant) -> None:
-        """quant: ``group`` and ``residual`` of a quantized codec (CodecParts' defaults otherwise)."""
-        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits, **quant)
+    def __init__(self, scorer: str | None = None, ratio: float = 0.0, bits: int | None = None, **more) -> None:
+        """more: ``group`` and ``residual`` of a quantized codec, ``pyramid`` and
+        ``channel_ratio`` (CodecParts' defaults otherwise)."""
+        self.parts = CodecParts(scorer, ratio if scorer else 0.0, bits, **more)
         self.scorer, self.ratio, self.bits = scorer, self.parts.ratio, bits
         self.group, self.residual = self.parts.group, self.parts.residual
         self.name, self.family = self.parts.name, self.parts.family
@@ -141,7 +145,15 @@ class PipelineCodec(Codec):
     def encode(self, kv: KV) -> Stored:
         """Drop (per layer and head), then quantize, every layer at once: on CUDA with the
         kernels that is a few launches for the whole context, the gather fused into the
-        quantizer; on CPU the torch reference, layer by layer."""
+        quantizer; on CPU the torch reference, layer by layer. PyramidKV budgets, ThinK
+        channels and ragged KVs go layer by layer (layered.py)."""
+        if layered.needs_layers(self.parts, kv):
+            tensors, counts, meta = layered.encode(kv, self.parts)
+            if kv.window_queries is not None:
+                wq = kv.window_queries
+                tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
+            tensors |= _score_tensors(kv)
+            return Stored(self.name, tensors, self._meta(kv, sum(counts) // len(counts)) | meta)
         idx = keep_indices(kv, self.scorer, self.ratio) if self.scorer else None  # [L, 1, H, keep]
         positions = kv.positions if idx is None else kv.positions.gather(2, idx[:, 0].to(kv.positions.device))
         tensors: dict[str, torch.Tensor] = {}
@@ -227,6 +239,8 @@ class PipelineCodec(Codec):
         # async only host -> GPU (ordered before any use on the stream); GPU -> host must
         # finish before the CPU reads it
         move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
+        if layered.stored_by_layers(t):  # PyramidKV layers or ThinK channels
+            return dataclasses.replace(layered.decode(t, meta, self.bits, dtype, target), token_scores=_scores(t, move))
         if self.bits:
             keys = self._dequantized(t, "k", int(meta["group"]), layers, dtype, target, stored)
             values = self._dequantized(t, "v", int(meta["value_group"]), layers, dtype, target, stored)
@@ -304,7 +318,10 @@ def _dtype(name: str) -> torch.dtype:
 
 @functools.lru_cache(maxsize=256)
 def _codec(parts: CodecParts) -> PipelineCodec:
-    return PipelineCodec(parts.scorer, parts.ratio, parts.bits, group=parts.group, residual=parts.residual)
+    return PipelineCodec(
+        parts.scorer, parts.ratio, parts.bits, group=parts.group, residual=parts.residual,
+        pyramid=parts.pyramid, channel_ratio=parts.channel_ratio,
+    )  # fmt: skip
 
 
 def get_codec(name: str) -> Codec:
@@ -329,12 +346,15 @@ def combined_name(current: str, target: str) -> str:
     """The effective codec of encoding a KV held in `current` with `target`.
 
     Dropped tokens stay dropped, and the harder drop wins (same scorer family or not, the
-    tokens already gone are gone); quantization is the target's."""
+    tokens already gone are gone; a PyramidKV drop keeps its per-layer budgets); pruned key
+    channels stay zeros, so the larger ThinK ratio wins (a target that prunes fewer stores
+    those zeros: its size is the target's); quantization is the target's."""
     cur, tgt = parse_codec_name(current), parse_codec_name(target)
-    scorer, ratio = tgt.scorer, tgt.ratio
+    scorer, ratio, pyramid = tgt.scorer, tgt.ratio, tgt.pyramid
     if cur.scorer and (not tgt.scorer or cur.ratio >= tgt.ratio):
-        scorer, ratio = cur.scorer, cur.ratio
-    return dataclasses.replace(tgt, scorer=scorer, ratio=ratio).name
+        scorer, ratio, pyramid = cur.scorer, cur.ratio, cur.pyramid
+    channel_ratio = max(cur.channel_ratio, tgt.channel_ratio)
+    return dataclasses.replace(tgt, scorer=scorer, ratio=ratio, pyramid=pyramid, channel_ratio=channel_ratio).name
 
 
 def decode(stored: Stored, device: torch.device | str | None = None) -> KV:
