@@ -11,9 +11,13 @@
    (`exact.naive_place`), on a smaller instance, against the vectorised one on that instance.
 3. Optimality: greedy vs scipy's MILP on 200 random small instances (mean / p95 / max gap),
    and for the 100,000-context instance the gap to a Lagrangian (LP) upper bound.
+4. Incremental admission against a full re-plan per arrival (placer.admit_replay): contexts
+   arrive one at a time onto tiers that hold a first batch; the total utility of both
+   placements after every arrival, and the same with room beyond the free space unpriced
+   (free room only). `--admission-only` runs this section alone.
 
     .venv/bin/python benchmarks/placer_bench.py [--contexts 100000] [--pricing-contexts 100000]
-        [--naive-contexts 5000] [--instances 200] [--no-bound]
+        [--naive-contexts 5000] [--instances 200] [--no-bound] [--admission-only]
 """
 
 from __future__ import annotations
@@ -162,6 +166,23 @@ def gap_table(args, rng, big: PlacementProblem) -> Table:
     return table
 
 
+def admission_table(args) -> Table:
+    from evicctl.manager.placer.admit_replay import replay_admissions
+
+    first, arrivals = args.admission_first, args.admission_arrivals
+    table = Table(title=f"incremental admission vs a full re-plan per arrival: {first:,} contexts placed, "
+                        f"{arrivals:,} arrive ({len(DEFAULT_CODECS)} codecs x 3 tiers, top tier 5% of raw bytes)")  # fmt: skip
+    for col in ("seed", "admission", "mean utility gap", "worst ratio", "final ratio", "full re-plans", "overflowing"):
+        table.add_column(col, justify="right" if col not in ("admission",) else "left")
+    for seed in range(args.admission_seeds):
+        p = random_problem(np.random.default_rng(100 + seed), first + arrivals, capacity_fractions=(0.05, 0.3, 0.4))
+        for name, priced in (("room priced (shipped)", True), ("free room only", False)):
+            r = replay_admissions(p, first, replan_every=args.admission_replan_every, priced=priced)
+            table.add_row(str(seed), name, f"{r.mean_gap * 100:.3f} %", f"{r.ratio.min():.4f}", f"{r.ratio[-1]:.4f}",
+                          f"{r.full_replans} / {arrivals}", str(r.overflowing))  # fmt: skip
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=100_000)
@@ -171,14 +192,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-bound", dest="bound", action="store_false", help="skip the Lagrangian bound (slow)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--admission-only", action="store_true", help="run section 4 alone")
+    parser.add_argument("--admission-first", type=int, default=1000)
+    parser.add_argument("--admission-arrivals", type=int, default=500)
+    parser.add_argument("--admission-seeds", type=int, default=3)
+    parser.add_argument("--admission-replan-every", type=int, default=16, help="arrivals between timer re-plans")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    console = Console()
+    console = Console(width=160)
+    if args.admission_only:
+        console.print(admission_table(args))
+        return
     table, big = time_table(args, rng)
     console.print(table)
     console.print(baseline_table(args, rng))
     console.print(pricing_table(args, np.random.default_rng(args.seed + 1)))  # leaves the other instances as they were
     console.print(gap_table(args, rng, big))
+    console.print(admission_table(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from evicctl.manager.placer.place import REBALANCE_GAIN_ABS_S, REBALANCE_GAIN_REL, PlacementProblem, place
+from evicctl.manager.placer.place import (
+    REBALANCE_GAIN_ABS_S,
+    REBALANCE_GAIN_REL,
+    PlacementProblem,
+    place,
+)
 
 CODECS = ("none", "int8")
 MB = 1 << 20
