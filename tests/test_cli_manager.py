@@ -62,9 +62,10 @@ def test_read_commands_see_the_managers_state(run_cli, manager):
     rows = _wait(lambda: (r := _ls(run_cli, db)) and len(r) == 6 and r)
     assert {r["tier"] for r in rows.values()} <= {"cpu", "disk", "dropped"}
     assert all(r["raw_bytes"] == KV_BYTES for r in rows.values())
-    tiers = json.loads(run_cli("tiers", "--db", db, "-o", "json").stdout)
+    # an admission may overflow a tier until the control thread's re-plan relieves it
+    tiers = _wait(lambda: (t := json.loads(run_cli("tiers", "--db", db, "-o", "json").stdout))
+                  and all(x["used_bytes"] <= x["capacity_bytes"] for x in t) and t)  # fmt: skip
     assert [t["name"] for t in tiers] == ["cpu", "disk"]
-    assert all(t["used_bytes"] <= t["capacity_bytes"] for t in tiers)
     detail = json.loads(run_cli("show", "doc-0", "--db", db, "-o", "json").stdout)
     assert detail["cost_model"] == "manager"
     assert sum(o["chosen"] for o in detail["options"]) == 1
