@@ -23,50 +23,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (never the checkout root: -P)
+
+from gpu_bench import call_s as time_wall_s  # noqa: E402  (one idle call, to completion)
+from gpu_bench import time_gpu  # noqa: E402  (batches between two events)
+
+
+def time_device_s(fn) -> float:
+    """Median device seconds per call of fn() in back-to-back batches (gpu_bench.time_gpu)."""
+    return time_gpu(fn, budget_s=0.3, max_batch=32)
+
 LAYERS, KV_HEADS, HEAD_DIM, Q_HEADS, WINDOW = 32, 8, 128, 32, 16
 DTYPE = torch.bfloat16
-
-
-def time_device_s(fn, *, budget_s: float = 0.3, max_batch: int = 32) -> float:
-    """Median device seconds per call of fn() in batches between two events, after a warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    once_s = max(start.elapsed_time(end) / 1e3, 1e-6)
-    batch = int(min(max_batch, max(1, 0.02 / once_s)))
-    rounds = int(min(11, max(3, budget_s / (once_s * batch))))
-    times = []
-    for _ in range(rounds):
-        start.record()
-        for _ in range(batch):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / batch)
-    return statistics.median(times)
-
-
-def time_wall_s(fn, reps: int = 9) -> float:
-    """Median wall seconds of one call on an idle device, to completion."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def copy_ceiling_bps() -> float:
@@ -153,7 +126,7 @@ def main() -> None:
             moved = stored.nbytes + decoded.nbytes
             del decoded
             device_s = time_device_s(lambda c=codec, s=stored: c.decode(s))
-            wall_s = time_wall_s(lambda c=codec, s=stored: c.decode(s))
+            wall_s = time_wall_s(lambda c=codec, s=stored: c.decode(s), reps=9)
             # a new Stored over the same tensors: no plan yet
             cold_s = time_wall_s(lambda c=codec, s=stored: c.decode(Stored(s.codec, dict(s.tensors), s.meta)))
             kern_s = kernel_only_s(stored, codec)

@@ -279,10 +279,7 @@ class Manager:
             with self.rt.lock:
                 ctx = self.rt.contexts.get(context_id)
                 if ctx is not None and ctx.stored:  # already kept: nothing new to store
-                    self.rt.freq.record(context_id, now)
-                    ctx.last_access_at = now
-                    self.rt.dirty.add(context_id)
-                    return ctx.placement()
+                    return self._touch(ctx, now)
                 ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
                 problem = self._admission_problem(ctx, now)
                 over = [self.rt.placed_bytes.get(t.name, 0) - t.capacity_bytes for t in self.tiers]
@@ -306,16 +303,20 @@ class Manager:
         with self.rt.lock:
             return ctx.placement()
 
+    def _touch(self, ctx, now: float) -> Placement:
+        """A store of a context already kept counts as an access (caller holds rt.lock)."""
+        self.rt.freq.record(ctx.id, now)
+        ctx.last_access_at = now
+        self.rt.dirty.add(ctx.id)
+        return ctx.placement()
+
     def _store_replanning(self, context_id: str, kv: KV, label, tenant, prefill_s, now: float) -> Placement:
         """store() as a full re-plan of every context (admit_incrementally off)."""
         with self.rt.exec_lock:
             with self.rt.lock:
                 ctx = self.rt.contexts.get(context_id)
                 if ctx is not None and ctx.stored:  # already kept: nothing new to store
-                    self.rt.freq.record(context_id, now)
-                    ctx.last_access_at = now
-                    self.rt.dirty.add(context_id)
-                    return ctx.placement()
+                    return self._touch(ctx, now)
                 ctx = self._admit_state(ctx, context_id, kv, label, tenant, prefill_s, now)
             plan = self.plan(admit=context_id)
             self._moves.admit(ctx, kv, plan, now)

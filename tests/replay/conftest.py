@@ -11,6 +11,7 @@ import pytest
 from shared_workload import N, R
 
 from evicctl.config import DEFAULT_CODECS
+from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.replay.profiles import profiles_from_scores
 from evicctl.replay.scenario import scenario_from_dict
 
@@ -22,10 +23,11 @@ BASE = {"none": 1.0, "int8": 0.99, "int4": 0.85}
 def codec_mean(codec: str) -> float:
     if codec in BASE:
         return BASE[codec]
-    if "@" not in codec:  # another quantizer in the generated menu (int3, ...): lossier than int4
+    parts = parse_codec_name(codec)
+    if parts.scorer is None and parts.channel_ratio == 0:  # another quantizer (int3, ...): lossier than int4
         return 0.75
-    ratio = float(codec.split("@")[1].split("+")[0])
-    return (0.95 - 0.3 * ratio) * (0.99 if codec.endswith("+int8") else 1.0)
+    # dropping tokens or key channels: the harder, the lossier
+    return (0.95 - 0.3 * max(parts.ratio, parts.channel_ratio)) * (0.99 if codec.endswith("+int8") else 1.0)
 
 
 def measured_scores(n_contexts: int = 12, questions: int = 6, seed: int = 0) -> list[dict[str, list[float]]]:

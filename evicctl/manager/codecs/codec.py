@@ -297,11 +297,6 @@ def _scores(tensors: dict[str, torch.Tensor], move) -> dict[str, torch.Tensor]:
     return {name[3:]: move(t).float() for name, t in tensors.items() if name.startswith("ts.")}
 
 
-def _parts(tensors: dict[str, torch.Tensor], side: str, layers: int) -> tuple[list, list, list]:
-    """([codes], [scale], [mn]) of every layer of one side ("k" | "v")."""
-    return tuple([tensors[f"{side}.{i}.{part}"] for i in range(layers)] for part in ("codes", "scale", "mn"))
-
-
 def _pos_dtype(tokens: int) -> torch.dtype:
     return torch.int16 if tokens <= POS16_MAX_TOKENS else torch.int32
 
