@@ -97,6 +97,8 @@ class TopApp(ActionFlows, App[None]):
 
     # ---- refresh ------------------------------------------------------------------------
     def _tick(self) -> None:
+        if not self.screen_stack:  # the interval can fire once more while the app shuts down
+            return
         if not self.paused and not isinstance(self.screen, DetailScreen):
             self.request_refresh()
 
