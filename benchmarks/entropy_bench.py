@@ -57,6 +57,9 @@ from evicctl.manager.tiers import st_format
 from evicctl.manager.tiers.disk import stored_from_buffer
 from evicctl.manager.tiers.tier import serialize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (never the checkout root: -P)
+from disk_bench import drop_cache  # noqa: E402  (fdatasync + fadvise DONTNEED)
+
 CODECS = (
     "none",
     "int8",
@@ -183,15 +186,6 @@ def best_s(fn, repeats: int, before=None) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def drop_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def write_file(path: Path, blob: bytes) -> None:

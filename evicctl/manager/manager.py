@@ -294,6 +294,11 @@ class Manager:
             self._moves.admit(ctx, kv, plan, now)
             with self.rt.lock:
                 self.rt.dirty.add(context_id)  # a plan's row write may have read it before it was admitted
+        return self._after_admission(ctx, pressure)
+
+    def _after_admission(self, ctx, pressure: bool) -> Placement:
+        """A tier overflowed by an admission is relieved by the next plan: wake the control
+        thread for it (or plan now when it is not running)."""
         if pressure:
             self.rt.replan_needed = True
             if self.running:
@@ -322,14 +327,7 @@ class Manager:
             self._moves.admit(ctx, kv, plan, now)
             self._record_priced(plan)
             pressure = self._over_capacity()
-        if pressure:
-            self.rt.replan_needed = True
-            if self.running:
-                self._wake.set()
-            else:
-                self.tick()
-        with self.rt.lock:
-            return ctx.placement()
+        return self._after_admission(ctx, pressure)
 
     def lookup(self, context_id: str, device=None) -> Lookup | None:
         """The context's KV on `device` (default config.device), or None on a miss."""
