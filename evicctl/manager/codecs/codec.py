@@ -49,7 +49,6 @@ from evicctl.errors import CorruptDataError, UnknownNameError
 from evicctl.manager.codecs import decode_plan, layered, quant
 from evicctl.manager.codecs.names import (
     FAMILIES,
-    POS16_MAX_TOKENS,
     QUANTIZERS,
     VALID_FORMS,
     CodecParts,
@@ -149,11 +148,14 @@ class PipelineCodec(Codec):
         channels and ragged KVs go layer by layer (layered.py)."""
         if layered.needs_layers(self.parts, kv):
             tensors, counts, meta = layered.encode(kv, self.parts)
-            if kv.window_queries is not None:
-                wq = kv.window_queries
-                tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
-            tensors |= _score_tensors(kv)
-            return Stored(self.name, tensors, self._meta(kv, sum(counts) // len(counts)) | meta)
+            kept = sum(counts) // len(counts)
+        else:
+            (tensors, kept), meta = self._encode_uniform(kv), {}
+        tensors |= _side_tensors(kv)
+        return Stored(self.name, tensors, self._meta(kv, kept) | meta)
+
+    def _encode_uniform(self, kv: KV) -> tuple[dict[str, torch.Tensor], int]:
+        """(tensors, kept tokens per head) of a KV that keeps one count in every layer."""
         idx = keep_indices(kv, self.scorer, self.ratio) if self.scorer else None  # [L, 1, H, keep]
         positions = kv.positions if idx is None else kv.positions.gather(2, idx[:, 0].to(kv.positions.device))
         tensors: dict[str, torch.Tensor] = {}
@@ -166,12 +168,8 @@ class PipelineCodec(Codec):
                 tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous(), v.contiguous()
         kept = positions.shape[-1]
         if kept < kv.tokens:
-            tensors["pos"] = positions.to(_pos_dtype(kv.tokens)).contiguous()  # [L, H, K]
-        if kv.window_queries is not None:
-            wq = kv.window_queries
-            tensors["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
-        tensors |= _score_tensors(kv)
-        return Stored(self.name, tensors, self._meta(kv, kept))
+            tensors["pos"] = positions.to(layered.position_dtype(kv.tokens)).contiguous()  # [L, H, K]
+        return tensors, kept
 
     def _quantized(self, kv: KV, idx: torch.Tensor | None, kept: int) -> dict[str, torch.Tensor]:
         """Quantized tensors of the kept tokens: the first `kept - R` as (codes, scale, mn) per
@@ -282,9 +280,14 @@ class PipelineCodec(Codec):
         return list(full.unbind(0))  # one call for the L views
 
 
-def _score_tensors(kv: KV) -> dict[str, torch.Tensor]:
-    """``ts.{name}`` [L, H, T] fp16 of the KV's token scores."""
-    return {f"ts.{name}": s.to(torch.float16).contiguous() for name, s in kv.token_scores.items()}
+def _side_tensors(kv: KV) -> dict[str, torch.Tensor]:
+    """What a stored form keeps beside keys and values so it can be re-scored later: ``wq``
+    (the window queries, 16-bit) and ``ts.{name}`` [L, H, T] fp16 (the token scores)."""
+    out: dict[str, torch.Tensor] = {}
+    if kv.window_queries is not None:
+        wq = kv.window_queries
+        out["wq"] = wq.to(wq.dtype if wq.element_size() == 2 else torch.float16).contiguous()
+    return out | {f"ts.{name}": s.to(torch.float16).contiguous() for name, s in kv.token_scores.items()}
 
 
 def carried_scores(stored: Stored) -> frozenset[str]:
@@ -295,10 +298,6 @@ def carried_scores(stored: Stored) -> frozenset[str]:
 def _scores(tensors: dict[str, torch.Tensor], move) -> dict[str, torch.Tensor]:
     """The token scores of a stored form, float32 (fp16 -> float32 -> fp16 is exact)."""
     return {name[3:]: move(t).float() for name, t in tensors.items() if name.startswith("ts.")}
-
-
-def _pos_dtype(tokens: int) -> torch.dtype:
-    return torch.int16 if tokens <= POS16_MAX_TOKENS else torch.int32
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -32,6 +32,11 @@ def needs_layers(parts: CodecParts, kv: KV) -> bool:
     return parts.pyramid or bool(parts.channel_ratio) or kv.ragged
 
 
+def position_dtype(tokens: int) -> torch.dtype:
+    """dtype of stored positions: int16 up to POS16_MAX_TOKENS tokens, else int32."""
+    return torch.int16 if tokens <= POS16_MAX_TOKENS else torch.int32
+
+
 def stored_by_layers(tensors: dict[str, torch.Tensor]) -> bool:
     """Whether a stored form was written here (per-layer positions or kept channels)."""
     return "ch" in tensors or "pos.0" in tensors
@@ -84,7 +89,7 @@ def encode(kv: KV, parts: CodecParts) -> tuple[dict[str, torch.Tensor], list[int
         else:
             tensors[f"k.{layer}"], tensors[f"v.{layer}"] = k.contiguous(), v.contiguous()
     counts = [p.shape[-1] for p in positions]
-    pos_dtype = torch.int16 if kv.tokens <= POS16_MAX_TOKENS else torch.int32
+    pos_dtype = position_dtype(kv.tokens)
     if min(counts) < kv.tokens:
         if len(set(counts)) == 1:
             tensors["pos"] = torch.stack(positions).to(pos_dtype).contiguous()  # [L, H, K]
@@ -184,4 +189,4 @@ def _dequantized(
     return torch.cat((rows, residual.to(target, dtype, non_blocking=target.type == "cuda")), dim=2)
 
 
-__all__ = ["decode", "encode", "needs_layers", "stored_by_layers", "token_indices"]
+__all__ = ["decode", "encode", "needs_layers", "position_dtype", "stored_by_layers", "token_indices"]
