@@ -30,7 +30,12 @@ def run_bench(**options) -> dict:
         doc = run_live(opts, console=err, show_progress=show)
     else:
         doc = replay_all(opts, console=err, show_progress=show)
-    if opts.plot is not None and doc.get("runs"):
+    if opts.plot is not None and opts.sweep:
+        from evicctl.replay.plot import plot_sweep
+
+        plot_sweep(doc, opts.plot)
+        doc.setdefault("notes", []).append(f"plot written to {opts.plot}")
+    elif opts.plot is not None and doc.get("runs"):
         from evicctl.replay.plot import plot_runs
 
         plot_runs(doc["runs"], opts.plot, title=f"{opts.scenario}: TTFT vs quality")

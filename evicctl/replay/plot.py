@@ -81,3 +81,57 @@ def plot_runs(summaries: list[dict], path: Path | str, *, title: str = "") -> Pa
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+# policies drawn in a sweep's TTFT panel (when run), with ours (the fastest alpha meeting the
+# quality target) and the best baseline of each point
+_SWEEP_CURVES = ("lru", "arc", "tinylfu", "placement-only", "fixed:int4", "tinylfu:int4", "ideal")
+
+
+def plot_sweep(doc: dict, path: Path | str) -> Path:
+    """A robustness sweep (robustness.run_sweep's document) as two panels against the swept
+    value: mean TTFT per policy, and the ratios the issue's goals are stated in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG; got {path.name!r} (use a .png name)")
+    kind, points = doc["sweep"], doc["points"]
+    xs = [p["value"] for p in points]
+    fig, (ttft_ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
+    for name in _SWEEP_CURVES:
+        ys = [_ttft_of(p, name) for p in points]
+        if any(y is not None for y in ys):
+            style = _POINT_STYLE.get(name.split(":")[0], (".", None))
+            ttft_ax.plot(xs, ys, marker=style[0], color=None if ":" in name else style[1], label=name)
+    target = [(p["comparisons"].get("best_baseline") or {}) for p in points]
+    ttft_ax.plot(xs, [t.get("ours_ttft_s") for t in target], marker="o", color="tab:red", linewidth=2.5,
+                 label="evicpress (at the best baseline's quality)")
+    ttft_ax.set_ylabel("mean TTFT (s)")
+    ttft_ax.set_yscale("log")
+    rows = doc["summary"]
+    for key, label in (("vs_best_baseline", "evicpress vs best baseline"), ("vs_lru", "evicpress vs lru (<3% loss)"),
+                       ("placement_vs_lru", "placement-only vs lru"), ("placement_vs_arc", "placement-only vs arc"),
+                       ("qps_vs_lru", "max QPS vs lru")):
+        ratio_ax.plot(xs, [r.get(key) for r in rows], marker="o", label=label)
+    ratio_ax.axhline(1.0, color="black", linewidth=0.8)
+    ratio_ax.set_ylabel("ratio (>1: evicpress / placement-only ahead)")
+    for ax in (ttft_ax, ratio_ax):
+        ax.set_xlabel(kind)
+        if kind in ("capacity", "disk", "half-life"):
+            ax.set_xscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{doc['scenario']['name']}: robustness to {kind}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def _ttft_of(point: dict, policy: str) -> float | None:
+    return next((r["ttft_mean_s"] for r in point["runs"] if r["policy"] == policy), None)

@@ -179,12 +179,14 @@ def test_pareto_and_interpolation():
     assert ttft_at_quality(front, 0.995) is None  # beyond our best quality: no match
 
 
-def test_sweep_reports_every_point(scenario_file, profiles_file):
+def test_sweep_reports_every_point(tmp_path, scenario_file, profiles_file):
     out = io.StringIO()
+    plot = tmp_path / "sweep.png"
     doc = run_bench(scenario=str(scenario_file), profiles=profiles_file, sweep="capacity", contexts=60,
                     requests=400, policies=["lru", "prefill", "fixed:int8", "evicpress", "evicpress@50"],
-                    progress=False, console=Console(file=out, width=200))
+                    progress=False, console=Console(file=out, width=200), plot=plot)
     assert [p["value"] for p in doc["points"]] == [0.05, 0.1, 0.3, 1.0, 3.0, 12.0]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(plot) in doc["notes"][-1]  # the sweep's own figure
     everything_fits = doc["summary"][-1]
     assert everything_fits["vs_lru"] == pytest.approx(1.0, abs=0.05)  # nothing to win when it all fits
     assert "robustness: capacity" in out.getvalue()
