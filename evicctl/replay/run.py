@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from evicctl.errors import UsageError
 from evicctl.replay.progress import progress_bar
 
@@ -130,7 +132,7 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
         tasks = [bar.add_task(p.name, total=len(trace)) for p in policies]
         summaries = replay_policies(
             policies, catalog, trace, warmup=opts.warmup, jobs=_jobs(opts.jobs),
-            progress=lambda k, n: bar.advance(tasks[k], n), after=_throughput(opts, catalog, trace),
+            progress=lambda k, n: bar.advance(tasks[k], n), after=_after_replay(opts, catalog, trace),
         )
     doc = {
         "scenario": scenario.to_json(),
@@ -143,6 +145,28 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
         "notes": notes,
     }
     return doc
+
+
+def _after_replay(opts: BenchOptions, catalog, trace):
+    """What each run's summary gets beyond RunResult.summary: the codecs it served hits
+    from, and the queueing fields (unless off)."""
+    from functools import partial
+
+    throughput = _throughput(opts, catalog, trace)
+    mix = partial(served_codecs, codecs=catalog.codecs)
+    return mix if throughput is None else lambda result: mix(result) | throughput(result)
+
+
+SERVED_CODECS_SHOWN = 8
+
+
+def served_codecs(result, codecs: tuple[str, ...]) -> dict:
+    """{"served_codecs": {codec: share of the measured requests a cached copy in that codec
+    served}}, the SERVED_CODECS_SHOWN most used (misses and recomputes are not counted)."""
+    served = result.served_codec[result.measured]
+    counts = np.bincount(served[served >= 0], minlength=len(codecs))
+    top = np.argsort(-counts, kind="stable")[:SERVED_CODECS_SHOWN]
+    return {"served_codecs": {codecs[k]: round(float(counts[k]) / max(1, len(served)), 4) for k in top if counts[k]}}
 
 
 def _throughput(opts: BenchOptions, catalog, trace):

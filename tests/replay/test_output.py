@@ -38,6 +38,11 @@ def test_json_output_shape(scenario_file, profiles_file):
             assert key in run, key
         assert set(run["hit_rate"]) == {"cpu", "disk"}
         assert 0.0 <= run["quality_mean"] <= 1.0
+        # every served copy is a hit on some tier; a fixed codec serves only that codec
+        assert sum(run["served_codecs"].values()) <= sum(run["hit_rate"].values()) + 1e-3
+    by_policy = {r["policy"]: r for r in parsed["runs"]}
+    assert set(by_policy["fixed:int8"]["served_codecs"]) == {"int8"}
+    assert by_policy["prefill"]["served_codecs"] == {}
     assert parsed["trace"]["requests"] == 800
     assert parsed["catalog"]["contexts"] == 80
     assert set(parsed["comparisons"]) >= {"paper", "vs_fixed", "vs_lru", "vs_prefill", "front"}
