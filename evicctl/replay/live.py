@@ -156,7 +156,7 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
 
     manager, engine_manager = _manager(name, tmp, catalog, contexts, profiles, index, opts)
     engine = Engine(engine_manager, model, tokenizer, "cpu")
-    ttft, served_t, served_c, at = [], [], [], []
+    ttft, served_t, served_c, at, store_s = [], [], [], [], []
     start = time.perf_counter()
     try:
         with progress_bar(console, show) as bar:
@@ -168,10 +168,12 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
                 at.append(time.perf_counter() - start)
                 answer = engine.answer(ctx.id, ctx.text, questions[k].question, max_new_tokens=MAX_NEW_TOKENS)
                 ttft.append(answer.ttft.first_token_s)
+                store_s.append(answer.ttft.store_s)  # a miss's store after its answer (0 for a hit)
                 served_t.append(catalog.tiers.index(answer.hit_tier) if answer.hit else MISS)
                 served_c.append(catalog.codec_index(answer.codec) if answer.hit else -1)
                 bar.advance(task)
         probed_bps = {t.name: t.read_bps for t in getattr(manager, "tiers", [])}
+        probed_write_bps = {t.name: t.write_bps for t in getattr(manager, "tiers", [])}
         observed = engine_manager.cost_model.to_dict()["history"]  # the prefills the engine timed
     finally:
         if manager is not None:
@@ -187,11 +189,12 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
     replays, agreement = [], {}
     per_request = {"context": trace.context.tolist(), "query_tokens": q_tokens.tolist(), "served_tier": served_t,
                    "live_ttft_s": [round(x, 4) for x in ttft], "prefills_timed": observed,
-                   "start_s": [round(x, 4) for x in at]}
+                   "start_s": [round(x, 4) for x in at], "store_s": [round(x, 4) for x in store_s]}
     if opts.live_open_loop:
         per_request["arrival_s"] = [round(float(x), 4) for x in drawn.at_s]
     for label, sc in scenarios.items():
-        predicted = _replay_live(name, build(sc), trace)
+        replayed = build(sc)
+        predicted = _replay_live(name, replayed, trace)
         per_request[f"replay_ttft_s ({label})"] = [round(float(x), 4) for x in predicted.ttft_s]
         summary = predicted.summary() | {"policy": f"{name} (replay, {label})"}
         replays.append(summary)
@@ -205,7 +208,9 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
             "wall_s": wall_s,
         }
         if opts.live_open_loop:
-            agreement[label] |= queueing_agreement(build(sc), trace, predicted, drawn.at_s, np.array(at), np.array(ttft))
+            agreement[label] |= queueing_agreement(replayed, trace, predicted, drawn.at_s, np.array(at), np.array(ttft),
+                                                   write_bps=probed_write_bps, live_store_s=np.array(store_s))
+            per_request[f"replay_store_s ({label})"] = _store_charges(replayed, trace, predicted, probed_write_bps)
     return {
         "scenario": before.to_json(),
         "catalog": catalog.to_json(),
@@ -217,21 +222,47 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
     }
 
 
-def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s) -> dict:
+def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s, *, write_bps=None, live_store_s=None) -> dict:
     """TTFT with waiting, live (waited + served) against the queueing model on the replay's
-    decisions and the same arrivals (queueing.py)."""
-    from evicctl.replay.queueing import queued_ttft, service_times
+    decisions and the same arrivals (queueing.py), with admissions charged their store (tiers
+    written at `write_bps`, as the Manager probed them) and, for comparison, without; and the
+    store time per miss (kept or not), the engine's (`live_store_s`, per request, 0 for a hit)
+    against the model's charge."""
+    from evicctl.replay.queueing import queued_ttft, service_times, store_costs
+    from evicctl.replay.replay import MISS
 
-    live = (start_s - arrival_s) + ttft_s
-    model = queued_ttft(np.asarray(arrival_s, dtype=float), service_times(catalog, trace, predicted))
-    return {
+    arrival = np.asarray(arrival_s, dtype=float)
+    live = (start_s - arrival) + ttft_s
+    service = service_times(catalog, trace, predicted, store_costs(catalog, write_bps))
+    model = queued_ttft(arrival, service)
+    bare = queued_ttft(arrival, service_times(catalog, trace, predicted, store=False))
+    charged = (service.store_s + service.write_s)[predicted.served_tier == MISS]
+    out = {
         "queued_ttft_mean_live_s": float(live.mean()),
         "queued_ttft_mean_replay_s": float(model.mean()),
         "queued_ratio": float(model.mean() / live.mean()),
         "queued_ttft_p90_live_s": float(np.percentile(live, 90)),
         "queued_ttft_p90_replay_s": float(np.percentile(model, 90)),
-        "waited_share_live": float(((start_s - arrival_s) > 0.01).mean()),
+        "queued_ttft_mean_replay_no_store_s": float(bare.mean()),
+        "queued_ttft_p90_replay_no_store_s": float(np.percentile(bare, 90)),
+        "waited_share_live": float(((start_s - arrival) > 0.01).mean()),
+        "misses_replay": len(charged),
+        "stores_replay": int((predicted.admitted_tier >= 0).sum()),
+        "store_s_per_miss_replay": float(charged.mean()) if len(charged) else 0.0,
     }
+    if live_store_s is not None:
+        stored = np.asarray(live_store_s, dtype=float)
+        stored = stored[stored > 0]  # the misses: a hit stores nothing
+        out |= {"misses_live": len(stored), "store_s_per_miss_live": float(stored.mean()) if len(stored) else 0.0}
+    return out
+
+
+def _store_charges(catalog, trace, predicted, write_bps) -> list[float]:
+    """Per request, the seconds the queueing model charges its store (encode + write; 0: none)."""
+    from evicctl.replay.queueing import store_costs, store_times
+
+    compute_s, _, link_s = store_times(catalog, trace, predicted, store_costs(catalog, write_bps))
+    return [round(float(x), 4) for x in compute_s + link_s]
 
 
 def _fit_observed(history, fallback) -> tuple[float, ...]:

@@ -14,6 +14,20 @@ codec served each request) meet two kinds of servers:
 A request's TTFT = the end of its compute - its arrival; a load overlaps the compute of
 others (the engine prefetches), so a pipeline of hits keeps both busy.
 
+Stores (`store_times`): a miss whose new KV the replay admitted keeps the servers busy after
+its first token, which is out before the store, so its own TTFT is unchanged:
+- the compute device encodes it, right after the request's compute and before it takes the
+  next one: the raw KV bytes at the codec's encode throughput (raw bytes per second, by
+  codec family and quantized width: ENCODE_BPS, measured on this CPU and on the H200); a
+  copy admitted to the top tier is also written there by the compute device;
+- a copy admitted to a lower tier is then written over that tier's link (stored bytes at
+  the tier's write bandwidth: the Manager's probed figure where known, else the link's read
+  bandwidth), FIFO with the loads, so a load queued behind the write waits for it.
+The engine does not wait for that write (it is a copy the link carries). Moves of copies
+already stored (re-plans, spills) are not charged: only new KVs.
+Links and compute depend on each other through the writes, so one pass over the requests in
+arrival order serves both (an event-ordered simulation, `_serve`).
+
 Throughput: arrivals are the trace's, time-scaled to a given rate; decisions are the
 replay's at the trace's own rate (placement does not depend on load: LRU-like policies
 see only the order, and the placer's rates all scale alike), so one replay per policy
@@ -23,10 +37,13 @@ gives its whole TTFT-vs-QPS curve. `max_qps` bisects for the highest rate whose 
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from evicctl.manager.costs import WIDTH_SEP, decode_key
 from evicctl.replay.catalog import Catalog
 from evicctl.replay.replay import RunResult
 from evicctl.replay.trace import Trace
@@ -34,6 +51,44 @@ from evicctl.replay.trace import Trace
 SLO_P99_FACTOR = 2.0  # default target: p99 TTFT within 2x an unloaded full prefill's p99
 MAX_BATCH = 1  # one prefill at a time (the conservative engine); batching amortises the intercept
 SEARCH_STEPS = 10  # bisection steps between a passing and a failing rate (0.07% of a 2x bracket)
+# Raw (uncompressed) KV bytes a codec encodes per second on the compute device, by family (a
+# quantized width falls back to its family, as CostModel.decode_bps does). `none` hands the
+# tensors over as they are (the tier's write is the copy).
+# CPU: benchmarks/codec_bench.py on this 2-core machine (BENCHMARKS.md, "Codecs and disk tier
+# on the CPU", SmolLM2 KV, 1k and 4k tokens): int8 0.44-0.53 GB/s, int4 0.39-0.46, knorm or
+# keydiff drop 0.70-1.52, snapkv 0.26-0.72, knorm+int8 0.42-1.04.
+# GPU: DESIGN §8 on the H200: int8 quantize of a Llama-3.1-8B-shaped KV 142 GB/s, a gather of
+# half the tokens 620 GB/s (the kernels fuse the gather into the quantizer).
+ENCODE_BPS = {
+    "cpu": {"none": 1e12, "drop": 0.7e9, "quant": 0.45e9, "drop+quant": 0.6e9},
+    "gpu": {"none": 1e12, "drop": 620e9, "quant": 142e9, "drop+quant": 142e9},
+}
+
+
+@dataclass(frozen=True)
+class StoreCosts:
+    """What storing a new KV costs (module docstring): encode throughput on the compute
+    device (raw bytes/s by family or decode key) and write bandwidth per tier."""
+
+    encode_bps: dict[str, float]
+    write_bps: tuple[float, ...]  # [T], the catalog's tiers
+
+    def encode_bps_of(self, codec: str) -> float:
+        key = decode_key(codec)
+        bps = self.encode_bps.get(key)
+        return bps if bps is not None else self.encode_bps[key.partition(WIDTH_SEP)[0]]
+
+
+def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None) -> StoreCosts:
+    """The catalog's store costs: the GPU's encode figures where there is a GPU tier (the
+    compute device is the GPU), else the CPU's; each tier's write bandwidth from `write_bps`
+    (tier name -> bytes/s, as the Manager probed it), else its read bandwidth."""
+    device = "gpu" if "gpu" in catalog.tiers else "cpu"
+    written = write_bps or {}
+    return StoreCosts(
+        encode_bps=dict(ENCODE_BPS[device]),
+        write_bps=tuple(float(written.get(t, bps)) for t, bps in zip(catalog.tiers, catalog.read_bps, strict=True)),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,10 +97,25 @@ class ServiceTimes:
     load_s: np.ndarray  # [R] seconds on that link
     compute_s: np.ndarray  # [R] seconds on the compute device
     overhead_s: float  # per-call part of compute_s that a batch pays once
+    # the store after the first token (store_times); None: nothing stored
+    store_s: np.ndarray | None = None  # [R] compute seconds after the request's own compute
+    write_link: np.ndarray | None = None  # [R] lower tier whose link the write occupies, -1: none
+    write_s: np.ndarray | None = None  # [R] seconds on that link
+
+    def __post_init__(self) -> None:
+        n = len(self.compute_s)
+        if self.store_s is None:
+            object.__setattr__(self, "store_s", np.zeros(n))
+        if self.write_link is None:
+            object.__setattr__(self, "write_link", np.full(n, -1, dtype=np.int64))
+        if self.write_s is None:
+            object.__setattr__(self, "write_s", np.zeros(n))
 
 
-def service_times(catalog: Catalog, trace: Trace, result: RunResult) -> ServiceTimes:
-    """Split each request's unloaded TTFT into a link load and compute."""
+def service_times(catalog: Catalog, trace: Trace, result: RunResult, store: StoreCosts | bool = True) -> ServiceTimes:
+    """Split each request's unloaded TTFT into a link load and compute, and charge the stores
+    of admitted misses (store_times): at `store`'s costs, the catalog's (store_costs) when
+    True, none when False."""
     tier, codec = result.served_tier, result.served_codec
     ttft = np.asarray(result.ttft_s, dtype=float)
     loads = np.flatnonzero(tier > 0)  # hits on a lower tier (a top-tier read is compute)
@@ -53,44 +123,96 @@ def service_times(catalog: Catalog, trace: Trace, result: RunResult) -> ServiceT
     load_s[loads] = catalog.stored_bytes[codec[loads], trace.context[loads]] / catalog.read_bps[tier[loads]]
     link = np.where(tier > 0, tier, -1)
     intercept = float(np.asarray(catalog.cost_model.coef)[0])
-    return ServiceTimes(link=link, load_s=load_s, compute_s=np.maximum(ttft - load_s, 0.0), overhead_s=intercept)
+    costs = store_costs(catalog) if store is True else store
+    store_s, write_link, write_s = (None, None, None) if costs is False else store_times(catalog, trace, result, costs)
+    return ServiceTimes(link=link, load_s=load_s, compute_s=np.maximum(ttft - load_s, 0.0), overhead_s=intercept,
+                        store_s=store_s, write_link=write_link, write_s=write_s)
+
+
+def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreCosts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([R] compute seconds, [R] link, [R] link seconds) of each request's store after its
+    first token: an admitted miss's encode (raw bytes / the codec's encode_bps) on the compute
+    device, and its write (stored bytes / the tier's write_bps) on the compute device for the
+    top tier, else on that tier's link (-1: no write on a link). Zero where nothing was stored."""
+    n = len(trace)
+    store_s, write_link, write_s = np.zeros(n), np.full(n, -1, dtype=np.int64), np.zeros(n)
+    if result.admitted_tier is None:
+        return store_s, write_link, write_s
+    rows = np.flatnonzero(result.admitted_tier >= 0)
+    ctx, tier, codec = trace.context[rows], result.admitted_tier[rows], result.admitted_codec[rows]
+    encode_bps = np.array([costs.encode_bps_of(c) for c in catalog.codecs])
+    raw_bytes = catalog.stored_bytes[catalog.codecs.index("none"), ctx]
+    written_s = catalog.stored_bytes[codec, ctx] / np.asarray(costs.write_bps, dtype=float)[tier]
+    lower = tier > 0
+    store_s[rows] = raw_bytes / encode_bps[codec] + np.where(lower, 0.0, written_s)
+    write_link[rows] = np.where(lower, tier, -1)
+    write_s[rows] = np.where(lower, written_s, 0.0)
+    return store_s, write_link, write_s
 
 
 def queued_ttft(arrival_s: np.ndarray, service: ServiceTimes, *, max_batch: int = MAX_BATCH) -> np.ndarray:
     """[R] TTFT of every request with waiting (see the module docstring)."""
-    ready = np.asarray(arrival_s, dtype=float).copy()
-    for t in np.unique(service.link[service.link >= 0]).tolist():
-        rows = np.flatnonzero(service.link == t)
-        ready[rows] = _fifo(ready[rows].tolist(), service.load_s[rows].tolist())
-    order = np.argsort(ready, kind="stable")
-    done = np.empty(len(ready))
-    if max_batch <= 1:
-        done[order] = _fifo(ready[order].tolist(), service.compute_s[order].tolist())
-    else:
-        done[order] = _batched(ready[order].tolist(), service.compute_s[order].tolist(), max_batch, service.overhead_s)
-    return done - arrival_s
+    arrival = np.asarray(arrival_s, dtype=float)
+    return _serve(arrival, service, max(1, max_batch)) - arrival
 
 
-def _fifo(ready: list[float], work_s: list[float]) -> list[float]:
-    """Completion times of one server taking jobs in order (Lindley's recursion)."""
-    out, free = [], 0.0
-    for r, w in zip(ready, work_s, strict=True):
-        free = (free if free > r else r) + w
-        out.append(free)
-    return out
+def _serve(arrival: np.ndarray, s: ServiceTimes, max_batch: int) -> np.ndarray:
+    """[R] end of each request's compute. Requests are taken in arrival order: a load joins its
+    link's FIFO at arrival, behind the writes that joined before it, and the request is ready
+    for the compute when the load ends (at arrival when there is nothing to load). The compute
+    device takes ready requests in the order they became ready, a batch of up to `max_batch`,
+    then encodes the batch's stores one after another; each lower-tier write joins its link when
+    its encode ends. Before each arrival the compute device starts every batch that no request
+    arriving later can join or precede (so writes that join before that arrival are known)."""
+    n = len(arrival)
+    done = [0.0] * n
+    at, link, load_s, compute_s = arrival.tolist(), s.link.tolist(), s.load_s.tolist(), s.compute_s.tolist()
+    store_s, write_link, write_s = s.store_s.tolist(), s.write_link.tolist(), s.write_s.tolist()
+    link_free: dict[int, float] = {}
+    writes: dict[int, deque[tuple[float, float]]] = {}  # link -> (joined at, seconds), in join order
+    ready: list[tuple[float, int]] = []  # heap of (ready at, request) waiting for the compute device
+    free = 0.0  # when the compute device is next free
 
+    def start_batches(until: float) -> None:
+        nonlocal free
+        while ready and ready[0][0] <= until:
+            start = max(free, ready[0][0])
+            batch = []  # ready by the start; a batch starting at or after `until` may gain later arrivals
+            while ready and len(batch) < max_batch and ready[0][0] <= min(start, until):
+                batch.append(heapq.heappop(ready))
+            if start >= until and len(batch) < max_batch:
+                for job in batch:
+                    heapq.heappush(ready, job)
+                return
+            members = [k for _, k in batch]
+            if max_batch == 1:
+                end = start + compute_s[members[0]]
+            else:
+                end = start + s.overhead_s + sum(max(compute_s[k] - s.overhead_s, 0.0) for k in members)
+            free = end
+            for k in members:
+                done[k] = end
+                free += store_s[k]
+                if write_link[k] >= 0:
+                    writes.setdefault(write_link[k], deque()).append((free, write_s[k]))
 
-def _batched(ready: list[float], work_s: list[float], max_batch: int, overhead_s: float) -> list[float]:
-    out, free, k, n = [0.0] * len(ready), 0.0, 0, len(ready)
-    while k < n:
-        start = free if free > ready[k] else ready[k]
-        j = k + 1
-        while j < n and j - k < max_batch and ready[j] <= start:
-            j += 1
-        end = start + overhead_s + sum(max(w - overhead_s, 0.0) for w in work_s[k:j])
-        out[k:j] = [end] * (j - k)
-        free, k = end, j
-    return out
+    for k in np.argsort(arrival, kind="stable").tolist():
+        a, t = at[k], link[k]
+        if ready and ready[0][0] <= a:
+            start_batches(a)
+        if t < 0:
+            heapq.heappush(ready, (a, k))
+            continue
+        free_at = link_free.get(t, 0.0)
+        queued = writes.get(t)
+        while queued and queued[0][0] <= a:  # the writes that joined this link before the load
+            joined, seconds = queued.popleft()
+            free_at = max(free_at, joined) + seconds
+        free_at = max(free_at, a) + load_s[k]
+        link_free[t] = free_at
+        heapq.heappush(ready, (free_at, k))
+    start_batches(float("inf"))
+    return np.array(done)
 
 
 def p99_at(qps: float, trace: Trace, service: ServiceTimes, warmup: int, *, max_batch: int = MAX_BATCH) -> float:

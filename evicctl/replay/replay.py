@@ -6,7 +6,8 @@ books: bytes admitted, moved and loaded, and that no tier ever goes over capacit
 stored copy is "decompressed" (a codec is reachable from a stored copy only if the placer's
 `derivable_matrix` says so). Policies only decide.
 
-Per request the loop records which (tier, codec) served it, or a miss; delays and
+Per request the loop records which (tier, codec) served it, or a miss, and where a miss's
+new KV was admitted (the queueing model charges the store); delays and
 qualities are computed afterwards for all requests at once from the catalog's cost model,
 with each request's own query length. A sane policy never loads a KV more slowly than it
 could recompute it: such a hit is served as a recompute (full quality, miss delay).
@@ -167,6 +168,10 @@ class RunResult:
     drops: int
     wall_s: float
     extra: dict = field(default_factory=dict)
+    # [R] where a miss's new KV was admitted (tier, codec), DROPPED / -1 when it was not stored
+    # (hits, and misses the policy did not keep); None: not recorded (a live run)
+    admitted_tier: np.ndarray | None = None
+    admitted_codec: np.ndarray | None = None
 
     @property
     def measured(self) -> slice:
@@ -214,6 +219,8 @@ def replay(
     n_req = len(trace)
     served_t = np.empty(n_req, dtype=np.int64)
     served_c = np.empty(n_req, dtype=np.int64)
+    admitted_t = np.full(n_req, DROPPED, dtype=np.int64)
+    admitted_c = np.full(n_req, -1, dtype=np.int64)
     ctx, at = trace.context.tolist(), trace.at_s.tolist()
     tier, codec = sim.tier, sim.codec  # the simulator mutates these arrays in place
     touch, hit, miss, tick = policy.touch, policy.hit, policy.miss, policy.tick
@@ -228,6 +235,9 @@ def replay(
         else:
             served_t[k], served_c[k] = MISS, -1
             miss(i, now)
+            t = tier[i]
+            if t >= 0:  # the policy kept the new KV: a store after the first token
+                admitted_t[k], admitted_c[k] = t, codec[i]
         if (k + 1) % every == 0:
             tick(now)
         if progress is not None and (k + 1) % progress_every == 0:
@@ -253,6 +263,8 @@ def replay(
         drops=sim.drops,
         wall_s=time.perf_counter() - start,
         extra=policy.stats(),
+        admitted_tier=admitted_t,
+        admitted_codec=admitted_c,
     )
 
 
