@@ -225,9 +225,10 @@ def _serve(name, opts, tmp: Path, model, tokenizer, contexts, profiles, samples,
 def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s, *, write_bps=None, live_store_s=None) -> dict:
     """TTFT with waiting, live (waited + served) against the queueing model on the replay's
     decisions and the same arrivals (queueing.py), with admissions charged their store (tiers
-    written at `write_bps`, as the Manager probed them) and, for comparison, without; and the
-    store time per miss (kept or not), the engine's (`live_store_s`, per request, 0 for a hit)
-    against the model's charge."""
+    written at `write_bps`, as the Manager probed them) and, for comparison, without stores and
+    with synchronous stores (the engine served here writes before it takes the next request);
+    and the store time per miss (kept or not), the engine's (`live_store_s`, per request, 0 for
+    a hit) against the model's charge."""
     from evicctl.replay.queueing import queued_ttft, service_times, store_costs
     from evicctl.replay.replay import MISS
 
@@ -236,6 +237,7 @@ def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s, *,
     service = service_times(catalog, trace, predicted, store_costs(catalog, write_bps))
     model = queued_ttft(arrival, service)
     bare = queued_ttft(arrival, service_times(catalog, trace, predicted, store=False))
+    synchronous = queued_ttft(arrival, service_times(catalog, trace, predicted, store_costs(catalog, write_bps, synchronous=True)))
     charged = (service.store_s + service.write_s)[predicted.served_tier == MISS]
     out = {
         "queued_ttft_mean_live_s": float(live.mean()),
@@ -245,6 +247,8 @@ def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s, *,
         "queued_ttft_p90_replay_s": float(np.percentile(model, 90)),
         "queued_ttft_mean_replay_no_store_s": float(bare.mean()),
         "queued_ttft_p90_replay_no_store_s": float(np.percentile(bare, 90)),
+        "queued_ttft_mean_replay_sync_store_s": float(synchronous.mean()),
+        "queued_ttft_p90_replay_sync_store_s": float(np.percentile(synchronous, 90)),
         "waited_share_live": float(((start_s - arrival) > 0.01).mean()),
         "misses_replay": len(charged),
         "stores_replay": int((predicted.admitted_tier >= 0).sum()),

@@ -23,8 +23,10 @@ its first token, which is out before the store, so its own TTFT is unchanged:
 - a copy admitted to a lower tier is then written over that tier's link (stored bytes at
   the tier's write bandwidth: the Manager's probed figure where known, else the link's read
   bandwidth), FIFO with the loads, so a load queued behind the write waits for it.
-The engine does not wait for that write (it is a copy the link carries). Moves of copies
-already stored (re-plans, spills) are not charged: only new KVs.
+The engine does not wait for that write (it is a copy the link carries). An engine that
+stores synchronously, as the reference engine (evicctl.engine) does, writes before it takes
+the next request: `StoreCosts.synchronous` charges every write to the compute device instead.
+Moves of copies already stored (re-plans, spills) are not charged: only new KVs.
 Links and compute depend on each other through the writes, so one pass over the requests in
 arrival order serves both (an event-ordered simulation, `_serve`).
 
@@ -72,6 +74,7 @@ class StoreCosts:
 
     encode_bps: dict[str, float]
     write_bps: tuple[float, ...]  # [T], the catalog's tiers
+    synchronous: bool = False  # the engine waits for every write (the compute device writes)
 
     def encode_bps_of(self, codec: str) -> float:
         key = decode_key(codec)
@@ -79,7 +82,7 @@ class StoreCosts:
         return bps if bps is not None else self.encode_bps[key.partition(WIDTH_SEP)[0]]
 
 
-def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None) -> StoreCosts:
+def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None, *, synchronous: bool = False) -> StoreCosts:
     """The catalog's store costs: the GPU's encode figures where there is a GPU tier (the
     compute device is the GPU), else the CPU's; each tier's write bandwidth from `write_bps`
     (tier name -> bytes/s, as the Manager probed it), else its read bandwidth."""
@@ -88,6 +91,7 @@ def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None) -> 
     return StoreCosts(
         encode_bps=dict(ENCODE_BPS[device]),
         write_bps=tuple(float(written.get(t, bps)) for t, bps in zip(catalog.tiers, catalog.read_bps, strict=True)),
+        synchronous=synchronous,
     )
 
 
@@ -133,7 +137,8 @@ def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreC
     """([R] compute seconds, [R] link, [R] link seconds) of each request's store after its
     first token: an admitted miss's encode (raw bytes / the codec's encode_bps) on the compute
     device, and its write (stored bytes / the tier's write_bps) on the compute device for the
-    top tier, else on that tier's link (-1: no write on a link). Zero where nothing was stored."""
+    top tier (every tier when the store is synchronous), else on that tier's link (-1: no write
+    on a link). Zero where nothing was stored."""
     n = len(trace)
     store_s, write_link, write_s = np.zeros(n), np.full(n, -1, dtype=np.int64), np.zeros(n)
     if result.admitted_tier is None:
@@ -143,7 +148,7 @@ def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreC
     encode_bps = np.array([costs.encode_bps_of(c) for c in catalog.codecs])
     raw_bytes = catalog.stored_bytes[catalog.codecs.index("none"), ctx]
     written_s = catalog.stored_bytes[codec, ctx] / np.asarray(costs.write_bps, dtype=float)[tier]
-    lower = tier > 0
+    lower = (tier > 0) & (not costs.synchronous)  # written over a link while the compute goes on
     store_s[rows] = raw_bytes / encode_bps[codec] + np.where(lower, 0.0, written_s)
     write_link[rows] = np.where(lower, tier, -1)
     write_s[rows] = np.where(lower, written_s, 0.0)

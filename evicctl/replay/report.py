@@ -119,14 +119,14 @@ def agreement_table(agreement: dict) -> Table:
         table.add_column(col, justify="right")
     queued = any("queued_ratio" in a for a in agreement.values())  # --live-open-loop: waiting too
     if queued:
-        for col in ("live with waiting", "model with waiting", "model / live", "model without stores"):
+        for col in ("live with waiting", "model with waiting", "model / live", "model without stores", "model, stores synchronous"):
             table.add_column(col, justify="right")
     for policy, a in agreement.items():
         row = [policy, _s(a["ttft_mean_live_s"]), _s(a["ttft_mean_replay_s"]), f"{a['ratio']:.2f}", f"{a['same_outcome']:.0%}"]
         if queued:
             row += [_s(a.get("queued_ttft_mean_live_s")), _s(a.get("queued_ttft_mean_replay_s")),
                     "-" if a.get("queued_ratio") is None else f"{a['queued_ratio']:.2f}",
-                    _s(a.get("queued_ttft_mean_replay_no_store_s"))]
+                    _s(a.get("queued_ttft_mean_replay_no_store_s")), _s(a.get("queued_ttft_mean_replay_sync_store_s"))]
         table.add_row(*row)
     return table
 

@@ -150,6 +150,9 @@ def test_a_lower_tier_admission_is_written_over_its_link_at_the_write_bandwidth(
     ctx = trace.context[k]
     assert store_s[k] == pytest.approx(catalog.stored_bytes[none, ctx] / ENCODE_BPS["cpu"]["quant"])  # encode only
     assert (write_link[k], write_s[k]) == (1, pytest.approx(catalog.stored_bytes[int8, ctx] / 2e8))
+    # an engine that stores synchronously holds the compute device for the write too
+    sync = store_times(catalog, trace, on_disk, store_costs(catalog, {"disk": 2e8}, synchronous=True))
+    assert sync[0][k] == pytest.approx(store_s[k] + write_s[k]) and sync[1][k] == -1 and sync[2][k] == 0
     # a width measured on its own wins over its family's figure
     by_width = StoreCosts({**ENCODE_BPS["cpu"], "quant:int8": 1e9}, costs.write_bps)
     assert store_times(catalog, trace, on_disk, by_width)[0][k] == pytest.approx(catalog.stored_bytes[none, ctx] / 1e9)
