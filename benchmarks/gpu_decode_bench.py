@@ -11,9 +11,16 @@ For every codec and context length:
 - `cold wall`: the same for a stored form decoded for the first time (its decode plan, the
   checked layer tables a tier's repeated decodes reuse, built in the call);
 - `kernels`: device time of the dequantize launches alone (keys + values, every layer), for
-  the quantized codecs;
+  the quantized codecs, as % of the copy ceiling on the bytes those launches move (codes,
+  scales and minima read, dequantized rows written). PyramidKV forms (per-layer token
+  counts) take one ragged launch per side like the uniform ones; ThinK forms' key launch
+  writes whole head_dim-wide rows (the kept channels and the zeros between them);
 - each as GB/s of bytes moved (stored bytes read + decoded keys and values written) and % of
   the device copy ceiling measured in the same run.
+
+Codecs whose scorer needs the engine's per-token scores (`KV.token_scores`: `kvzip@`,
+`expected@`) are skipped: the random KV here has none to give them, and their stored form
+and decode are those of `snapkv@` at the same ratio (the scorer only picks other tokens).
 
 `--profile NAME` prints torch.profiler's top operations of one decode of that codec at the
 longest length (where the time goes). Results: DIR/gpu_decode.json and the table on stdout.
@@ -40,6 +47,7 @@ def time_device_s(fn) -> float:
 
 LAYERS, KV_HEADS, HEAD_DIM, Q_HEADS, WINDOW = 32, 8, 128, 32, 16
 DTYPE = torch.bfloat16
+DEVICE = "cuda"  # (tests run the helpers on the CPU through Triton's interpreter)
 
 
 def copy_ceiling_bps() -> float:
@@ -53,34 +61,51 @@ def make_kv(tokens: int, gen: torch.Generator):
     from evicctl.manager.kv import KV
 
     def layer():
-        x = torch.randn(1, KV_HEADS, tokens, HEAD_DIM, device="cuda", generator=gen)
-        return (x * (1 + 4 * (torch.rand(HEAD_DIM, device="cuda", generator=gen) < 0.05))).to(DTYPE)
+        x = torch.randn(1, KV_HEADS, tokens, HEAD_DIM, device=DEVICE, generator=gen)
+        return (x * (1 + 4 * (torch.rand(HEAD_DIM, device=DEVICE, generator=gen) < 0.05))).to(DTYPE)
 
     keys = [layer() for _ in range(LAYERS)]
     values = [layer() for _ in range(LAYERS)]
-    wq = torch.randn(LAYERS, Q_HEADS, WINDOW, HEAD_DIM, device="cuda", generator=gen).to(DTYPE)
+    wq = torch.randn(LAYERS, Q_HEADS, WINDOW, HEAD_DIM, device=DEVICE, generator=gen).to(DTYPE)
     return KV.full(keys, values, window_queries=wq)
 
 
-def kernel_only_s(stored, codec) -> float | None:
-    """Device time of the dequantize launches alone (both sides, every layer)."""
+def kernel_only_s(stored, codec) -> tuple[float, int] | None:
+    """(device seconds, bytes moved) of the dequantize launches alone (both sides, every
+    layer), into outputs allocated beforehand; None for a codec that does not quantize."""
     from evicctl.kernels import quant as kq
 
     if not codec.bits:
         return None
     meta, t = stored.meta, stored.tensors
+    layers, head_dim = int(meta["layers"]), int(meta["head_dim"])
+    bits, group, vgroup = int(meta["bits"]), int(meta["group"]), int(meta["value_group"])
+    # ThinK: the keys' codes hold the kept channels only, written to their columns of
+    # head_dim-wide rows, zeros between them (ch [L, H, C])
+    channels = t.get("ch")
 
     def parts(side):
-        return [[t[f"{side}.{i}.{p}"] for i in range(LAYERS)] for p in ("codes", "scale", "mn")]
+        return [[t[f"{side}.{i}.{p}"] for i in range(layers)] for p in ("codes", "scale", "mn")]
+
+    def outputs(codes):
+        """The dequantized rows: stacked when every layer has one token count, else one
+        tensor per layer (PyramidKV: the launch is ragged)."""
+        rows = [c.shape[2] for c in codes]
+        heads = codes[0].shape[1]
+        if len(set(rows)) == 1:
+            return torch.empty((layers, 1, heads, rows[0], head_dim), dtype=DTYPE, device=DEVICE)
+        return [torch.empty((1, heads, r, head_dim), dtype=DTYPE, device=DEVICE) for r in rows]
 
     k_parts, v_parts = parts("k"), parts("v")
-    bits, group, vgroup = int(meta["bits"]), int(meta["group"]), int(meta["value_group"])
+    k_out, v_out = outputs(k_parts[0]), outputs(v_parts[0])
+    read = sum(x.nbytes for p in (*k_parts, *v_parts) for x in p)
+    written = sum(o.nbytes for out in (k_out, v_out) for o in (out if isinstance(out, list) else [out]))
 
     def run():
-        kq.dequantize_keys_layers(*k_parts, bits, group, DTYPE)
-        kq.dequantize_values_layers(*v_parts, bits, vgroup, DTYPE)
+        kq.dequantize_keys_layers(*k_parts, bits, group, DTYPE, out=k_out, channels=channels)
+        kq.dequantize_values_layers(*v_parts, bits, vgroup, DTYPE, out=v_out)
 
-    return time_device_s(run)
+    return time_device_s(run), read + written
 
 
 def profile(codec, stored) -> str:
@@ -105,6 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     from evicctl.config import DEFAULT_CODECS
     from evicctl.manager.codecs.codec import Stored, get_codec
+    from evicctl.manager.codecs.scorers import available_scorers
 
     args.out.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.codecs.split(",") if n] or list(DEFAULT_CODECS)
@@ -121,6 +147,8 @@ def main() -> None:
         raw_bytes = kv.nbytes
         for name in names:
             codec = get_codec(name)
+            if codec.scorer and codec.scorer not in available_scorers(kv):
+                continue  # kvzip, expected: no token scores here (see the module docstring)
             stored = codec.encode(kv)
             decoded = codec.decode(stored)
             moved = stored.nbytes + decoded.nbytes
@@ -129,8 +157,8 @@ def main() -> None:
             wall_s = time_wall_s(lambda c=codec, s=stored: c.decode(s), reps=9)
             # a new Stored over the same tensors: no plan yet
             cold_s = time_wall_s(lambda c=codec, s=stored: c.decode(Stored(s.codec, dict(s.tensors), s.meta)))
-            kern_s = kernel_only_s(stored, codec)
-            kern_moved = moved - (stored.tensors["wq"].nbytes if "wq" in stored.tensors else 0)
+            kernels = kernel_only_s(stored, codec)
+            kern_s, kern_moved = kernels if kernels is not None else (None, 0)
             row = {
                 "tokens": tokens, "codec": name, "raw_bytes": raw_bytes, "stored_bytes": stored.nbytes,
                 "moved_bytes": moved, "device_s": device_s, "wall_s": wall_s, "cold_wall_s": cold_s, "kernels_s": kern_s,

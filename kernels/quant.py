@@ -15,7 +15,11 @@ Same signatures and outputs as the torch reference in evicctl.manager.codecs.qua
 So codes, scales and dequantized values match the reference bit for bit.
 
 Each kernel reads its input once and writes its output once. The `*_layers` forms take every
-layer in one launch (see _layers.py); the one-layer forms are those with one layer. Inputs of
+layer in one launch (see _layers.py); the one-layer forms are those with one layer. The
+dequantize launches also take ragged layers (a token count per layer, PyramidKV: the grid
+fits the longest, and each program reads its layer's count from a table) and, for keys,
+ThinK's kept channels (each row's D dequantized channels stored at their columns of a wider
+row, zeros in the others), so a layer-by-layer stored form decodes in one launch a side. Inputs of
 dequantize may be pinned host memory: the kernel then reads the codes over the bus and writes
 the dequantized tensor on the GPU, which fuses the host-to-device copy into the decode.
 """
@@ -31,7 +35,7 @@ import triton.language as tl
 
 from . import _layers
 from ._jit import layer_offset
-from ._layers import Layers, as_layers, kernel_device, layer_table
+from ._layers import Layers, as_layers, head_strides_of, kernel_device, layer_table, rows_of
 
 # Launch shapes: the fastest of benchmarks/gpu_bench.py's sweep on the H200 (32k tokens, 32 layers).
 TUNING: dict[str, int] = {
@@ -191,13 +195,20 @@ def _quant_keys_kernel(
 
 @triton.jit
 def _dequant_keys_kernel(
-    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, ch_ptr,
     H, T, NG, sy_b, sy_h, sy_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ALIGNED: tl.constexpr,
+    RAGGED: tl.constexpr, CHANNELS: tl.constexpr, W: tl.constexpr,
 ):
     g = tl.program_id(0)
     bh = tl.program_id(1)
     layer = tl.program_id(2)
+    if RAGGED:  # this layer's tokens and output head stride; the grid fits the longest layer
+        T = tl.load(r_ptr + 2 * layer)
+        sy_h = tl.load(r_ptr + 2 * layer + 1)
+        if ALIGNED:  # (checked on the host) keeps the stores 16-byte vectors
+            sy_h = tl.multiple_of(sy_h, 16)
+        NG = (T + G - 1) // G
     b = bh // H
     h = bh % H
     t = g * G + tl.arange(0, G)
@@ -205,8 +216,15 @@ def _dequant_keys_kernel(
     d = tl.arange(0, D)
     row_in = bh.to(tl.int64) * T + t
     grp_in = (bh.to(tl.int64) * NG + g) * D
-    s = tl.load(s_ptr + layer_offset(s_offs, layer, ALIGNED) + grp_in + d).to(tl.float32)
-    m = tl.load(m_ptr + layer_offset(m_offs, layer, ALIGNED) + grp_in + d).to(tl.float32)
+    s_at = s_ptr + layer_offset(s_offs, layer, ALIGNED) + grp_in + d
+    m_at = m_ptr + layer_offset(m_offs, layer, ALIGNED) + grp_in + d
+    if RAGGED:  # a group past this layer's last one: read nothing (its rows are masked below)
+        live = g * G + tl.zeros_like(d) < T
+        s = tl.load(s_at, mask=live, other=1.0).to(tl.float32)
+        m = tl.load(m_at, mask=live, other=0.0).to(tl.float32)
+    else:
+        s = tl.load(s_at).to(tl.float32)
+        m = tl.load(m_at).to(tl.float32)
     c_base = c_ptr + layer_offset(c_offs, layer, ALIGNED)
     if BITS == 8:
         q = tl.load(c_base + row_in[:, None] * D + d[None, :], mask=tm[:, None], other=0).to(tl.float32)
@@ -223,7 +241,20 @@ def _dequant_keys_kernel(
         xo = (p >> 4).to(tl.float32) * so[None, :] + mo[None, :]
         x = tl.reshape(tl.join(xe, xo), (G, D))
     y_base = y_ptr + layer_offset(y_offs, layer, ALIGNED) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
-    tl.store(y_base + t.to(tl.int64)[:, None] * sy_t + d[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
+    y_rows = y_base + t.to(tl.int64)[:, None] * sy_t
+    if CHANNELS:
+        # ThinK: rows W wide, the D kept channels at their columns, zeros elsewhere. The whole
+        # rows are zeroed first (full vectors), then the kept columns written over them: the
+        # barrier orders the two stores across the program's threads, and every row is
+        # written by one program within microseconds, so its lines leave L2 whole (no zeroed
+        # buffer beforehand, no partial lines to merge in DRAM)
+        w = tl.arange(0, W)
+        tl.store(y_rows + w[None, :], tl.zeros((G, W), y_ptr.dtype.element_ty), mask=tm[:, None])
+        tl.debug_barrier()
+        cols = tl.load(ch_ptr + (layer * tl.num_programs(1) + bh).to(tl.int64) * D + d).to(tl.int64)
+    else:
+        cols = d
+    tl.store(y_rows + cols[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
 
 
 @triton.jit
@@ -281,13 +312,19 @@ def _quant_values_kernel(
 
 @triton.jit
 def _dequant_values_kernel(
-    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs,
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr,
     H, T, sy_b, sy_h, sy_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, ALIGNED: tl.constexpr,
+    RAGGED: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     layer = tl.program_id(2)
+    if RAGGED:  # this layer's tokens and output head stride; rows past them are masked below
+        T = tl.load(r_ptr + 2 * layer)
+        sy_h = tl.load(r_ptr + 2 * layer + 1)
+        if ALIGNED:  # (checked on the host) keeps the stores 16-byte vectors
+            sy_h = tl.multiple_of(sy_h, 16)
     b = bh // H
     h = bh % H
     NGD: tl.constexpr = D // G
@@ -407,7 +444,72 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = 32, *, out=None):
     return tuple(out) if out is not None else (codes[0], scale[0], mn[0])
 
 
-def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what):
+def _packed_rows(layers: Layers, rows: tuple[int, ...]) -> bool:
+    """Whether every layer holds `rows` rows laid out contiguously (as the kernels address
+    them: row bh * T + t); a layer of no rows, or of one head, whatever its head stride says."""
+    row_stride, heads = layers[0].stride(-2), layers[0].shape[1]
+    return rows_of(layers) == rows and all(
+        r == 0 or heads == 1 or hs == r * row_stride for r, hs in zip(rows, head_strides_of(layers), strict=True)
+    )
+
+
+def _ragged_rows(codes_l, scale_l, mn_l, out_layers, side_rows, what) -> tuple[tuple, tuple] | None:
+    """(tokens, output head stride) per layer when the layers are ragged (codes or out of
+    different token counts, as PyramidKV keeps), else None. side_rows: a layer's rows of
+    scale and mn from its tokens. Checks what the kernel assumes of ragged layers: one
+    batch, contiguous codes, scale and mn, out rows matching the codes."""
+    layered = [x for x in (codes_l, scale_l, mn_l, out_layers) if isinstance(x, Layers)]
+    if not any(x.rows is not None or x.head_strides is not None for x in layered):
+        return None
+    rows = rows_of(codes_l)
+    if codes_l[0].shape[0] != 1:
+        raise ValueError(f"{what}: ragged layers must have one batch")
+    side = tuple(side_rows(t) for t in rows)
+    for layers, want, name in ((codes_l, rows, "codes"), (scale_l, side, "scale"), (mn_l, side, "mn")):
+        if not _packed_rows(layers, want):
+            raise ValueError(f"{what}: ragged {name} must be contiguous with {want} rows")
+    if out_layers is None:
+        raise ValueError(f"{what}: ragged layers need out=")
+    if rows_of(out_layers) != rows:
+        raise ValueError(f"{what}: out must have the codes' rows {rows}")
+    return rows, head_strides_of(out_layers)
+
+
+def _check_out_layers(out_layers, B, H, T, width, dtype, dev, what) -> None:
+    y = out_layers[0]
+    if tuple(y.shape) != (B, H, T, width) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
+        raise ValueError(f"{what}: out must be {dtype} {(B, H, T, width)} on {dev} with contiguous channels")
+
+
+def _check_channels(channels, L, B, H, D, width, dev, what) -> None:
+    """channels: [L, B*H, D] kept key channel indices (ThinK), distinct and each < width (the
+    caller's promise: the kernel stores at them unchecked); rows of a power-of-two width."""
+    if (
+        tuple(channels.shape) != (L, B * H, D)
+        or channels.dtype not in (torch.int16, torch.int32, torch.int64)
+        or not channels.is_contiguous()
+        or channels.device != dev
+    ):
+        raise ValueError(f"{what}: channels must be contiguous int {(L, B * H, D)} on {dev}; got {channels.dtype} {tuple(channels.shape)}")
+    if width < D or width & (width - 1):
+        raise ValueError(f"{what}: out rows must be a power of two at least {D} wide (the kept channels); got {width}")
+
+
+def _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev):
+    """(pointer and offset tables of codes, scale, mn and out, rows table, aligned) of a launch."""
+    cb, co, ac = layer_table(codes_l, dev)
+    sb, so, as_ = layer_table(scale_l, dev)
+    mb, mo, am = layer_table(mn_l, dev)
+    yb, yo, ay = layer_table(out_layers, dev)
+    aligned = ac and as_ and am and ay
+    if ragged is None:
+        return (cb, co, sb, so, mb, mo, yb, yo), co, aligned  # (the rows table is unused)
+    # the head strides are promised multiples of 16 along with the offsets
+    aligned = aligned and all(hs % 16 == 0 for hs in ragged[1])
+    return (cb, co, sb, so, mb, mo, yb, yo), _layers.rows_table(*ragged, dev), aligned
+
+
+def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what, channels=None):
     c = codes_l[0]
     B, H, T, DC = c.shape
     D = DC * 8 // bits
@@ -420,26 +522,27 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
     for t, name in ((scale_l[0], "scale"), (mn_l[0], "mn")):
         if tuple(t.shape) != (B, H, NG, D) or t.dtype != torch.float16 or not t.is_contiguous():
             raise ValueError(f"{what}: {name} must be contiguous float16 {(B, H, NG, D)}; got {t.dtype} {tuple(t.shape)}")
+    ragged = _ragged_rows(codes_l, scale_l, mn_l, out_layers, lambda t: -(-t // group), what)  # (cdiv)
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
+        if channels is not None:
+            raise ValueError(f"{what}: channels need out= (rows of the full width)")
         out_layers = Layers(stacked=_layers.new_output((L, B, H, T, D), dtype, dev))
-    else:
-        y = out_layers[0]
-        if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
-            raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
-    if T == 0:
+    width = out_layers[0].shape[-1]
+    _check_out_layers(out_layers, B, H, T, width if channels is not None else D, dtype, dev, what)
+    if channels is not None:
+        _check_channels(channels, L, B, H, D, width, dev, what)
+    T_max = T if ragged is None else max(ragged[0])
+    if T_max == 0:
         return out_layers
-    cb, co, ac = layer_table(codes_l, dev)
-    sb, so, as_ = layer_table(scale_l, dev)
-    mb, mo, am = layer_table(mn_l, dev)
-    yb, yo, ay = layer_table(out_layers, dev)
-    aligned = ac and as_ and am and ay
+    tables, rows, aligned = _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev)
     y = out_layers[0]
-    _dequant_keys_kernel[(NG, B * H, L)](
-        cb, co, sb, so, mb, mo, yb, yo,
+    _dequant_keys_kernel[(triton.cdiv(T_max, group), B * H, L)](
+        *tables, rows, rows if channels is None else channels,
         H, T, NG, y.stride(0), y.stride(1), y.stride(2),
-        BITS=bits, G=group, D=D, ALIGNED=aligned,
+        BITS=bits, G=group, D=D, ALIGNED=aligned, RAGGED=ragged is not None, CHANNELS=channels is not None,
+        W=width if channels is not None else D,
         num_warps=TUNING["keys_dequant_warps"], enable_fp_fusion=False,
     )
     return out_layers
@@ -463,18 +566,25 @@ def dequantize_keys(
 
 
 def dequantize_keys_layers(
-    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
+    codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None,
+    channels=None,
 ):
     """Every layer in one launch: stacked [L, ...] tensors or sequences of L tensors.
 
     Returns one stacked [L, B, H, T, D] tensor (layer i is ``result[i]``), or `out` (a
-    stacked tensor or a sequence of L tensors, e.g. an engine's per-layer cache) filled."""
+    stacked tensor or a sequence of L tensors, e.g. an engine's per-layer cache) filled.
+
+    Ragged layers (a different T per layer, one batch) are taken with `out` given as a
+    sequence of L tensors of the codes' rows. `channels` [L, B*H, D] (ThinK's kept key
+    channels, distinct, each below out's width): out's rows are wider than D (a power of
+    two), channel c of layer l and head h goes to column ``channels[l, h, c]`` and every
+    other column is written 0."""
     what = "dequantize_keys_layers"
-    cl, sl, ml = as_layers(codes, 4, what), as_layers(scale, 4, what), as_layers(mn, 4, what)
+    cl, sl, ml = (as_layers(x, 4, what, ragged=True) for x in (codes, scale, mn))
     if not len(cl) == len(sl) == len(ml):
         raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
-    out_layers = None if out is None else as_layers(out, 4, what)
-    res = _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
+    out_layers = None if out is None else as_layers(out, 4, what, ragged=True)
+    res = _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what, channels)
     return out if out is not None else res.stacked
 
 
@@ -551,27 +661,22 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
     for t, name in ((scale_l[0], "scale"), (mn_l[0], "mn")):
         if tuple(t.shape) != (B, H, T, NGD) or t.dtype != torch.float16 or not t.is_contiguous():
             raise ValueError(f"{what}: {name} must be contiguous float16 {(B, H, T, NGD)}; got {t.dtype} {tuple(t.shape)}")
+    ragged = _ragged_rows(codes_l, scale_l, mn_l, out_layers, lambda t: t, what)
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
     if out_layers is None:
         out_layers = Layers(stacked=_layers.new_output((L, B, H, T, D), dtype, dev))
-    else:
-        y = out_layers[0]
-        if tuple(y.shape) != (B, H, T, D) or y.dtype != dtype or y.stride(-1) != 1 or y.device != dev:
-            raise ValueError(f"{what}: out must be {dtype} {(B, H, T, D)} on {dev} with contiguous channels")
-    if T == 0:
+    _check_out_layers(out_layers, B, H, T, D, dtype, dev, what)
+    T_max = T if ragged is None else max(ragged[0])
+    if T_max == 0:
         return out_layers
-    cb, co, ac = layer_table(codes_l, dev)
-    sb, so, as_ = layer_table(scale_l, dev)
-    mb, mo, am = layer_table(mn_l, dev)
-    yb, yo, ay = layer_table(out_layers, dev)
-    aligned = ac and as_ and am and ay
+    tables, rows, aligned = _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev)
     y = out_layers[0]
     BT = TUNING["values_dequant_block_t"]
-    _dequant_values_kernel[(triton.cdiv(T, BT), B * H, L)](
-        cb, co, sb, so, mb, mo, yb, yo,
+    _dequant_values_kernel[(triton.cdiv(T_max, BT), B * H, L)](
+        *tables, rows,
         H, T, y.stride(0), y.stride(1), y.stride(2),
-        BITS=bits, G=group, D=D, BT=BT, ALIGNED=aligned,
+        BITS=bits, G=group, D=D, BT=BT, ALIGNED=aligned, RAGGED=ragged is not None,
         num_warps=TUNING["values_dequant_warps"], enable_fp_fusion=False,
     )
     return out_layers
@@ -592,11 +697,11 @@ def dequantize_values(
 def dequantize_values_layers(
     codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None
 ):
-    """Every layer in one launch (see dequantize_keys_layers)."""
+    """Every layer in one launch (see dequantize_keys_layers; ragged layers alike)."""
     what = "dequantize_values_layers"
-    cl, sl, ml = as_layers(codes, 4, what), as_layers(scale, 4, what), as_layers(mn, 4, what)
+    cl, sl, ml = (as_layers(x, 4, what, ragged=True) for x in (codes, scale, mn))
     if not len(cl) == len(sl) == len(ml):
         raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
-    out_layers = None if out is None else as_layers(out, 4, what)
+    out_layers = None if out is None else as_layers(out, 4, what, ragged=True)
     res = _dequantize_values_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what)
     return out if out is not None else res.stacked

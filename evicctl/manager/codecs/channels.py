@@ -8,6 +8,7 @@ so far (after any token dropping, as kvpress's ``ComposedPress([SnapKVPress, Thi
 The lowest-scored channels are pruned. kvpress zeroes them and saves nothing; here only the
 kept channels are stored, with their indices, and decoding scatters them back among zeros,
 so a decoded KV is what kvpress's press leaves (the pruned channels contribute 0 to q.k).
+On CUDA the scatter is fused into the dequantize (quant.dequantize_layers' ``channels``).
 
 A decoded KV's pruned channels are zeros and score 0, so pruning it again at the same or a
 harder ratio removes them first (names.derivable relies on it).
@@ -64,10 +65,35 @@ def gather_channels(k: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def restore(k: torch.Tensor, idx: torch.Tensor, head_dim: int) -> torch.Tensor:
     """k [1, H, K, C] kept channels, idx [H, C] -> [1, H, K, head_dim], zeros elsewhere."""
-    full = k.new_zeros(*k.shape[:3], head_dim)
-    return full.scatter_(
-        3, idx.to(k.device, torch.int64)[None, :, None, :].expand(1, -1, k.shape[2], -1), k
-    )
+    return restore_into(k.new_zeros(*k.shape[:3], head_dim), k, idx)
 
 
-__all__ = ["channel_scores", "gather_channels", "kept_channel_indices", "prune", "restore"]
+def restore_into(full: torch.Tensor, k: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Write kept channels k [..., H, K, C] into their columns idx [..., H, C] of `full`
+    [..., H, K, head_dim] (zeros elsewhere: the caller's), in one scatter: one layer
+    (k [1, H, K, C], idx [H, C]) or every layer at once (k [L, 1, H, K, C], idx [L, H, C])."""
+    index = idx.to(full.device, torch.int64).unsqueeze(-2).unsqueeze(-4)  # [(L,) 1, H, 1, C]
+    return full.scatter_(-1, index.expand_as(k), k)
+
+
+def check_indices(idx: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """idx [..., C] (kept channels of a stored form), raising ValueError unless they are
+    ascending (so distinct) and in [0, head_dim), as prune stores them: the decode writes at
+    them (a scatter, or the kernels' stores, which check nothing)."""
+    if not idx.numel():
+        return idx
+    ascending = bool((idx[..., 1:] > idx[..., :-1]).all())
+    if not ascending or int(idx.min()) < 0 or int(idx.max()) >= head_dim:
+        raise ValueError(f"kept key channels must ascend within [0, {head_dim})")
+    return idx
+
+
+__all__ = [
+    "channel_scores",
+    "check_indices",
+    "gather_channels",
+    "kept_channel_indices",
+    "prune",
+    "restore",
+    "restore_into",
+]

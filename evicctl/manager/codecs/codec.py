@@ -238,7 +238,7 @@ class PipelineCodec(Codec):
         # finish before the CPU reads it
         move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
         if layered.stored_by_layers(t):  # PyramidKV layers or ThinK channels
-            return dataclasses.replace(layered.decode(t, meta, self.bits, dtype, target), token_scores=_scores(t, move))
+            return dataclasses.replace(layered.decode(t, meta, self.bits, dtype, target, stored), token_scores=_scores(t, move))
         if self.bits:
             keys = self._dequantized(t, "k", int(meta["group"]), layers, dtype, target, stored)
             values = self._dequantized(t, "v", int(meta["value_group"]), layers, dtype, target, stored)

@@ -6,7 +6,8 @@ kernel launches for the whole context on CUDA). The forms here do not fit it: wi
 keys lose channels (channels.py) while the values keep all of theirs, and a KV that is
 already ragged (a decoded PyramidKV form) has layers of different lengths. So each layer is
 gathered, pruned and quantized on its own, with the same quant.py functions (they dispatch
-to the kernels on CUDA where the shapes suit them, else run the torch reference).
+to the kernels on CUDA where the shapes suit them, else run the torch reference). Decoding
+takes every layer of a side at once, ragged or not (see the decode section below).
 
 Stored layout, beside codec.py's (same names, same meaning):
 - ``k.{i}`` / ``k.{i}.codes`` / ``k.{i}.scale`` / ``k.{i}.mn`` / ``k.{i}.res``: layer i's
@@ -19,9 +20,11 @@ Meta adds ``layer_kept`` (comma-separated K_i, ragged only) and ``key_channels``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from evicctl.manager.codecs import channels, quant
+from evicctl.manager.codecs import channels, decode_plan, quant
 from evicctl.manager.codecs.names import POS16_MAX_TOKENS, CodecParts, quantized_count
 from evicctl.manager.codecs.scorers import SCORERS, select
 from evicctl.manager.kv import KV
@@ -130,6 +133,47 @@ def _quantized(
 
 
 # ---------------------------------------------------------------- decode
+#
+# Layer by layer, a decode was a launch or more per layer and side, a torch.cat per layer
+# for the residual window and a zeros tensor and a scatter per layer for ThinK: host-bound
+# on a GPU (32 layers x several launches), with two extra passes over the keys. Now each
+# side of every layer goes into one buffer allocated once (on CUDA; one per layer on the
+# CPU, see one_allocation): [L, 1, H, K, D] when the layers keep one count, else one flat
+# allocation cut into contiguous [1, H, K_l, D] layers. One dequantize call fills every
+# layer (one kernel launch on CUDA, ragged layers too), ThinK's kept key channels going
+# straight to their columns (zeros written between them), and the residual rows are put
+# behind the dequantized ones. The CPU runs the same steps with the torch reference
+# (quant.dequantize_layers decides which runs).
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shapes a stored form decodes to, from its meta (codec.py's and encode's)."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    kept: tuple[int, ...]  # tokens per head, per layer
+    residual: int  # rows a layer keeps unquantized (at most its kept count)
+
+    @classmethod
+    def of(cls, meta: dict[str, str]) -> Layout:
+        layers = int(meta["layers"])
+        if "layer_kept" in meta:
+            kept = tuple(int(n) for n in meta["layer_kept"].split(","))
+        else:
+            kept = (int(meta["kept"]),) * layers
+        if len(kept) != layers:
+            raise ValueError(f"layer_kept names {len(kept)} layers, not {layers}")
+        return cls(layers, int(meta["kv_heads"]), int(meta["head_dim"]), kept, int(meta.get("residual", 0)))
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.kept)) == 1
+
+    @property
+    def quantized(self) -> tuple[int, ...]:
+        return tuple(quantized_count(n, self.residual) for n in self.kept)
 
 
 def decode(
@@ -138,55 +182,167 @@ def decode(
     bits: int | None,
     dtype: torch.dtype,
     target: torch.device,
+    owner=None,
 ) -> KV:
-    """The KV of a form written by `encode` (tensors `t`, meta as codec.py writes it), on `target`."""
-    layers, tokens, head_dim = int(meta["layers"]), int(meta["tokens"]), int(meta["head_dim"])
-    # async only host -> GPU (ordered before any use on the stream)
-    move = lambda x: x.to(target, non_blocking=target.type == "cuda")  # noqa: E731
-    kept_channels = move(t["ch"]).long() if "ch" in t else None  # [L, H, C]
-    keys, values = [], []
-    for layer in range(layers):
-        if bits:
-            k = _dequantized(t, "k", layer, bits, int(meta["group"]), dtype, target)
-            v = _dequantized(t, "v", layer, bits, int(meta["value_group"]), dtype, target)
-        else:
-            k, v = move(t[f"k.{layer}"]), move(t[f"v.{layer}"])
-        if kept_channels is not None:
-            k = channels.restore(k, kept_channels[layer], head_dim)
-        keys.append(k)
-        values.append(v)
-    if "pos.0" in t:
-        positions: torch.Tensor | tuple[torch.Tensor, ...] = tuple(
-            move(t[f"pos.{i}"]).long() for i in range(layers)
-        )
-    elif "pos" in t:
-        positions = move(t["pos"]).long()
+    """The KV of a form written by `encode` (tensors `t`, meta as codec.py writes it), on `target`.
+
+    owner: the Stored the tensors belong to, whose decode plan (decode_plan.py) is reused."""
+    layout = Layout.of(meta)
+    kept_channels = _kept_channels(t, layout.head_dim, target, owner)  # [L, H, C] int16
+    if bits:
+        keys = _dequantized(t, "k", layout, bits, int(meta["group"]), dtype, target, kept_channels, owner)
+        values = _dequantized(t, "v", layout, bits, int(meta["value_group"]), dtype, target, None, owner)
     else:
-        heads, kept = keys[0].shape[1], keys[0].shape[2]
-        positions = torch.arange(kept, device=target).expand(layers, heads, kept)
+        keys = [_move(t[f"k.{i}"], target) for i in range(layout.layers)]
+        values = [_move(t[f"v.{i}"], target) for i in range(layout.layers)]
+        if kept_channels is not None:
+            keys = _restored(keys, kept_channels, layout, dtype, target)
     wq = t.get("wq")
     return KV(
-        tuple(keys), tuple(values), positions, tokens, None if wq is None else move(wq).to(dtype)
-    )
+        tuple(keys), tuple(values), _positions(t, layout, target), int(meta["tokens"]),
+        None if wq is None else _move(wq, target).to(dtype),
+    )  # fmt: skip
+
+
+def _move(x: torch.Tensor, target: torch.device) -> torch.Tensor:
+    # async only host -> GPU (ordered before any use on the stream); GPU -> host must finish
+    # before the CPU reads it
+    return x.to(target, non_blocking=target.type == "cuda")
+
+
+def _kept_channels(t: dict[str, torch.Tensor], head_dim: int, target: torch.device, owner) -> torch.Tensor | None:
+    """ThinK's kept key channels [L, H, C] int16 on `target`, checked in range (once per form
+    where it sits on the GPU), or None."""
+    ch = t.get("ch")
+    if ch is None:
+        return None
+    return decode_plan.cached(owner, "ch", ch, target, lambda: _move(channels.check_indices(ch, head_dim), target))
+
+
+def one_allocation(target: torch.device) -> bool:
+    """Whether a side's layers share one allocation: on CUDA, where the caching allocator
+    hands it out at once and the kernels address a uniform side as one stacked tensor; not
+    on the CPU, where a whole side (268 MB at 4k tokens of Llama-8B) is fresh pages on every
+    decode (~40 ms of page faults) while blocks of one layer's size are reused from the heap."""
+    return target.type == "cuda"
+
+
+def _layer_buffers(
+    kept: tuple[int, ...], heads: int, width: int, dtype: torch.dtype, target: torch.device, zeroed: bool
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """(the stacked [L, 1, H, K, width] buffer when every layer keeps K and they share one
+    allocation, else None; the L contiguous [1, H, K_l, width] layers); zeroed for
+    unquantized ThinK keys (the pruned channels stay 0)."""
+    new = torch.zeros if zeroed else torch.empty
+    if not one_allocation(target):
+        return None, [new((1, heads, n, width), dtype=dtype, device=target) for n in kept]
+    if len(set(kept)) == 1:
+        whole = new((len(kept), 1, heads, kept[0], width), dtype=dtype, device=target)
+        return whole, list(whole.unbind(0))
+    flat = new(heads * width * sum(kept), dtype=dtype, device=target)
+    sizes = [heads * n * width for n in kept]
+    return None, [x.view(1, heads, n, width) for x, n in zip(flat.split(sizes), kept, strict=True)]
 
 
 def _dequantized(
-    t: dict[str, torch.Tensor], side: str, layer: int, bits: int, group: int, dtype, target
-) -> torch.Tensor:
-    """[1, H, K, C] of one layer and side: the dequantized rows, then any residual rows."""
+    t: dict[str, torch.Tensor],
+    side: str,
+    layout: Layout,
+    bits: int,
+    group: int,
+    dtype: torch.dtype,
+    target: torch.device,
+    kept_channels: torch.Tensor | None,
+    owner,
+) -> list[torch.Tensor]:
+    """[1, H, K_l, D] per layer of one side: every layer's dequantized rows in one call, then
+    the residual rows behind them."""
     what = "keys" if side == "k" else "values"
-    codes = t[f"{side}.{layer}.codes"]
-    if codes.shape[2]:
-        parts = ([t[f"{side}.{layer}.{p}"]] for p in ("codes", "scale", "mn"))
-        (rows,) = quant.dequantize_layers(what, *parts, bits, group, dtype, target)
-    else:  # every kept row is in the residual window
-        rows = torch.empty(
-            (*codes.shape[:3], codes.shape[3] * 8 // bits), dtype=dtype, device=target
-        )
-    residual = t.get(f"{side}.{layer}.res")
-    if residual is None:
-        return rows
-    return torch.cat((rows, residual.to(target, dtype, non_blocking=target.type == "cuda")), dim=2)
+    codes, scales, mns, residual = decode_plan.quantized_parts(owner, t, side, layout.layers, target, ragged=True)
+    # (no zeroing for ThinK: the dequantize writes whole rows, the residual _put its own)
+    whole, layers = _layer_buffers(layout.kept, layout.heads, layout.head_dim, dtype, target, zeroed=False)
+    quantized = layout.quantized
+    if max(quantized):
+        head = _head_rows(whole, layers, quantized, layout)
+        quant.dequantize_layers(what, codes, scales, mns, bits, group, dtype, target, out=head, channels=kept_channels)
+    if residual is not None:
+        _write_residual(whole, layers, quantized, residual, kept_channels, dtype, target)
+    return layers
 
 
-__all__ = ["decode", "encode", "needs_layers", "position_dtype", "stored_by_layers", "token_indices"]
+def _head_rows(
+    whole: torch.Tensor | None, layers: list[torch.Tensor], quantized: tuple[int, ...], layout: Layout
+) -> torch.Tensor | list[torch.Tensor]:
+    """Where the dequantized rows go: the first rows of every layer (stacked when uniform:
+    the kernels then address the L layers from one tensor, with no per-layer checks)."""
+    if not layout.residual:
+        return whole if whole is not None else layers
+    if whole is not None:
+        return whole[:, :, :, : quantized[0]]
+    return [x[:, :, :q] for x, q in zip(layers, quantized, strict=True)]
+
+
+def _write_residual(
+    whole: torch.Tensor | None,
+    layers: list[torch.Tensor],
+    quantized: tuple[int, ...],
+    residual: torch.Tensor | list[torch.Tensor],
+    kept_channels: torch.Tensor | None,
+    dtype: torch.dtype,
+    target: torch.device,
+) -> None:
+    """The residual rows (a list, or stacked [L, 1, H, R, C]) behind the dequantized ones:
+    one copy (or ThinK scatter) for all layers when they keep one count, else per layer."""
+    if whole is not None:
+        # the residual is small (R rows): stacked where it is (once, when planned), then one
+        # copy (async host -> GPU, ordered before any use)
+        stacked = residual if isinstance(residual, torch.Tensor) else torch.stack(residual)
+        _put(whole[:, :, :, quantized[0]:], stacked, kept_channels, dtype, target)
+        return
+    for layer, (x, q) in enumerate(zip(layers, quantized, strict=True)):
+        _put(x[:, :, q:], residual[layer], None if kept_channels is None else kept_channels[layer], dtype, target)
+
+
+def _put(
+    dst: torch.Tensor, src: torch.Tensor, kept_channels: torch.Tensor | None, dtype: torch.dtype, target: torch.device
+) -> None:
+    """dst <- src (a copy), or src's kept channels into their columns of dst, zeros elsewhere (ThinK)."""
+    if src.shape[:-1] != dst.shape[:-1]:  # (a copy would broadcast a damaged form's rows)
+        raise ValueError(f"residual rows {tuple(src.shape[:-1])} where {tuple(dst.shape[:-1])} belong")
+    if kept_channels is None:
+        dst.copy_(src, non_blocking=target.type == "cuda")
+    else:
+        channels.restore_into(dst.zero_(), src.to(target, dtype, non_blocking=target.type == "cuda"), kept_channels)
+
+
+def _restored(
+    keys: list[torch.Tensor], kept_channels: torch.Tensor, layout: Layout, dtype: torch.dtype, target: torch.device
+) -> list[torch.Tensor]:
+    """Unquantized ThinK keys [1, H, K_l, C] -> [1, H, K_l, head_dim], pruned channels 0: one
+    scatter for every layer when they keep one count, else one per layer."""
+    whole, layers = _layer_buffers(layout.kept, layout.heads, layout.head_dim, dtype, target, zeroed=True)
+    if whole is not None:
+        channels.restore_into(whole, torch.stack(keys), kept_channels)
+    else:
+        for x, k, idx in zip(layers, keys, kept_channels, strict=True):
+            channels.restore_into(x, k, idx)
+    return layers
+
+
+def _positions(
+    t: dict[str, torch.Tensor], layout: Layout, target: torch.device
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Original positions: [L, H, K] int64, or one [H, K_l] per layer when they keep
+    different counts (then converted together: one copy and one cast instead of one per layer)."""
+    if "pos.0" in t:
+        per_layer = [t[f"pos.{i}"] for i in range(layout.layers)]
+        flat = _move(torch.cat([p.reshape(-1) for p in per_layer]), target).long()
+        counts = [p.shape[1] for p in per_layer]
+        sizes = [p.numel() for p in per_layer]
+        return tuple(x.view(layout.heads, n) for x, n in zip(flat.split(sizes), counts, strict=True))
+    if "pos" in t:
+        return _move(t["pos"], target).long()
+    return torch.arange(layout.kept[0], device=target).expand(layout.layers, layout.heads, layout.kept[0])
+
+
+__all__ = ["Layout", "decode", "encode", "needs_layers", "position_dtype", "stored_by_layers", "token_indices"]

@@ -247,16 +247,19 @@ def dequantize_keys_ref(
     bits: int,
     group: int = DEFAULT_GROUP,
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """codes [1, H, T, D*bits/8], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`."""
+    """codes [1, H, T, D*bits/8], scale/mn [1, H, ceil(T/G), D] -> k [1, H, T, D] of `dtype`
+    (written into `out`, of that shape and dtype, when given: the cast is the copy)."""
     q = unpack_codes(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     groups = key_groups(tokens, group)
     if groups * group != tokens:
         q = torch.cat((q, q.new_zeros(1, heads, groups * group - tokens, dim)), dim=2)
     grouped = q.view(1, heads, groups, group, dim)
-    out = grouped.mul_(scale.float().unsqueeze(3)).add_(mn.float().unsqueeze(3))  # [1, H, Tg, G, D]
-    return out.view(1, heads, groups * group, dim)[:, :, :tokens].to(dtype).contiguous()
+    x = grouped.mul_(scale.float().unsqueeze(3)).add_(mn.float().unsqueeze(3))  # [1, H, Tg, G, D]
+    x = x.view(1, heads, groups * group, dim)[:, :, :tokens]
+    return x.to(dtype).contiguous() if out is None else _into(out, x)
 
 
 # ---------------------------------------------------------------- values: per token
@@ -284,13 +287,23 @@ def dequantize_values_ref(
     bits: int,
     group: int = DEFAULT_GROUP,
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """codes [1, H, T, D*bits/8], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`."""
+    """codes [1, H, T, D*bits/8], scale/mn [1, H, T, D/G] -> v [1, H, T, D] of `dtype`
+    (written into `out` when given, as dequantize_keys_ref)."""
     q = unpack_codes(codes, bits).to(torch.float32, memory_format=torch.contiguous_format)
     _, heads, tokens, dim = q.shape
     grouped = q.view(1, heads, tokens, dim // group, group)
-    out = grouped.mul_(scale.float().unsqueeze(-1)).add_(mn.float().unsqueeze(-1))  # q is ours: in place
-    return out.view(1, heads, tokens, dim).to(dtype)
+    x = grouped.mul_(scale.float().unsqueeze(-1)).add_(mn.float().unsqueeze(-1))  # q is ours: in place
+    return x.view(1, heads, tokens, dim).to(dtype) if out is None else _into(out, x.view(1, heads, tokens, dim))
+
+
+def _into(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out <- x cast to out's dtype; shapes must match exactly (copy_ would broadcast a
+    damaged form's single row over every row)."""
+    if out.shape != x.shape:
+        raise ValueError(f"out must be {tuple(x.shape)}; got {tuple(out.shape)}")
+    return out.copy_(x)
 
 
 # ---------------------------------------------------------------- dispatching entry points
@@ -301,9 +314,10 @@ def quantize_keys(k: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
     return (kernel or quantize_keys_ref)(k, bits, group)
 
 
-def dequantize_keys(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
+def dequantize_keys(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32, out=None):
     kernel = _cuda_kernel(codes, "dequantize_keys") if _dequant_kernel_fits([codes], bits, group, dtype) else None
-    return (kernel or dequantize_keys_ref)(codes, scale, mn, bits, group, dtype)
+    into = {} if out is None else {"out": out}
+    return (kernel or dequantize_keys_ref)(codes, scale, mn, bits, group, dtype, **into)
 
 
 def quantize_values(v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
@@ -311,9 +325,10 @@ def quantize_values(v: torch.Tensor, bits: int, group: int = DEFAULT_GROUP):
     return (kernel or quantize_values_ref)(v, bits, group)
 
 
-def dequantize_values(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32):
+def dequantize_values(codes, scale, mn, bits: int, group: int = DEFAULT_GROUP, dtype=torch.float32, out=None):
     kernel = _cuda_kernel(codes, "dequantize_values") if _dequant_kernel_fits([codes], bits, group, dtype) else None
-    return (kernel or dequantize_values_ref)(codes, scale, mn, bits, group, dtype)
+    into = {} if out is None else {"out": out}
+    return (kernel or dequantize_values_ref)(codes, scale, mn, bits, group, dtype, **into)
 
 
 def gather_tokens_ref(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -338,14 +353,22 @@ def dequantize_layers(
     group: int,
     dtype: torch.dtype,
     device: torch.device | str | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    channels: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Every layer's (codes, scale, mn) of `side` ("keys" | "values") -> [1, H, T, D] per layer
     on `device` (default: where the codes are).
 
     out: a stacked [L, 1, H, T, D] tensor of `dtype` on the target (channels contiguous, any
     other strides, e.g. the first T rows of a larger buffer) written in place of a new one, so
-    a codec with a residual window decodes into its final buffer without a concatenation.
+    a codec with a residual window decodes into its final buffer without a concatenation; or
+    a list of L such [1, H, T_l, D] tensors, which layers of different token counts (PyramidKV)
+    need.
+
+    channels: keys only, [L, H, C] int (ThinK's kept channels of codes that hold C channels,
+    distinct, each below out's width D): channel c of layer l and head h goes to column
+    ``channels[l, h, c]`` of out and every other column is written 0: the restore is fused
+    into the dequantize instead of a zeroed buffer and a scatter pass of their own.
 
     To CUDA with the kernels present: the stored tensors are copied to the device first
     (async from pinned memory), then one launch dequantizes every layer. The copy runs at
@@ -353,6 +376,8 @@ def dequantize_layers(
     memory over the bus at 91%."""
     if side not in ("keys", "values"):
         raise ValueError(f"side must be 'keys' or 'values'; got {side!r}")
+    if channels is not None and (side != "keys" or out is None):
+        raise ValueError("channels are of keys, written into a given out")
     target = torch.device(device) if device is not None else codes[0].device
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
@@ -365,10 +390,12 @@ def dequantize_layers(
         kernels is not None
         and _dequant_kernel_fits(codes, bits, group, dtype)
         and codes[0].is_contiguous()
-        and (out is None or out.stride(-1) == 1)
+        and (out is None or out[0].stride(-1) == 1)
     ):
         kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
         into = {} if out is None else {"out": out}
+        if channels is not None:
+            into["channels"] = channels.to(target, non_blocking=target.type == "cuda")
         try:
             # the launch checks every layer's shape, dtype, device and strides once (the
             # per-layer checks are most of a short context's host time, so not twice)
@@ -377,11 +404,18 @@ def dequantize_layers(
         except ValueError:
             pass  # layers of mixed layouts or places: the reference below handles them
     one = dequantize_keys if side == "keys" else dequantize_values
-    layers = [one(c, s, m, bits, group, dtype) for c, s, m in zip(codes, scales, mns, strict=True)]
+    parts = zip(codes, scales, mns, strict=True)
     if out is None:
-        return layers
-    for dst, src in zip(out, layers, strict=True):
-        dst.copy_(src)
+        return [one(c, s, m, bits, group, dtype) for c, s, m in parts]
+    for i, ((c, s, m), dst) in enumerate(zip(parts, out, strict=True)):
+        if channels is None:
+            one(c, s, m, bits, group, dtype, out=dst)  # straight into its place: no copy pass
+        else:
+            src = one(c, s, m, bits, group, dtype)
+            if src.shape[:3] != dst.shape[:3]:
+                raise ValueError(f"out must hold {tuple(src.shape[:3])} rows; got {tuple(dst.shape[:3])}")
+            index = channels[i].to(dst.device, torch.int64)[None, :, None, :].expand_as(src)
+            dst.zero_().scatter_(3, index, src)
     return list(out)
 
 
