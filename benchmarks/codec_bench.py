@@ -28,11 +28,15 @@ LAYERS, KV_HEADS, Q_HEADS, HEAD_DIM, WINDOW = 30, 3, 9, 64, 16
 
 
 def smollm2_kv(tokens: int, seed: int = 0) -> KV:
+    """Random KV with window queries and the model-side token scores (kvzip, expected: the
+    engine computes them when it stores a context; random ones cost the codecs the same)."""
     gen = torch.Generator().manual_seed(seed)
     shape = (1, KV_HEADS, tokens, HEAD_DIM)
     keys = [torch.randn(*shape, generator=gen) for _ in range(LAYERS)]
     values = [torch.randn(*shape, generator=gen) for _ in range(LAYERS)]
-    return KV.full(keys, values, torch.randn(LAYERS, Q_HEADS, WINDOW, HEAD_DIM, generator=gen))
+    kv = KV.full(keys, values, torch.randn(LAYERS, Q_HEADS, WINDOW, HEAD_DIM, generator=gen))
+    kv.token_scores.update({name: torch.rand(LAYERS, KV_HEADS, tokens, generator=gen) for name in ("kvzip", "expected")})
+    return kv
 
 
 def best_s(fn, repeats: int) -> float:

@@ -1,7 +1,8 @@
 """Per-codec quality priors for the teacher-forced metric (exp(-KL) vs the full KV).
 
-Measured by benchmarks/quality_menu.py on SmolLM2-135M-Instruct (fp32, one H200) for every
-codec of the default menu (config.generate_menu, 32 codecs) over 160 contexts of ~1.1k
+Measured by benchmarks/quality_menu.py on SmolLM2-135M-Instruct (fp32, one H200; the
+rows of the second block on one H100, same code path) for every
+codec of the default menu (config.generate_menu, 54 codecs) over 160 contexts of ~1.1k
 tokens (107 SQuAD v2 dev chunks with 8 questions each, 53 HotpotQA dev examples with one),
 greedy answers of up to 24 tokens; rows printed by benchmarks/quality_menu_report.py
 --print-priors (docs/quality.md has the table and the commands): (pooled mean,
@@ -52,16 +53,36 @@ _MEASURED: dict[str, tuple[float, float, float]] = {
     "knorm@0.5+int2": (0.6555, 0.00941, 0.02571),
     "knorm@0.75+int4": (0.6827, 0.01571, 0.03695),
     "knorm@0.75+int2": (0.6189, 0.01378, 0.03049),
-    # The model-side scorers, measured the same way on the same 160 contexts and questions
-    # (quality_menu.py --codecs with the 0.5 rows above, which it reproduced to 4 decimals;
-    # docs/codecs.md has the command): Expected Attention and KVzip scores as the engine
-    # computes them when it stores a context.
-    "expected@0.5": (0.9150, 0.00112, 0.01333),
-    "expected@0.5+int4": (0.9083, 0.00104, 0.01380),
-    "expected@0.5+int2": (0.7085, 0.00322, 0.01817),
+    # The model-side scorers (Expected Attention and KVzip scores as the engine computes them
+    # when it stores a context), PyramidKV budgets and ThinK channels, measured the same way on
+    # the same 160 contexts and questions (quality_menu.py --codecs with int4 and snapkv@0.5,
+    # which it reproduced exactly; merged by quality_menu_report.py --base-profiles; the
+    # command is in BENCHMARKS.md "Quality of the model-side scorers"). The last two are
+    # outside the default menu (a recompress to them still gets a calibrated estimate).
+    "kvzip@0.25": (0.9843, 0.00000, 0.00141),
+    "kvzip@0.25+int4": (0.9747, 0.00003, 0.00160),
+    "kvzip@0.25+int2": (0.7156, 0.00243, 0.01222),
     "kvzip@0.5": (0.9365, 0.00057, 0.00503),
     "kvzip@0.5+int4": (0.9287, 0.00056, 0.00542),
     "kvzip@0.5+int2": (0.6895, 0.00299, 0.01387),
+    "kvzip@0.75": (0.7979, 0.01138, 0.01846),
+    "kvzip@0.75+int4": (0.7916, 0.01176, 0.01874),
+    "kvzip@0.75+int2": (0.6132, 0.01224, 0.02063),
+    "expected@0.25": (0.9710, 0.00000, 0.00389),
+    "expected@0.25+int4": (0.9628, 0.00000, 0.00406),
+    "expected@0.25+int2": (0.7288, 0.00355, 0.01169),
+    "expected@0.5": (0.9150, 0.00112, 0.01333),
+    "expected@0.5+int4": (0.9083, 0.00104, 0.01380),
+    "expected@0.5+int2": (0.7085, 0.00322, 0.01817),
+    "expected@0.75": (0.8145, 0.00701, 0.02773),
+    "expected@0.75+int4": (0.8087, 0.00700, 0.02774),
+    "expected@0.75+int2": (0.6563, 0.00569, 0.02399),
+    "snapkv@0.5-pyramid": (0.7759, 0.00956, 0.03341),
+    "snapkv@0.5-pyramid+int4": (0.7720, 0.00936, 0.03324),
+    "kvzip@0.5-pyramid+int4": (0.8318, 0.00979, 0.01474),
+    "think@0.5+int4": (0.8685, 0.00065, 0.00924),
+    "snapkv@0.5+think@0.5+int4": (0.7637, 0.00361, 0.02765),
+    "kvzip@0.25+think@0.5+int4": (0.8671, 0.00081, 0.00951),
 }
 
 

@@ -376,12 +376,15 @@ def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, qu
     raise UnknownNameError("policy", spec, POLICY_FORMS)
 
 
-def default_policies(n_contexts: int, alpha: float, alpha_curve: tuple[float, ...]) -> list[str]:
-    """Every baseline, the fixed sweep, ours at a few alphas (a curve), exact when small."""
+def default_policies(
+    n_contexts: int, alpha: float, alpha_curve: tuple[float, ...], best_codec: str | None = None
+) -> list[str]:
+    """Every baseline (each eviction also at `best_codec`, the best single codec of the
+    menu), the fixed sweep, ours at a few alphas (a curve), exact when small."""
     specs = ["prefill", "lru", "lru-plain", *(f"fixed:{c}" for c in FIXED_SWEEP), "evicpress"]
     specs += [f"evicpress@{alpha * m:g}" for m in alpha_curve if m != 1]
     specs.append("placement-only")
-    specs += [*baseline_specs(), "best-fixed", "ideal"]
+    specs += [*baseline_specs(() if best_codec is None else (best_codec,)), "best-fixed", "ideal"]
     if n_contexts <= EXACT_MAX_CONTEXTS:
         specs.append("exact")
     return specs

@@ -104,12 +104,14 @@ def prepare(opts: BenchOptions):
     return scenario, catalog, trace, profiles
 
 
-def policy_specs(opts: BenchOptions, alpha: float) -> list[str]:
+def policy_specs(opts: BenchOptions, alpha: float, catalog=None) -> list[str]:
+    from evicctl.replay.baselines import best_single_codec
     from evicctl.replay.policies import default_policies
 
     if opts.policy:
         return list(dict.fromkeys(opts.policy))
-    return default_policies(opts.contexts, alpha, ALPHA_CURVE)
+    best = None if catalog is None else best_single_codec(catalog, opts.quality_target)
+    return default_policies(opts.contexts, alpha, ALPHA_CURVE, best)
 
 
 def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) -> dict:
@@ -120,7 +122,7 @@ def replay_all(opts: BenchOptions, *, console=None, show_progress: bool = True) 
     from evicctl.replay.policies import EXACT_MAX_CONTEXTS, make_policy
 
     scenario, catalog, trace, profiles = prepare(opts)
-    specs = expand_best_fixed(policy_specs(opts, scenario.alpha), catalog.codecs)
+    specs = expand_best_fixed(policy_specs(opts, scenario.alpha, catalog), catalog.codecs)
     kw = {"quality_target": opts.quality_target, "freq_estimator": opts.freq_estimator}
     if opts.half_life_s is not None:
         kw["half_life_s"] = opts.half_life_s

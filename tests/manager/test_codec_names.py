@@ -137,7 +137,7 @@ def test_the_menu_is_generated_and_holds_the_combinations() -> None:
     from evicctl import config
 
     assert config.generate_menu() == DEFAULT_CODECS
-    assert len(DEFAULT_CODECS) == len(set(DEFAULT_CODECS)) == 1 + 4 + 9 * 3 + 2 + 2 + 2 * 3  # + pyramid, think, kvzip/expected
+    assert len(DEFAULT_CODECS) == len(set(DEFAULT_CODECS)) == 1 + 4 + 9 * 3 + 2 + 2 + 2 * 3 * 3  # + pyramid, think, kvzip/expected
     assert all(cn.validate_codec_name(n) == n for n in DEFAULT_CODECS)
     parts = [cn.parse_codec_name(n) for n in DEFAULT_CODECS]
     for scorer in cn.SCORER_NAMES:
