@@ -186,3 +186,20 @@ def test_a_batch_encodes_its_members_stores_before_the_next_batch():
     ttft = queued_ttft(np.array([0.0, 0.0, 0.7]), s, max_batch=4)
     # batch of two ends at 0.4 + 0.1 + 0.1 = 0.6; encodes 0.6-1.0; the third computes 1.0-1.5
     assert ttft.tolist() == pytest.approx([0.6, 0.6, 0.8])
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_the_links_first_shortcut_serves_as_the_full_simulation(max_batch):
+    """Without writes on a link the links are served before the compute; a zero-second write on
+    a link makes the full simulation run instead, which must give the same TTFTs."""
+    rng = np.random.default_rng(7)
+    n = 2000
+    arrival = np.round(np.cumsum(rng.exponential(0.6, n)), 1)  # rounded: ties in arrival and ready times
+    link = rng.integers(-1, 3, n)
+    load_s = np.where(link >= 0, rng.exponential(0.3, n), 0.0)
+    store_s = np.where(rng.random(n) < 0.3, rng.exponential(0.2, n), 0.0)
+    no_writes = services(link, load_s, rng.exponential(0.5, n), 0.1, store_s=store_s)
+    zero_write = replace(no_writes, write_link=np.where(np.arange(n) % 7 == 0, 1, -1))
+    shortcut = queued_ttft(arrival, no_writes, max_batch=max_batch)
+    assert (shortcut > load_s + no_writes.compute_s + 1e-9).mean() > 0.2  # loaded: many requests waited
+    assert queued_ttft(arrival, zero_write, max_batch=max_batch) == pytest.approx(shortcut, abs=1e-9)
