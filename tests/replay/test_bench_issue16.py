@@ -29,7 +29,10 @@ def test_every_baseline_best_fixed_ideal_and_the_qps_table(scenario_file, profil
     cmp = doc["comparisons"]
     assert cmp["best_baseline"]["quality"] >= 0.97 - 1e-3
     assert cmp["gap_closed"]["lru"] == 0 and cmp["gap_closed"]["ideal"] == pytest.approx(1)
-    assert all(r["max_qps"] >= 0 and r["slo_p99_s"] > 0 for r in doc["runs"])
+    # every run gets max QPS but a fixed codec under the target (no equal-quality baseline)
+    for r in doc["runs"]:
+        below = r["family"] == "fixed" and r["quality_mean"] < 0.97 - 1e-3
+        assert ("max_qps" not in r) if below else (r["max_qps"] >= 0 and r["slo_p99_s"] > 0), r["policy"]
     ideal = next(r for r in doc["runs"] if r["policy"] == "ideal")
     # ideal meets the target per context; a policy meeting it only on average could undercut it, none does here
     at_target = [r for r in doc["runs"] if r["quality_mean"] >= 0.97]
