@@ -48,7 +48,8 @@ def run_sweep(opts, *, console=None, show_progress: bool = True) -> dict:
         base = replace(opts, **SWEEP_DEFAULTS)
     scenario = load_scenario(opts.scenario)
     alpha = opts.alpha or scenario.alpha
-    policies = opts.policy or (*SWEEP_POLICIES, *(f"evicpress@{alpha * m:g}" for m in SWEEP_ALPHAS))
+    policies = opts.policy or (*SWEEP_POLICIES, *_best_codec_baselines(base),
+                               *(f"evicpress@{alpha * m:g}" for m in SWEEP_ALPHAS))
     points = []
     for value in SWEEPS[kind]:
         point = replace(base, policy=tuple(policies), sweep=None, plot=None, **_setting(kind, value, scenario))
@@ -63,6 +64,18 @@ def run_sweep(opts, *, console=None, show_progress: bool = True) -> dict:
         "points": points,
         "summary": [_row(p) for p in points],
     }
+
+
+def _best_codec_baselines(opts) -> tuple[str, ...]:
+    """fixed, tinylfu and gdsf at the best single codec of the measured menu (baselines.
+    best_single_codec, from the sweep's base point), when it is not int4 or int8."""
+    from evicctl.replay.baselines import BASELINE_CODECS, best_single_codec
+    from evicctl.replay.run import prepare
+
+    best = best_single_codec(prepare(opts)[1], opts.quality_target)
+    if best is None or best in BASELINE_CODECS:
+        return ()
+    return tuple(f"{kind}:{best}" for kind in ("fixed", "tinylfu", "gdsf"))
 
 
 def _setting(kind: str, value: float, scenario) -> dict:
