@@ -4,7 +4,7 @@ with a ChatML template, so tests run in milliseconds without the packaged model.
 from __future__ import annotations
 
 import pytest
-import torch
+from tiny_llama import make_tiny_model
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -36,23 +36,6 @@ def tiny_tokenizer():
     )
     fast.chat_template = CHATML
     return fast
-
-
-def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")

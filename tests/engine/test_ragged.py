@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from tiny_llama import make_tiny_model
 
 from evicctl.engine import hf, ragged
 from evicctl.manager.codecs.codec import get_codec

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import SMALL
+from shared_workload import SMALL
 
 from evicctl.replay.catalog import build_catalog
 from evicctl.replay.policies import make_policy
