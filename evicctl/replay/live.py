@@ -234,10 +234,10 @@ def queueing_agreement(catalog, trace, predicted, arrival_s, start_s, ttft_s, *,
 
     arrival = np.asarray(arrival_s, dtype=float)
     live = (start_s - arrival) + ttft_s
-    service = service_times(catalog, trace, predicted, store_costs(catalog, write_bps))
+    service = service_times(catalog, trace, predicted, store_costs(catalog, write_bps, kvzip_pass=False))
     model = queued_ttft(arrival, service)
     bare = queued_ttft(arrival, service_times(catalog, trace, predicted, store=False))
-    synchronous = queued_ttft(arrival, service_times(catalog, trace, predicted, store_costs(catalog, write_bps, synchronous=True)))
+    synchronous = queued_ttft(arrival, service_times(catalog, trace, predicted, store_costs(catalog, write_bps, synchronous=True, kvzip_pass=False)))
     charged = (service.store_s + service.write_s)[predicted.served_tier == MISS]
     out = {
         "queued_ttft_mean_live_s": float(live.mean()),
@@ -265,7 +265,7 @@ def _store_charges(catalog, trace, predicted, write_bps) -> list[float]:
     """Per request, the seconds the queueing model charges its store (encode + write; 0: none)."""
     from evicctl.replay.queueing import store_costs, store_times
 
-    compute_s, _, link_s = store_times(catalog, trace, predicted, store_costs(catalog, write_bps))
+    compute_s, _, link_s = store_times(catalog, trace, predicted, store_costs(catalog, write_bps, kvzip_pass=False))
     return [round(float(x), 4) for x in compute_s + link_s]
 
 

@@ -19,7 +19,9 @@ its first token, which is out before the store, so its own TTFT is unchanged:
 - the compute device encodes it, right after the request's compute and before it takes the
   next one: the raw KV bytes at the codec's encode throughput (raw bytes per second, by
   codec family and quantized width: ENCODE_BPS, measured on this CPU and on the H200); a
-  copy admitted to the top tier is also written there by the compute device;
+  copy admitted to the top tier is also written there by the compute device; a run that may
+  pick a kvzip codec also runs KVzip's reconstruction pass over every context it stores
+  (KVZIP_PASS_PREFILLS x the context's prefill; Expected Attention's scores are free);
 - a copy admitted to a lower tier is then written over that tier's link (stored bytes at
   the tier's write bandwidth: the Manager's probed figure where known, else the link's read
   bandwidth), FIFO with the loads, so a load queued behind the write waits for it.
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.costs import WIDTH_SEP, decode_key
 from evicctl.replay.catalog import Catalog
 from evicctl.replay.replay import RunResult
@@ -76,6 +79,7 @@ class StoreCosts:
     encode_bps: dict[str, float]
     write_bps: tuple[float, ...]  # [T], the catalog's tiers
     synchronous: bool = False  # the engine waits for every write (the compute device writes)
+    kvzip_pass: bool = True  # a run that may pick kvzip codecs pays KVzip's pass per stored context
 
     def encode_bps_of(self, codec: str) -> float:
         key = decode_key(codec)
@@ -83,7 +87,9 @@ class StoreCosts:
         return bps if bps is not None else self.encode_bps[key.partition(WIDTH_SEP)[0]]
 
 
-def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None, *, synchronous: bool = False) -> StoreCosts:
+def store_costs(
+    catalog: Catalog, write_bps: dict[str, float] | None = None, *, synchronous: bool = False, kvzip_pass: bool = True
+) -> StoreCosts:
     """The catalog's store costs: the GPU's encode figures where there is a GPU tier (the
     compute device is the GPU), else the CPU's; each tier's write bandwidth from `write_bps`
     (tier name -> bytes/s, as the Manager probed it), else its read bandwidth."""
@@ -93,7 +99,29 @@ def store_costs(catalog: Catalog, write_bps: dict[str, float] | None = None, *, 
         encode_bps=dict(ENCODE_BPS[device]),
         write_bps=tuple(float(written.get(t, bps)) for t, bps in zip(catalog.tiers, catalog.read_bps, strict=True)),
         synchronous=synchronous,
+        kvzip_pass=kvzip_pass,
     )
+
+
+# KVzip's reconstruction pass, in prefills of the same context: 32.9 s against a 12.0 s
+# prefill per 1k tokens (docs/codecs.md, benchmarks/token_scores_bench.py, this CPU; not
+# measured on a GPU, where the same two forwards should keep about the same ratio)
+KVZIP_PASS_PREFILLS = 2.7
+# families that may pick any codec of the menu (ideal is a bound: it is charged no scoring)
+MENU_FAMILIES = ("evicpress", "exact")
+
+
+def scoring_prefills(catalog: Catalog, result: RunResult) -> float:
+    """Prefills of extra compute a stored context costs for the token scores the run may need:
+    KVzip's pass when a codec it can pick scores with kvzip (Expected Attention's statistics
+    come with the one prefill)."""
+    if result.codec is not None:
+        codecs: tuple[str, ...] = (result.codec,)
+    elif result.family in MENU_FAMILIES:
+        codecs = catalog.codecs
+    else:
+        return 0.0
+    return KVZIP_PASS_PREFILLS if any(parse_codec_name(c).scorer == "kvzip" for c in codecs) else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,8 +164,8 @@ def service_times(catalog: Catalog, trace: Trace, result: RunResult, store: Stor
 
 def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreCosts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([R] compute seconds, [R] link, [R] link seconds) of each request's store after its
-    first token: an admitted miss's encode (raw bytes / the codec's encode_bps) on the compute
-    device, and its write (stored bytes / the tier's write_bps) on the compute device for the
+    first token: an admitted miss's encode (raw bytes / the codec's encode_bps) and any token
+    scoring pass its codecs need (scoring_prefills x its prefill) on the compute device, and its write (stored bytes / the tier's write_bps) on the compute device for the
     top tier (every tier when the store is synchronous), else on that tier's link (-1: no write
     on a link). Zero where nothing was stored."""
     n = len(trace)
@@ -150,7 +178,8 @@ def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreC
     raw_bytes = catalog.stored_bytes[catalog.codecs.index("none"), ctx]
     written_s = catalog.stored_bytes[codec, ctx] / np.asarray(costs.write_bps, dtype=float)[tier]
     lower = (tier > 0) & (not costs.synchronous)  # written over a link while the compute goes on
-    store_s[rows] = raw_bytes / encode_bps[codec] + np.where(lower, 0.0, written_s)
+    scoring_s = scoring_prefills(catalog, result) * catalog.miss_ttft_s[ctx] if costs.kvzip_pass else 0.0
+    store_s[rows] = raw_bytes / encode_bps[codec] + scoring_s + np.where(lower, 0.0, written_s)
     write_link[rows] = np.where(lower, tier, -1)
     write_s[rows] = np.where(lower, written_s, 0.0)
     return store_s, write_link, write_s

@@ -14,11 +14,13 @@ from evicctl.replay.catalog import build_catalog
 from evicctl.replay.policies import make_policy
 from evicctl.replay.queueing import (
     ENCODE_BPS,
+    KVZIP_PASS_PREFILLS,
     ServiceTimes,
     StoreCosts,
     max_qps,
     p99_at,
     queued_ttft,
+    scoring_prefills,
     service_times,
     store_costs,
     store_times,
@@ -134,6 +136,18 @@ def test_only_admitted_misses_charge_a_store(catalog, trace):
     nothing_kept = replay(make_policy("prefill", alpha=2.0), catalog, trace, warmup=0.1)
     assert (nothing_kept.served_tier == MISS).all()
     assert not any(x.any() for x in store_times(catalog, trace, nothing_kept, store_costs(catalog))[::2])
+
+
+def test_a_run_that_may_pick_kvzip_pays_its_pass_per_stored_context(catalog, trace):
+    kvzip = replay(make_policy("fixed:kvzip@0.25+int4", alpha=2.0), catalog, trace, warmup=0.1)
+    int4 = replay(make_policy("fixed:int4", alpha=2.0), catalog, trace, warmup=0.1)
+    ours = replay(make_policy("evicpress", alpha=2.0), catalog, trace, warmup=0.1)
+    assert (scoring_prefills(catalog, kvzip), scoring_prefills(catalog, int4)) == (KVZIP_PASS_PREFILLS, 0.0)
+    assert scoring_prefills(catalog, ours) == KVZIP_PASS_PREFILLS  # the menu holds kvzip codecs
+    kept = np.flatnonzero(kvzip.admitted_tier >= 0)
+    with_pass = store_times(catalog, trace, kvzip, store_costs(catalog))[0][kept]
+    without = store_times(catalog, trace, kvzip, store_costs(catalog, kvzip_pass=False))[0][kept]
+    assert with_pass - without == pytest.approx(KVZIP_PASS_PREFILLS * catalog.miss_ttft_s[trace.context[kept]])
 
 
 def test_a_lower_tier_admission_is_written_over_its_link_at_the_write_bandwidth(catalog, trace):
