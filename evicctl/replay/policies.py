@@ -34,6 +34,7 @@ import numpy as np
 
 from evicctl.errors import UnknownNameError, UsageError
 from evicctl.manager.codecs.codec import get_codec
+from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.freq import ESTIMATORS, RateTable
 from evicctl.manager.placer.place import DROPPED, NEW, PlacementProblem, derivable_matrix, place
 from evicctl.replay.baselines import QUALITY_TARGET, Ideal, baseline_specs, make_baseline
@@ -47,7 +48,11 @@ SPILL_HEADROOM = 0.02  # and this share of a tier below it that the spill overfl
 TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in requests)
 REPROFILE_DROP = 0.3  # ProfilerSettings.reprofile_drop: online quality this far below the profile
 REPROFILE_HITS = 12  # compressed hits before it shows: 3 online samples at a 25% sample rate
-POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>", "exact", "placement-only",
+# ours without the kvzip codecs: an engine not configured for KVzip's pass (queueing charges
+# the pass to every run that may pick a kvzip codec)
+NO_KVZIP = "-nokvzip"
+POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>",
+                f"evicpress{NO_KVZIP}[@<alpha>]", "exact", "placement-only",
                 "arc[:<codec>]", "gdsf[:<codec>]", "tinylfu[:<codec>]", "best-fixed", "ideal")
 
 
@@ -132,9 +137,11 @@ class PlacerPolicy(Policy):
         tick_requests: int = TICK_REQUESTS,
         exact_time_limit_s: float = 20.0,
         freq_options: dict | None = None,
+        without_scorers: tuple[str, ...] = (),
     ) -> None:
         self.name, self.alpha, self.solver = name, float(alpha), solver
         self.codec_names = codecs
+        self.without_scorers = without_scorers  # menu codecs dropping with these scorers are left out
         self.half_life_s, self.headroom, self.spill_headroom = half_life_s, headroom, spill_headroom
         self.tick_requests = tick_requests
         self.exact_time_limit_s = exact_time_limit_s
@@ -146,7 +153,7 @@ class PlacerPolicy(Policy):
     def setup(self, sim: Simulator) -> None:
         super().setup(sim)
         cat = sim.catalog
-        names = self.codec_names or cat.codecs
+        names = [c for c in self.codec_names or cat.codecs if parse_codec_name(c).scorer not in self.without_scorers]
         self.cidx = np.array([cat.codec_index(c) for c in names])  # policy codec -> catalog codec
         self.codecs = tuple(cat.codecs[k] for k in self.cidx)
         self.local = np.full(len(cat.codecs) + 1, -1)  # catalog codec -> policy codec; [-1] = -1
@@ -359,16 +366,19 @@ def make_policy(spec: str, *, alpha: float, half_life_s: float = HALF_LIFE_S, qu
     if spec.startswith("fixed:"):
         codec = get_codec(spec.removeprefix("fixed:")).name
         return Lru(codec, name=f"fixed:{codec}")
-    if spec == "evicpress":
-        return PlacerPolicy("evicpress", alpha=alpha, half_life_s=half_life_s, freq_options=freq_options)
-    if spec.startswith("evicpress@"):
-        try:
-            a = float(spec.removeprefix("evicpress@"))
-        except ValueError:
-            raise UsageError(f"policy {spec!r}: alpha must be a number of seconds, e.g. evicpress@2") from None
-        if a < 0:
-            raise UsageError(f"policy {spec!r}: alpha must be >= 0")
-        return PlacerPolicy(f"evicpress@{a:g}", alpha=a, half_life_s=half_life_s, freq_options=freq_options)
+    base, _, alpha_text = spec.partition("@")
+    if base in ("evicpress", f"evicpress{NO_KVZIP}"):
+        a = alpha
+        if alpha_text:
+            try:
+                a = float(alpha_text)
+            except ValueError:
+                raise UsageError(f"policy {spec!r}: alpha must be a number of seconds, e.g. evicpress@2") from None
+            if a < 0:
+                raise UsageError(f"policy {spec!r}: alpha must be >= 0")
+        name = base if not alpha_text else f"{base}@{a:g}"
+        without = ("kvzip",) if base.endswith(NO_KVZIP) else ()
+        return PlacerPolicy(name, alpha=a, half_life_s=half_life_s, freq_options=freq_options, without_scorers=without)
     if spec == "exact":
         return PlacerPolicy("exact", alpha=alpha, solver="exact", half_life_s=half_life_s, freq_options=freq_options)
     if spec == "placement-only":
@@ -383,6 +393,7 @@ def default_policies(
     menu), the fixed sweep, ours at a few alphas (a curve), exact when small."""
     specs = ["prefill", "lru", "lru-plain", *(f"fixed:{c}" for c in FIXED_SWEEP), "evicpress"]
     specs += [f"evicpress@{alpha * m:g}" for m in alpha_curve if m != 1]
+    specs += [f"evicpress{NO_KVZIP}", f"evicpress{NO_KVZIP}@{alpha * min(alpha_curve):g}"]
     specs.append("placement-only")
     specs += [*baseline_specs(() if best_codec is None else (best_codec,)), "best-fixed", "ideal"]
     if n_contexts <= EXACT_MAX_CONTEXTS:

@@ -51,6 +51,7 @@ import numpy as np
 from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.costs import WIDTH_SEP, decode_key
 from evicctl.replay.catalog import Catalog
+from evicctl.replay.policies import NO_KVZIP
 from evicctl.replay.replay import RunResult
 from evicctl.replay.trace import Trace
 
@@ -118,7 +119,7 @@ def scoring_prefills(catalog: Catalog, result: RunResult) -> float:
     if result.codec is not None:
         codecs: tuple[str, ...] = (result.codec,)
     elif result.family in MENU_FAMILIES:
-        codecs = catalog.codecs
+        codecs = tuple(c for c in catalog.codecs if NO_KVZIP not in result.policy or parse_codec_name(c).scorer != "kvzip")
     else:
         return 0.0
     return KVZIP_PASS_PREFILLS if any(parse_codec_name(c).scorer == "kvzip" for c in codecs) else 0.0
