@@ -49,7 +49,8 @@ def run_sweep(opts, *, console=None, show_progress: bool = True) -> dict:
     scenario = load_scenario(opts.scenario)
     alpha = opts.alpha or scenario.alpha
     policies = opts.policy or (*SWEEP_POLICIES, *_best_codec_baselines(base),
-                               *(f"evicpress@{alpha * m:g}" for m in SWEEP_ALPHAS))
+                               *(f"evicpress@{alpha * m:g}" for m in SWEEP_ALPHAS),
+                               f"evicpress-nokvzip@{alpha * min(SWEEP_ALPHAS):g}")  # max QPS without KVzip's pass
     points = []
     for value in SWEEPS[kind]:
         point = replace(base, policy=tuple(policies), sweep=None, plot=None, **_setting(kind, value, scenario))
