@@ -19,7 +19,9 @@ layer in one launch (see _layers.py); the one-layer forms are those with one lay
 dequantize launches also take ragged layers (a token count per layer, PyramidKV: the grid
 fits the longest, and each program reads its layer's count from a table) and, for keys,
 ThinK's kept channels (each row's D dequantized channels stored at their columns of a wider
-row, zeros in the others), so a layer-by-layer stored form decodes in one launch a side. Inputs of
+row, zeros in the others: every program writes whole rows, each column gathering its kept
+channel through a column map, channel_columns), so a layer-by-layer stored form decodes in
+one launch a side. Inputs of
 dequantize may be pinned host memory: the kernel then reads the codes over the bus and writes
 the dequantized tensor on the GPU, which fuses the host-to-device copy into the decode.
 """
@@ -195,7 +197,7 @@ def _quant_keys_kernel(
 
 @triton.jit
 def _dequant_keys_kernel(
-    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, ch_ptr,
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, col_ptr,
     H, T, NG, sy_b, sy_h, sy_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ALIGNED: tl.constexpr,
     RAGGED: tl.constexpr, CHANNELS: tl.constexpr, W: tl.constexpr,
@@ -243,15 +245,15 @@ def _dequant_keys_kernel(
     y_base = y_ptr + layer_offset(y_offs, layer, ALIGNED) + b.to(tl.int64) * sy_b + h.to(tl.int64) * sy_h
     y_rows = y_base + t.to(tl.int64)[:, None] * sy_t
     if CHANNELS:
-        # ThinK: rows W wide, the D kept channels at their columns, zeros elsewhere. The whole
-        # rows are zeroed first (full vectors), then the kept columns written over them: the
-        # barrier orders the two stores across the program's threads, and every row is
-        # written by one program within microseconds, so its lines leave L2 whole (no zeroed
-        # buffer beforehand, no partial lines to merge in DRAM)
+        # ThinK: rows W wide, the D kept channels at their columns, zeros elsewhere. The
+        # program writes its whole [G, W] tile in one pass (full, coalesced vectors): column
+        # w takes kept channel col[w] of the dequantized [G, D] (a gather within the
+        # program's registers / shared memory), or 0 where col[w] < 0 (a pruned channel)
         w = tl.arange(0, W)
-        tl.store(y_rows + w[None, :], tl.zeros((G, W), y_ptr.dtype.element_ty), mask=tm[:, None])
-        tl.debug_barrier()
-        cols = tl.load(ch_ptr + (layer * tl.num_programs(1) + bh).to(tl.int64) * D + d).to(tl.int64)
+        col = tl.load(col_ptr + (layer * tl.num_programs(1) + bh).to(tl.int64) * W + w)
+        src = tl.broadcast_to(tl.maximum(col, 0)[None, :], (G, W))
+        x = tl.where(col[None, :] >= 0, tl.gather(x, src, 1), 0.0)
+        cols = w
     else:
         cols = d
     tl.store(y_rows + cols[None, :], x.to(y_ptr.dtype.element_ty), mask=tm[:, None])
@@ -483,7 +485,7 @@ def _check_out_layers(out_layers, B, H, T, width, dtype, dev, what) -> None:
 
 def _check_channels(channels, L, B, H, D, width, dev, what) -> None:
     """channels: [L, B*H, D] kept key channel indices (ThinK), distinct and each < width (the
-    caller's promise: the kernel stores at them unchecked); rows of a power-of-two width."""
+    caller's promise: channel_columns writes at them unchecked); rows of a power-of-two width."""
     if (
         tuple(channels.shape) != (L, B * H, D)
         or channels.dtype not in (torch.int16, torch.int32, torch.int64)
@@ -491,8 +493,36 @@ def _check_channels(channels, L, B, H, D, width, dev, what) -> None:
         or channels.device != dev
     ):
         raise ValueError(f"{what}: channels must be contiguous int {(L, B * H, D)} on {dev}; got {channels.dtype} {tuple(channels.shape)}")
+    _check_width(D, width, what)
+
+
+def _check_columns(columns, L, B, H, D, width, dev, what) -> None:
+    """columns: [L, B*H, width] int32, channel_columns of kept channels (values in [-1, D):
+    the caller's promise, the kernel gathers at them unchecked)."""
+    if (
+        tuple(columns.shape) != (L, B * H, width)
+        or columns.dtype != torch.int32
+        or not columns.is_contiguous()
+        or columns.device != dev
+    ):
+        raise ValueError(f"{what}: columns must be contiguous int32 {(L, B * H, width)} on {dev}; got {columns.dtype} {tuple(columns.shape)}")
+    _check_width(D, width, what)
+
+
+def _check_width(D, width, what) -> None:
     if width < D or width & (width - 1):
         raise ValueError(f"{what}: out rows must be a power of two at least {D} wide (the kept channels); got {width}")
+
+
+def channel_columns(channels: torch.Tensor, width: int) -> torch.Tensor:
+    """Kept key channels [..., C] (ThinK: distinct, each < width) -> int32 [..., width]: for
+    every column of a full row, the position of its channel among the kept ones, or -1 where
+    the channel was pruned. The key kernel reads it to write whole rows in one pass (each
+    column gathers its kept channel or writes 0); a decode builds it once per stored form."""
+    kept = channels.shape[-1]
+    columns = torch.full((*channels.shape[:-1], width), -1, dtype=torch.int32, device=channels.device)
+    order = torch.arange(kept, dtype=torch.int32, device=channels.device).expand(channels.shape)
+    return columns.scatter_(-1, channels.to(torch.int64), order)
 
 
 def _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev):
@@ -509,7 +539,9 @@ def _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev):
     return (cb, co, sb, so, mb, mo, yb, yo), _layers.rows_table(*ragged, dev), aligned
 
 
-def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what, channels=None):
+def _dequantize_keys_launch(
+    codes_l, scale_l, mn_l, bits, group, dtype, out_layers, device, what, channels=None, columns=None
+):
     c = codes_l[0]
     B, H, T, DC = c.shape
     D = DC * 8 // bits
@@ -525,24 +557,31 @@ def _dequantize_keys_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_laye
     ragged = _ragged_rows(codes_l, scale_l, mn_l, out_layers, lambda t: -(-t // group), what)  # (cdiv)
     dev = kernel_device(c, scale_l[0], mn_l[0], device=device)
     L = len(codes_l)
+    if channels is not None and columns is not None:
+        raise ValueError(f"{what}: pass channels or their columns, not both")
+    pruned = channels is not None or columns is not None
     if out_layers is None:
-        if channels is not None:
+        if pruned:
             raise ValueError(f"{what}: channels need out= (rows of the full width)")
         out_layers = Layers(stacked=_layers.new_output((L, B, H, T, D), dtype, dev))
     width = out_layers[0].shape[-1]
-    _check_out_layers(out_layers, B, H, T, width if channels is not None else D, dtype, dev, what)
+    _check_out_layers(out_layers, B, H, T, width if pruned else D, dtype, dev, what)
     if channels is not None:
         _check_channels(channels, L, B, H, D, width, dev, what)
+    elif columns is not None:
+        _check_columns(columns, L, B, H, D, width, dev, what)
     T_max = T if ragged is None else max(ragged[0])
     if T_max == 0:
         return out_layers
+    if channels is not None:
+        columns = channel_columns(channels, width)
     tables, rows, aligned = _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev)
     y = out_layers[0]
     _dequant_keys_kernel[(triton.cdiv(T_max, group), B * H, L)](
-        *tables, rows, rows if channels is None else channels,
+        *tables, rows, rows if columns is None else columns,
         H, T, NG, y.stride(0), y.stride(1), y.stride(2),
-        BITS=bits, G=group, D=D, ALIGNED=aligned, RAGGED=ragged is not None, CHANNELS=channels is not None,
-        W=width if channels is not None else D,
+        BITS=bits, G=group, D=D, ALIGNED=aligned, RAGGED=ragged is not None, CHANNELS=pruned,
+        W=width if pruned else D,
         num_warps=TUNING["keys_dequant_warps"], enable_fp_fusion=False,
     )
     return out_layers
@@ -567,7 +606,7 @@ def dequantize_keys(
 
 def dequantize_keys_layers(
     codes, scale, mn, bits: int, group: int = 32, dtype: torch.dtype = torch.float32, *, out=None, device=None,
-    channels=None,
+    channels=None, columns=None,
 ):
     """Every layer in one launch: stacked [L, ...] tensors or sequences of L tensors.
 
@@ -578,13 +617,14 @@ def dequantize_keys_layers(
     sequence of L tensors of the codes' rows. `channels` [L, B*H, D] (ThinK's kept key
     channels, distinct, each below out's width): out's rows are wider than D (a power of
     two), channel c of layer l and head h goes to column ``channels[l, h, c]`` and every
-    other column is written 0."""
+    other column is written 0. `columns` instead of `channels`: their channel_columns(channels,
+    width), built beforehand (a decode that repeats keeps them; else each launch builds them)."""
     what = "dequantize_keys_layers"
     cl, sl, ml = (as_layers(x, 4, what, ragged=True) for x in (codes, scale, mn))
     if not len(cl) == len(sl) == len(ml):
         raise ValueError(f"{what}: codes, scale and mn need the same number of layers")
     out_layers = None if out is None else as_layers(out, 4, what, ragged=True)
-    res = _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what, channels)
+    res = _dequantize_keys_launch(cl, sl, ml, bits, group, dtype, out_layers, device, what, channels, columns)
     return out if out is not None else res.stacked
 
 

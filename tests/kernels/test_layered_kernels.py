@@ -87,10 +87,25 @@ def test_kept_channels_go_to_their_columns_among_zeros(gen, bits, rows):
     for layer, (got, p) in enumerate(zip(out, parts, strict=True)):
         want = ch.restore(ref.dequantize_keys_ref(*p, bits, GROUP, torch.float32), idx[layer], DIM)
         assert_same(got, want, f"layer {layer}")
+    # the column map built beforehand (as a decode plan keeps it) writes the same rows
+    columns = kq.channel_columns(idx.to(DEVICE), DIM)
+    again = _flat_out(rows, DIM)
+    kq.dequantize_keys_layers(*_on_device(parts), bits, GROUP, torch.float32, out=again, columns=columns)
+    for got, want in zip(again, out, strict=True):
+        assert_same(got, want.cpu())
     if rows[0] == rows[1]:  # a stacked output takes them too
         stacked = torch.full((len(rows), 1, HEADS, rows[0], DIM), float("nan"), device=DEVICE)
         kq.dequantize_keys_layers(*_on_device(parts), bits, GROUP, torch.float32, out=stacked, channels=idx.to(DEVICE))
         assert_same(stacked, torch.stack([o.cpu() for o in out]))
+
+
+def test_channel_columns_map_each_column_to_its_kept_channel():
+    """channel_columns: column c of a full row -> the position of channel c among the kept
+    ones, -1 where it was pruned (the key kernel writes 0 there)."""
+    idx = torch.tensor([[[1, 4, 6], [0, 2, 7]]], dtype=torch.int16)
+    got = kq.channel_columns(idx, 8)
+    assert got.dtype == torch.int32
+    assert got.tolist() == [[[-1, 0, -1, -1, 1, -1, 2, -1], [0, -1, 1, -1, -1, -1, -1, 2]]]
 
 
 def test_layered_arguments_are_checked(gen):
@@ -110,6 +125,10 @@ def test_layered_arguments_are_checked(gen):
         kq.dequantize_keys_layers(*uniform, 4, GROUP, torch.float32, out=out, channels=idx[:, :, :16])
     with pytest.raises(ValueError, match="channels need out"):
         kq.dequantize_keys_layers(*uniform, 4, GROUP, torch.float32, channels=idx)
+    with pytest.raises(ValueError, match="not both"):
+        kq.dequantize_keys_layers(*uniform, 4, GROUP, torch.float32, out=out, channels=idx, columns=kq.channel_columns(idx, DIM))
+    with pytest.raises(ValueError, match="columns must be"):
+        kq.dequantize_keys_layers(*uniform, 4, GROUP, torch.float32, out=out, columns=kq.channel_columns(idx, DIM).long())
     with pytest.raises(ValueError, match="power of two"):
         kq.dequantize_keys_layers(*uniform, 4, GROUP, torch.float32, out=[x[..., :48] for x in out], channels=idx)
 

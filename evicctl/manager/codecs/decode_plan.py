@@ -13,7 +13,8 @@ each time, as before.
 
 The layer-by-layer forms (layered.py) use the same plans: their layers may hold different
 token counts (PyramidKV), which the kernels' checked tables record (``ragged``), and a ThinK
-form's kept key channels are checked once (``cached``).
+form's kept key channels are checked, and their column map for the key kernel built, once
+(``cached``).
 """
 
 from __future__ import annotations

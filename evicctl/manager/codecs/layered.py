@@ -219,6 +219,19 @@ def _kept_channels(t: dict[str, torch.Tensor], head_dim: int, target: torch.devi
     return decode_plan.cached(owner, "ch", ch, target, lambda: _move(channels.check_indices(ch, head_dim), target))
 
 
+def _channel_columns(
+    t: dict[str, torch.Tensor], kept_channels: torch.Tensor | None, head_dim: int, target: torch.device, owner
+) -> torch.Tensor | None:
+    """The key kernel's column map of ThinK's kept channels ([L, H, head_dim] int32: each
+    column's position among the kept channels, or -1), once per form where it sits on the
+    GPU; None without kept channels or where the kernels do not run (the reference scatters)."""
+    if kept_channels is None or quant.kernels_for(kept_channels) is None:
+        return None
+    from evicctl.kernels.quant import channel_columns  # (the kernels run here: Triton is present)
+
+    return decode_plan.cached(owner, "ch.columns", t["ch"], target, lambda: channel_columns(kept_channels, head_dim))
+
+
 def one_allocation(target: torch.device) -> bool:
     """Whether a side's layers share one allocation: on CUDA, where the caching allocator
     hands it out at once and the kernels address a uniform side as one stacked tensor; not
@@ -264,7 +277,10 @@ def _dequantized(
     quantized = layout.quantized
     if max(quantized):
         head = _head_rows(whole, layers, quantized, layout)
-        quant.dequantize_layers(what, codes, scales, mns, bits, group, dtype, target, out=head, channels=kept_channels)
+        columns = _channel_columns(t, kept_channels, layout.head_dim, target, owner)
+        quant.dequantize_layers(
+            what, codes, scales, mns, bits, group, dtype, target, out=head, channels=kept_channels, columns=columns
+        )
     if residual is not None:
         _write_residual(whole, layers, quantized, residual, kept_channels, dtype, target)
     return layers

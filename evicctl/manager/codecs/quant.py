@@ -355,6 +355,7 @@ def dequantize_layers(
     device: torch.device | str | None = None,
     out: torch.Tensor | Sequence[torch.Tensor] | None = None,
     channels: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Every layer's (codes, scale, mn) of `side` ("keys" | "values") -> [1, H, T, D] per layer
     on `device` (default: where the codes are).
@@ -369,6 +370,10 @@ def dequantize_layers(
     distinct, each below out's width D): channel c of layer l and head h goes to column
     ``channels[l, h, c]`` of out and every other column is written 0: the restore is fused
     into the dequantize instead of a zeroed buffer and a scatter pass of their own.
+    columns: the kernels' column map of those channels (evicctl.kernels.quant.channel_columns,
+    [L, H, D] int32 on the target), built once by a caller that decodes the same form again;
+    the kernel launch then takes it instead of building it from `channels` (which the torch
+    reference still uses).
 
     To CUDA with the kernels present: the stored tensors are copied to the device first
     (async from pinned memory), then one launch dequantizes every layer. The copy runs at
@@ -394,7 +399,9 @@ def dequantize_layers(
     ):
         kernel = kernels.dequantize_keys_layers if side == "keys" else kernels.dequantize_values_layers
         into = {} if out is None else {"out": out}
-        if channels is not None:
+        if columns is not None and channels is not None:
+            into["columns"] = columns
+        elif channels is not None:
             into["channels"] = channels.to(target, non_blocking=target.type == "cuda")
         try:
             # the launch checks every layer's shape, dtype, device and strides once (the
