@@ -7,8 +7,7 @@ tensor's address), which works for separate allocations and for views of one sta
 
 Ragged layers (PyramidKV keeps a different token count in every layer) differ in the token
 dim (-2) and, with it, in the strides of the dims before it; a launch that takes them reads
-each layer's token count and head stride from a second table (rows_table), and runs a flat
-grid over every layer's token blocks (block_table).
+each layer's token count and head stride from a second table (rows_table).
 """
 
 from __future__ import annotations
@@ -173,21 +172,6 @@ def rows_table(rows: tuple[int, ...], head_strides: tuple[int, ...], device: tor
     table = _TABLES.get(key)
     if table is None:
         table = torch.tensor(list(zip(rows, head_strides, strict=True)), dtype=torch.int64).to(device)
-        _TABLES[key] = table
-        if len(_TABLES) > _TABLES_MAX:
-            _TABLES.popitem(last=False)
-    return table
-
-
-def block_table(rows: tuple[int, ...], block: int, device: torch.device) -> torch.Tensor:
-    """int32 [N, 2] on `device`: (layer, block) of every block of `block` tokens that ragged
-    layers of `rows` tokens hold (a flat launch grid with no idle program: N = sum of
-    ceil(rows / block)); cached by value like the offsets."""
-    key = (device, "blocks", rows, block)
-    table = _TABLES.get(key)
-    if table is None:
-        pairs = [(layer, g) for layer, n in enumerate(rows) for g in range(-(-n // block))]
-        table = torch.tensor(pairs, dtype=torch.int32).view(-1, 2).to(device)
         _TABLES[key] = table
         if len(_TABLES) > _TABLES_MAX:
             _TABLES.popitem(last=False)

@@ -16,9 +16,8 @@ So codes, scales and dequantized values match the reference bit for bit.
 
 Each kernel reads its input once and writes its output once. The `*_layers` forms take every
 layer in one launch (see _layers.py); the one-layer forms are those with one layer. The
-dequantize launches also take ragged layers (a token count per layer, PyramidKV: a flat grid
-over every layer's live token blocks, each program reading its layer, block and the layer's
-count from tables) and, for keys,
+dequantize launches also take ragged layers (a token count per layer, PyramidKV: the grid
+fits the longest, and each program reads its layer's count from a table) and, for keys,
 ThinK's kept channels (each row's D dequantized channels stored at their columns of a wider
 row, zeros in the others: every program writes whole rows, each column gathering its kept
 channel through a column map, channel_columns), so a layer-by-layer stored form decodes in
@@ -198,7 +197,7 @@ def _quant_keys_kernel(
 
 @triton.jit
 def _dequant_keys_kernel(
-    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, blk_ptr, col_ptr,
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, col_ptr,
     H, T, NG, sy_b, sy_h, sy_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ALIGNED: tl.constexpr,
     RAGGED: tl.constexpr, CHANNELS: tl.constexpr, W: tl.constexpr,
@@ -206,10 +205,7 @@ def _dequant_keys_kernel(
     g = tl.program_id(0)
     bh = tl.program_id(1)
     layer = tl.program_id(2)
-    if RAGGED:  # a flat grid over every layer's live groups (block table): no program idles
-        layer = tl.load(blk_ptr + 2 * g)
-        g = tl.load(blk_ptr + 2 * g + 1)
-        # this layer's tokens and output head stride
+    if RAGGED:  # this layer's tokens and output head stride; the grid fits the longest layer
         T = tl.load(r_ptr + 2 * layer)
         sy_h = tl.load(r_ptr + 2 * layer + 1)
         if ALIGNED:  # (checked on the host) keeps the stores 16-byte vectors
@@ -318,7 +314,7 @@ def _quant_values_kernel(
 
 @triton.jit
 def _dequant_values_kernel(
-    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr, blk_ptr,
+    c_ptr, c_offs, s_ptr, s_offs, m_ptr, m_offs, y_ptr, y_offs, r_ptr,
     H, T, sy_b, sy_h, sy_t,
     BITS: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, ALIGNED: tl.constexpr,
     RAGGED: tl.constexpr,
@@ -326,10 +322,7 @@ def _dequant_values_kernel(
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     layer = tl.program_id(2)
-    if RAGGED:  # a flat grid over every layer's live blocks (block table): no program idles
-        layer = tl.load(blk_ptr + 2 * pid)
-        pid = tl.load(blk_ptr + 2 * pid + 1)
-        # this layer's tokens and output head stride; rows past them are masked below
+    if RAGGED:  # this layer's tokens and output head stride; rows past them are masked below
         T = tl.load(r_ptr + 2 * layer)
         sy_h = tl.load(r_ptr + 2 * layer + 1)
         if ALIGNED:  # (checked on the host) keeps the stores 16-byte vectors
@@ -533,8 +526,7 @@ def channel_columns(channels: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev):
-    """(pointer and offset tables of codes, scale, mn and out, rows table, aligned) of a launch
-    (the rows table is the codes' offsets where unused)."""
+    """(pointer and offset tables of codes, scale, mn and out, rows table, aligned) of a launch."""
     cb, co, ac = layer_table(codes_l, dev)
     sb, so, as_ = layer_table(scale_l, dev)
     mb, mo, am = layer_table(mn_l, dev)
@@ -545,17 +537,6 @@ def _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev):
     # the head strides are promised multiples of 16 along with the offsets
     aligned = aligned and all(hs % 16 == 0 for hs in ragged[1])
     return (cb, co, sb, so, mb, mo, yb, yo), _layers.rows_table(*ragged, dev), aligned
-
-
-def _grid(ragged, T, block, heads, L, unused, dev):
-    """(grid, block table) of a dequantize launch: (token blocks, heads, layers) for layers of
-    one count; for ragged ones a flat grid over every layer's live blocks (a grid fitted to
-    the longest layer leaves PyramidKV's about half its programs with nothing to do), whose
-    programs read their (layer, block) from the table. `unused`: a tensor passed in its place."""
-    if ragged is None:
-        return (triton.cdiv(T, block), heads, L), unused
-    table = _layers.block_table(ragged[0], block, dev)
-    return (table.shape[0], heads, 1), table
 
 
 def _dequantize_keys_launch(
@@ -595,10 +576,9 @@ def _dequantize_keys_launch(
     if channels is not None:
         columns = channel_columns(channels, width)
     tables, rows, aligned = _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev)
-    grid, blocks = _grid(ragged, T, group, B * H, L, rows, dev)
     y = out_layers[0]
-    _dequant_keys_kernel[grid](
-        *tables, rows, blocks, rows if columns is None else columns,
+    _dequant_keys_kernel[(triton.cdiv(T_max, group), B * H, L)](
+        *tables, rows, rows if columns is None else columns,
         H, T, NG, y.stride(0), y.stride(1), y.stride(2),
         BITS=bits, G=group, D=D, ALIGNED=aligned, RAGGED=ragged is not None, CHANNELS=pruned,
         W=width if pruned else D,
@@ -731,11 +711,10 @@ def _dequantize_values_launch(codes_l, scale_l, mn_l, bits, group, dtype, out_la
     if T_max == 0:
         return out_layers
     tables, rows, aligned = _launch_tables(codes_l, scale_l, mn_l, out_layers, ragged, dev)
-    BT = TUNING["values_dequant_block_t"]
-    grid, blocks = _grid(ragged, T, BT, B * H, L, rows, dev)
     y = out_layers[0]
-    _dequant_values_kernel[grid](
-        *tables, rows, blocks,
+    BT = TUNING["values_dequant_block_t"]
+    _dequant_values_kernel[(triton.cdiv(T_max, BT), B * H, L)](
+        *tables, rows,
         H, T, y.stride(0), y.stride(1), y.stride(2),
         BITS=bits, G=group, D=D, BT=BT, ALIGNED=aligned, RAGGED=ragged is not None,
         num_warps=TUNING["values_dequant_warps"], enable_fp_fusion=False,

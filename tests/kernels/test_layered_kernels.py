@@ -99,17 +99,6 @@ def test_kept_channels_go_to_their_columns_among_zeros(gen, bits, rows):
         assert_same(stacked, torch.stack([o.cpu() for o in out]))
 
 
-def test_ragged_launches_run_a_program_per_live_block():
-    """The ragged grid: one entry (layer, block) per block each layer holds, none for the
-    blocks a grid fitted to the longest layer would leave idle (an empty layer has none)."""
-    from evicctl.kernels import _layers
-
-    table = _layers.block_table(ROWS, GROUP, torch.device(DEVICE))
-    want = [(layer, g) for layer, n in enumerate(ROWS) for g in range(-(-n // GROUP))]
-    assert [tuple(p) for p in table.cpu().tolist()] == want
-    assert len(want) == sum(-(-n // GROUP) for n in ROWS) < len(ROWS) * -(-max(ROWS) // GROUP)
-
-
 def test_channel_columns_map_each_column_to_its_kept_channel():
     """channel_columns: column c of a full row -> the position of channel c among the kept
     ones, -1 where it was pruned (the key kernel writes 0 there)."""
