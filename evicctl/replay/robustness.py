@@ -50,7 +50,7 @@ def run_sweep(opts, *, console=None, show_progress: bool = True) -> dict:
     alpha = opts.alpha or scenario.alpha
     policies = opts.policy or (*SWEEP_POLICIES, *_best_codec_baselines(base),
                                *(f"evicpress@{alpha * m:g}" for m in SWEEP_ALPHAS),
-                               f"evicpress-nokvzip@{alpha * min(SWEEP_ALPHAS):g}")  # max QPS without KVzip's pass
+                               f"evicpress-nokvzip@{alpha:g}")  # max QPS without KVzip's pass, at the target
     points = []
     for value in SWEEPS[kind]:
         point = replace(base, policy=tuple(policies), sweep=None, plot=None, **_setting(kind, value, scenario))
