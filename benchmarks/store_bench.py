@@ -387,7 +387,10 @@ def _pct(values: list[float], q: float) -> float:
 def admission_table(ad: dict):
     from rich.table import Table
 
-    table = Table(title=f"Manager.store() of a new context, {ad['contexts']:,} contexts held (32-codec menu, 2 tiers)")
+    from evicctl.config import DEFAULT_CODECS
+
+    table = Table(title=f"Manager.store() of a new context, {ad['contexts']:,} contexts held "
+                        f"({len(DEFAULT_CODECS)}-codec menu, 2 tiers)")
     for col in ("store() path", "calls", "wall p50 ms", "wall p99 ms", "CPU p50 ms", "CPU p99 ms", "goal"):
         table.add_column(col, justify="right" if col != "store() path" else "left")
     for name, key, goal in (("full re-plan inside store() (before, same run)", "full", ""),
