@@ -401,9 +401,9 @@ class _FakeKernels:
     def gather_tokens_layers(self, xs, idx):
         return self._stack("gather_tokens_layers", [(quant.gather_tokens_ref(x, i),) for x, i in zip(xs, idx, strict=True)])[0]
 
-    def as_layers(self, x, rank, what):
+    def as_layers(self, x, rank, what, **kw):
         # the layer checks decode plans keep are pure torch: the real ones
-        return importlib.import_module("evicctl.kernels._layers").as_layers(x, rank, what)
+        return importlib.import_module("evicctl.kernels._layers").as_layers(x, rank, what, **kw)
 
     def dequantize_keys_layers(self, codes, scale, mn, bits, group=32, dtype=torch.float32, out=None):
         parts = [(quant.dequantize_keys_ref(*p, bits, group, dtype),) for p in zip(codes, scale, mn, strict=True)]

@@ -71,11 +71,8 @@ def quantized_parts(
     plan = plans.get(key)
     if plan is None:
         codes, scales, mns = _lists(t, side, layers)
-        # (the uniform path's call stays as it was: without the ragged keyword)
-        check = (lambda x: kernels.as_layers(x, 4, "decode", ragged=True)) if ragged else (
-            lambda x: kernels.as_layers(x, 4, "decode"))  # fmt: skip
         try:
-            checked = tuple(check(x) for x in (codes, scales, mns))
+            checked = tuple(kernels.as_layers(x, 4, "decode", ragged=ragged) for x in (codes, scales, mns))
         except ValueError:  # mixed layouts: the unplanned path decides (kernel or reference)
             return codes, scales, mns, _residual(t, side, layers)
         plan = plans[key] = (*checked, _stacked(_residual(t, side, layers)))

@@ -50,6 +50,7 @@ from types import ModuleType
 import torch
 
 # group sizes are shared with the torch-free size arithmetic (stored_bytes from a codec name)
+from evicctl.manager.codecs.channels import restore_into
 from evicctl.manager.codecs.names import DEFAULT_GROUP, key_groups
 from evicctl.manager.codecs.names import value_group as value_group  # re-exported: codecs, kernels
 
@@ -421,8 +422,7 @@ def dequantize_layers(
             src = one(c, s, m, bits, group, dtype)
             if src.shape[:3] != dst.shape[:3]:
                 raise ValueError(f"out must hold {tuple(src.shape[:3])} rows; got {tuple(dst.shape[:3])}")
-            index = channels[i].to(dst.device, torch.int64)[None, :, None, :].expand_as(src)
-            dst.zero_().scatter_(3, index, src)
+            restore_into(dst.zero_(), src, channels[i])
     return list(out)
 
 
