@@ -349,6 +349,9 @@ class Ideal(Policy):
     def miss(self, i: int, now: float) -> None:
         self.sim.place(i, 0, self.best_codec[i])
 
+    def menu(self) -> tuple[str, ...]:
+        return ()  # a bound: charged no token scoring, whatever codec it serves
+
 
 CLASSES = {"arc": Arc, "gdsf": Gdsf, "tinylfu": TinyLfu}
 

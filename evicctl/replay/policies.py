@@ -49,7 +49,7 @@ TICK_REQUESTS = 1000  # periodic re-plan (the manager's replan timer, in request
 REPROFILE_DROP = 0.3  # ProfilerSettings.reprofile_drop: online quality this far below the profile
 REPROFILE_HITS = 12  # compressed hits before it shows: 3 online samples at a 25% sample rate
 # ours without the kvzip codecs: an engine not configured for KVzip's pass (queueing charges
-# the pass to every run that may pick a kvzip codec)
+# the pass to every run whose menu holds a kvzip codec)
 NO_KVZIP = "-nokvzip"
 POLICY_FORMS = ("prefill", "lru", "lru-plain", "fixed:<codec>", "evicpress", "evicpress@<alpha>",
                 f"evicpress{NO_KVZIP}[@<alpha>]", "exact", "placement-only",
@@ -149,6 +149,9 @@ class PlacerPolicy(Policy):
         self.family = {"greedy": "evicpress", "exact": "exact"}[solver]
         if codecs == ("none",):
             self.family = "placement-only"
+
+    def menu(self) -> tuple[str, ...]:
+        return self.codecs
 
     def setup(self, sim: Simulator) -> None:
         super().setup(sim)

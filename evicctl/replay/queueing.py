@@ -51,7 +51,6 @@ import numpy as np
 from evicctl.manager.codecs.names import parse_codec_name
 from evicctl.manager.costs import WIDTH_SEP, decode_key
 from evicctl.replay.catalog import Catalog
-from evicctl.replay.policies import NO_KVZIP
 from evicctl.replay.replay import RunResult
 from evicctl.replay.trace import Trace
 
@@ -108,21 +107,11 @@ def store_costs(
 # prefill per 1k tokens (docs/codecs.md, benchmarks/token_scores_bench.py, this CPU; not
 # measured on a GPU, where the same two forwards should keep about the same ratio)
 KVZIP_PASS_PREFILLS = 2.7
-# families that may pick any codec of the menu (ideal is a bound: it is charged no scoring)
-MENU_FAMILIES = ("evicpress", "exact")
-
-
-def scoring_prefills(catalog: Catalog, result: RunResult) -> float:
-    """Prefills of extra compute a stored context costs for the token scores the run may need:
-    KVzip's pass when a codec it can pick scores with kvzip (Expected Attention's statistics
-    come with the one prefill)."""
-    if result.codec is not None:
-        codecs: tuple[str, ...] = (result.codec,)
-    elif result.family in MENU_FAMILIES:
-        codecs = tuple(c for c in catalog.codecs if NO_KVZIP not in result.policy or parse_codec_name(c).scorer != "kvzip")
-    else:
-        return 0.0
-    return KVZIP_PASS_PREFILLS if any(parse_codec_name(c).scorer == "kvzip" for c in codecs) else 0.0
+def scoring_prefills(result: RunResult) -> float:
+    """Prefills of extra compute a stored context costs for the token scores the run's menu
+    needs: KVzip's pass when a codec it could store in scores with kvzip (Expected
+    Attention's statistics come with the one prefill)."""
+    return KVZIP_PASS_PREFILLS if any(parse_codec_name(c).scorer == "kvzip" for c in result.menu) else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,8 +155,8 @@ def service_times(catalog: Catalog, trace: Trace, result: RunResult, store: Stor
 def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreCosts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([R] compute seconds, [R] link, [R] link seconds) of each request's store after its
     first token: an admitted miss's encode (raw bytes / the codec's encode_bps) and any token
-    scoring pass its codecs need (scoring_prefills x its prefill) on the compute device, and its write (stored bytes / the tier's write_bps) on the compute device for the
-    top tier (every tier when the store is synchronous), else on that tier's link (-1: no write
+    scoring pass the run's menu needs (scoring_prefills x its prefill) on the compute device,
+    and its write (stored bytes / the tier's write_bps) on the compute device for the top tier (every tier when the store is synchronous), else on that tier's link (-1: no write
     on a link). Zero where nothing was stored."""
     n = len(trace)
     store_s, write_link, write_s = np.zeros(n), np.full(n, -1, dtype=np.int64), np.zeros(n)
@@ -179,7 +168,7 @@ def store_times(catalog: Catalog, trace: Trace, result: RunResult, costs: StoreC
     raw_bytes = catalog.stored_bytes[catalog.codecs.index("none"), ctx]
     written_s = catalog.stored_bytes[codec, ctx] / np.asarray(costs.write_bps, dtype=float)[tier]
     lower = (tier > 0) & (not costs.synchronous)  # written over a link while the compute goes on
-    scoring_s = scoring_prefills(catalog, result) * catalog.miss_ttft_s[ctx] if costs.kvzip_pass else 0.0
+    scoring_s = scoring_prefills(result) * catalog.miss_ttft_s[ctx] if costs.kvzip_pass else 0.0
     store_s[rows] = raw_bytes / encode_bps[codec] + scoring_s + np.where(lower, 0.0, written_s)
     write_link[rows] = np.where(lower, tier, -1)
     write_s[rows] = np.where(lower, written_s, 0.0)

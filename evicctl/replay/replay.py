@@ -145,6 +145,11 @@ class Policy:
 
     tick_requests = 0  # 0: never
 
+    def menu(self) -> tuple[str, ...]:
+        """The codecs this policy may store a context in (after setup): a stored context must
+        carry the token scores they need (queueing charges KVzip's pass for them)."""
+        return () if self.codec is None else (self.codec,)
+
     def stats(self) -> dict:
         return {}
 
@@ -172,13 +177,20 @@ class RunResult:
     # (hits, and misses the policy did not keep); None: not recorded (a live run)
     admitted_tier: np.ndarray | None = None
     admitted_codec: np.ndarray | None = None
+    menu: tuple[str, ...] = ()  # Policy.menu: the codecs the run could store contexts in
 
     @property
     def measured(self) -> slice:
         return slice(self.warmup, None)
 
+    @property
+    def quality_mean(self) -> float:
+        """Mean quality of the measured requests (nan when none is measured)."""
+        q = self.quality[self.measured]
+        return float(q.mean()) if len(q) else float("nan")
+
     def summary(self) -> dict:
-        ttft, q, served = self.ttft_s[self.measured], self.quality[self.measured], self.served_tier[self.measured]
+        ttft, served = self.ttft_s[self.measured], self.served_tier[self.measured]
         n = max(1, len(ttft))
         return {
             "policy": self.policy,
@@ -189,7 +201,7 @@ class RunResult:
             "ttft_mean_s": float(ttft.mean()) if len(ttft) else float("nan"),
             "ttft_p50_s": float(np.percentile(ttft, 50)) if len(ttft) else float("nan"),
             "ttft_p99_s": float(np.percentile(ttft, 99)) if len(ttft) else float("nan"),
-            "quality_mean": float(q.mean()) if len(q) else float("nan"),
+            "quality_mean": self.quality_mean,
             "hit_rate": {t: float((served == k).sum() / n) for k, t in enumerate(self.tiers)},
             "miss_rate": float((served == MISS).sum() / n),
             "recompute_rate": float((served == RECOMPUTE).sum() / n),
@@ -265,6 +277,7 @@ def replay(
         extra=policy.stats(),
         admitted_tier=admitted_t,
         admitted_codec=admitted_c,
+        menu=policy.menu(),
     )
 
 

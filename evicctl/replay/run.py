@@ -164,16 +164,11 @@ def _after_replay(opts: BenchOptions, catalog, trace):
     def after(result) -> dict:
         # a fixed codec under the quality target can be no equal-quality baseline (compare.
         # throughput_ratios): its max-QPS bisection, most of a 54-codec sweep's time, is skipped
-        if result.family == "fixed" and _quality_mean(result) < opts.quality_target - QUALITY_TIE:
+        if result.family == "fixed" and result.quality_mean < opts.quality_target - QUALITY_TIE:
             return mix(result)
         return mix(result) | throughput(result)
 
     return after
-
-
-def _quality_mean(result) -> float:
-    q = result.quality[result.measured]
-    return float(q.mean()) if len(q) else 0.0
 
 
 SERVED_CODECS_SHOWN = 8

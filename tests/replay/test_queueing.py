@@ -142,10 +142,10 @@ def test_a_run_that_may_pick_kvzip_pays_its_pass_per_stored_context(catalog, tra
     kvzip = replay(make_policy("fixed:kvzip@0.25+int4", alpha=2.0), catalog, trace, warmup=0.1)
     int4 = replay(make_policy("fixed:int4", alpha=2.0), catalog, trace, warmup=0.1)
     ours = replay(make_policy("evicpress", alpha=2.0), catalog, trace, warmup=0.1)
-    assert (scoring_prefills(catalog, kvzip), scoring_prefills(catalog, int4)) == (KVZIP_PASS_PREFILLS, 0.0)
-    assert scoring_prefills(catalog, ours) == KVZIP_PASS_PREFILLS  # the menu holds kvzip codecs
+    assert (scoring_prefills(kvzip), scoring_prefills(int4)) == (KVZIP_PASS_PREFILLS, 0.0)
+    assert scoring_prefills(ours) == KVZIP_PASS_PREFILLS  # the menu holds kvzip codecs
     no_kvzip = replay(make_policy("evicpress-nokvzip@0.5", alpha=2.0), catalog, trace, warmup=0.1)
-    assert scoring_prefills(catalog, no_kvzip) == 0.0 and no_kvzip.alpha == 0.5
+    assert scoring_prefills(no_kvzip) == 0.0 and no_kvzip.alpha == 0.5
     served = {catalog.codecs[k] for k in np.unique(no_kvzip.served_codec[no_kvzip.served_codec >= 0])}
     assert served and not any(c.startswith("kvzip@") for c in served)
     kept = np.flatnonzero(kvzip.admitted_tier >= 0)
